@@ -1,0 +1,104 @@
+//! `<store>/datastore.toml`: format version, store id and the parameters
+//! every reader of the store must agree on. Holds no secrets.
+//!
+//! Invariant: written atomically (temp file, fsync, rename, fsync dir); a
+//! file with an unknown format version is refused, never guessed at.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::FingerprintAlg;
+
+pub const CONFIG_FILE: &str = "datastore.toml";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// FastCDC v2020 minimum / average / maximum chunk size in bytes.
+    pub chunk_min: u32,
+    pub chunk_avg: u32,
+    pub chunk_max: u32,
+    /// A segment is sealed once it would grow past this many bytes.
+    pub segment_size: u64,
+    pub fingerprint: FingerprintAlg,
+    /// Record payload cipher (only "aes-xts-256" today).
+    pub cipher: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            chunk_min: 16 * 1024,
+            chunk_avg: 64 * 1024,
+            chunk_max: 256 * 1024,
+            segment_size: 32 << 20,
+            fingerprint: FingerprintAlg::Blake3Keyed,
+            cipher: "aes-xts-256".into(),
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = fastcdc::v2020::MINIMUM_MIN <= self.chunk_min
+            && self.chunk_min <= self.chunk_avg
+            && self.chunk_avg <= self.chunk_max
+            && self.chunk_max <= fastcdc::v2020::MAXIMUM_MAX
+            && self.chunk_max <= crate::store::record::MAX_PLAIN;
+        if !ok {
+            return Err("chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB".into());
+        }
+        if self.segment_size < (1 << 20) || self.segment_size > (1 << 32) {
+            return Err("segment_size must be between 1 MiB and 4 GiB".into());
+        }
+        if self.cipher != "aes-xts-256" {
+            return Err(format!("unknown cipher {:?}", self.cipher));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub format_version: u32,
+    pub store_id: String,
+    pub engine: EngineConfig,
+}
+
+impl StoreConfig {
+    pub fn new(store_id: String, engine: EngineConfig) -> Self {
+        StoreConfig {
+            format_version: FORMAT_VERSION,
+            store_id,
+            engine,
+        }
+    }
+
+    pub fn load(store: &Path) -> Result<Self, String> {
+        let path = store.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let cfg: StoreConfig =
+            toml::from_str(&text).map_err(|e| format!("{} is malformed: {}", path.display(), e.message()))?;
+        if cfg.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "{} has format version {}, this build reads {}",
+                path.display(),
+                cfg.format_version,
+                FORMAT_VERSION
+            ));
+        }
+        cfg.engine
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn save(&self, store: &Path) -> std::io::Result<()> {
+        let text = toml::to_string_pretty(self).map_err(std::io::Error::other)?;
+        crate::fsutil::write_atomic(&store.join(CONFIG_FILE), text.as_bytes())
+    }
+}

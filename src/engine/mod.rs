@@ -1,0 +1,333 @@
+//! The chunk engine: CDC -> keyed fingerprint -> dedup -> LZ4 -> AES-XTS ->
+//! segment append, and back. Usable and tested without FUSE.
+//!
+//! Owns the store's `segments/` and `meta/` directories while open.
+//!
+//! Invariants:
+//! - Only one process opens a store (an exclusive flock on `<store>/lock`).
+//! - A chunk enters the durable index only after its record bytes were
+//!   fdatasync'ed (`commit(true)` syncs segments, then commits the index).
+//! - At open, segment bytes past their committed length and segment files
+//!   without a row are removed: they belong to no committed chunk.
+//! - Any failed write to a segment or the index poisons the engine: it
+//!   refuses further work until reopened, and reopening restores exactly the
+//!   last durable commit (fail closed; committed data is never touched).
+//! - Lock order: gc_gate, commit_lock, writer, pending.
+
+mod chunker;
+mod gc;
+mod read;
+mod scrub;
+pub mod stats;
+mod write;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::config::{EngineConfig, StoreConfig};
+use crate::crypto::{ChunkCrypto, Fingerprint};
+use crate::meta::{ChunkChange, Meta, MetaError};
+use crate::store::segment::{self, SegmentWriter};
+
+pub use gc::GcReport;
+pub use scrub::{BadRecord, ScrubReport};
+pub use stats::{Stats, StatsSnapshot};
+
+/// One chunk of a stored stream: the recipe of a stream is a list of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkRef {
+    pub fingerprint: Fingerprint,
+    pub len: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("integrity error in chunk {chunk}: {reason}")]
+    Integrity { chunk: String, reason: String },
+    #[error("chunk {0} is not in the index")]
+    NotFound(String),
+    #[error("the engine stopped after a failed write; reopen the store (committed data is intact)")]
+    Poisoned,
+    #[error("the store is locked: no key is loaded")]
+    Locked,
+    #[error("store {0} is in use by another process")]
+    InUse(PathBuf),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Key(#[from] keystore::KeystoreError),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Io { what, source }
+}
+
+pub(crate) fn integrity(fp: &Fingerprint, reason: impl Into<String>) -> EngineError {
+    EngineError::Integrity {
+        chunk: hex::encode(&fp[..8]),
+        reason: reason.into(),
+    }
+}
+
+/// Index changes made since the last commit.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub current: HashMap<Fingerprint, ChunkChange>,
+    /// The batch a running commit is writing; still visible to lookups.
+    pub committing: Option<Arc<HashMap<Fingerprint, ChunkChange>>>,
+}
+
+impl Pending {
+    pub fn get(&self, fp: &Fingerprint) -> Option<&ChunkChange> {
+        self.current
+            .get(fp)
+            .or_else(|| self.committing.as_ref().and_then(|c| c.get(fp)))
+    }
+}
+
+pub struct Engine {
+    store: PathBuf,
+    segments_dir: PathBuf,
+    config: EngineConfig,
+    crypto: RwLock<Option<Arc<ChunkCrypto>>>,
+    meta: Meta,
+    writer: Mutex<SegmentWriter>,
+    pending: Mutex<Pending>,
+    commit_lock: Mutex<()>,
+    gc_gate: RwLock<()>,
+    readers: Mutex<HashMap<u64, Arc<File>>>,
+    poisoned: AtomicBool,
+    pub stats: Stats,
+    _lock: File,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding an engine lock poisons the mutex; the data it
+    // guards is still consistent (every critical section is short and
+    // checked), and the engine's own poison flag covers failed writes.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    /// Creates a new store directory layout with `config` (no keystore).
+    pub fn create(store: &Path, store_id: &str, config: &EngineConfig) -> Result<()> {
+        config.validate().map_err(EngineError::Config)?;
+        for d in ["", "segments", "meta"] {
+            std::fs::create_dir_all(store.join(d))
+                .map_err(io_err(format!("create {}", store.join(d).display())))?;
+        }
+        StoreConfig::new(store_id.to_string(), config.clone())
+            .save(store)
+            .map_err(io_err("write datastore.toml"))?;
+        Ok(())
+    }
+
+    /// Opens a store; `crypto` is None for a locked store (scrub of headers
+    /// and CRCs works, data does not).
+    pub fn open(store: &Path, crypto: Option<Arc<ChunkCrypto>>) -> Result<Self> {
+        let cfg = StoreConfig::load(store).map_err(EngineError::Config)?;
+        let config = cfg.engine;
+        if let Some(c) = &crypto {
+            if c.fingerprinter.alg() != config.fingerprint {
+                return Err(EngineError::Config(format!(
+                    "store fingerprints with {}, key set is for {}",
+                    config.fingerprint.name(),
+                    c.fingerprinter.alg().name()
+                )));
+            }
+        }
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(store.join("lock"))
+            .map_err(io_err("open store lock file"))?;
+        // SAFETY: flock on a valid fd.
+        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(EngineError::InUse(store.to_path_buf()));
+        }
+        let segments_dir = store.join("segments");
+        let meta = Meta::open(&store.join("meta").join("index.redb"))?;
+        let next_id = recover_segments(&segments_dir, &meta)?;
+        let writer = SegmentWriter::create(&segments_dir, next_id, config.segment_size)
+            .map_err(io_err("create segment"))?;
+        crate::fsutil::sync_dir(&segments_dir).map_err(io_err("sync segments dir"))?;
+        Ok(Engine {
+            store: store.to_path_buf(),
+            segments_dir,
+            config,
+            crypto: RwLock::new(crypto),
+            meta,
+            writer: Mutex::new(writer),
+            pending: Mutex::new(Pending::default()),
+            commit_lock: Mutex::new(()),
+            gc_gate: RwLock::new(()),
+            readers: Mutex::new(HashMap::new()),
+            poisoned: AtomicBool::new(false),
+            stats: Stats::default(),
+            _lock: lock_file,
+        })
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Loads or drops the chunk keys (unlock / lock).
+    pub fn set_crypto(&self, crypto: Option<Arc<ChunkCrypto>>) {
+        *self.crypto.write().unwrap_or_else(|e| e.into_inner()) = crypto;
+    }
+
+    pub(crate) fn crypto(&self) -> Result<Arc<ChunkCrypto>> {
+        self.crypto
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(EngineError::Locked)
+    }
+
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            Err(EngineError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn poison(&self, e: EngineError) -> EngineError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        e
+    }
+
+    /// Makes every put and release so far part of the index. With
+    /// `durable`, segments are fdatasync'ed first and the index commit is
+    /// durable when this returns.
+    pub fn commit(&self, durable: bool) -> Result<()> {
+        self.check_poisoned()?;
+        let _c = lock(&self.commit_lock);
+        let start = std::time::Instant::now();
+        let (view, batch) = {
+            let mut w = lock(&self.writer);
+            let mut p = lock(&self.pending);
+            let view = w
+                .prepare_commit(durable)
+                .map_err(|e| self.poison(io_err("write segment")(e)))?;
+            let batch = Arc::new(std::mem::take(&mut p.current));
+            p.committing = Some(batch.clone());
+            (view, batch)
+        };
+        for f in &view.to_sync {
+            f.sync_data()
+                .map_err(|e| self.poison(io_err("fdatasync segment")(e)))?;
+        }
+        let changes: Vec<_> = batch.iter().map(|(k, v)| (*k, *v)).collect();
+        let result = self.meta.apply_commit(&changes, &view.lengths, durable);
+        lock(&self.pending).committing = None;
+        let anomalies = result.map_err(|e| self.poison(e.into()))?;
+        stats::add(&self.stats.commit_anomalies, anomalies.released_unknown);
+        stats::add_since(&self.stats.ns_commit, start);
+        Ok(())
+    }
+
+    /// Drops one reference per chunk of `recipe` (effective at the next commit).
+    pub fn release(&self, recipe: &[ChunkRef]) -> Result<()> {
+        self.check_poisoned()?;
+        let mut p = lock(&self.pending);
+        for c in recipe {
+            p.current
+                .entry(c.fingerprint)
+                .or_insert(ChunkChange {
+                    new_record: None,
+                    delta: 0,
+                })
+                .delta -= 1;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn segment_file(&self, id: u64) -> Result<Arc<File>> {
+        let mut r = lock(&self.readers);
+        if let Some(f) = r.get(&id) {
+            return Ok(f.clone());
+        }
+        let path = segment::segment_path(&self.segments_dir, id);
+        let f = Arc::new(File::open(&path).map_err(io_err(format!("open {}", path.display())))?);
+        r.insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Physical bytes in segment files.
+    pub fn segment_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for (_, path) in segment::list_segments(&self.segments_dir).map_err(io_err("list segments"))? {
+            total += std::fs::metadata(&path).map_err(io_err("stat segment"))?.len();
+        }
+        Ok(total)
+    }
+}
+
+/// Brings segment files in line with the last durable commit: deletes files
+/// without a row, cuts bytes past the committed length. Returns the next
+/// free segment id.
+fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
+    let rows: HashMap<u64, (u64, u64)> = meta
+        .segments()?
+        .into_iter()
+        .map(|(id, c, l)| (id, (c, l)))
+        .collect();
+    let files = segment::list_segments(dir).map_err(io_err(format!("list {}", dir.display())))?;
+    let mut next = rows.keys().max().map_or(1, |m| m + 1);
+    let mut present = std::collections::HashSet::new();
+    for (id, path) in files {
+        next = next.max(id + 1);
+        match rows.get(&id) {
+            None => std::fs::remove_file(&path)
+                .map_err(io_err(format!("remove uncommitted {}", path.display())))?,
+            Some(&(committed, _)) => {
+                present.insert(id);
+                let len = std::fs::metadata(&path)
+                    .map_err(io_err(format!("stat {}", path.display())))?
+                    .len();
+                if len > committed {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(format!("open {}", path.display())))?;
+                    f.set_len(committed)
+                        .and_then(|_| f.sync_all())
+                        .map_err(io_err(format!("cut uncommitted tail of {}", path.display())))?;
+                }
+                // A file shorter than committed is damage: scrub reports it.
+            }
+        }
+    }
+    let gone: Vec<u64> = rows
+        .iter()
+        .filter(|(id, (_, live))| !present.contains(*id) && *live == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    if !gone.is_empty() {
+        meta.forget_segments(&gone)?;
+    }
+    crate::fsutil::sync_dir(dir).map_err(io_err("sync segments dir"))?;
+    Ok(next)
+}

@@ -1,0 +1,10 @@
+//! datastore: a FUSE-mounted, encrypted, deduplicating datastore.
+//! See ../shared/DESIGN.md for the layer map; each module's top comment says
+//! what it owns.
+
+pub mod config;
+pub mod crypto;
+pub mod engine;
+pub mod fsutil;
+pub mod meta;
+pub mod store;

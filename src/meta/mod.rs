@@ -1,0 +1,285 @@
+//! The metadata database (redb) behind typed accessors.
+//!
+//! Owns the chunk index and the segment table:
+//! - `chunks`:   fingerprint -> (segment, offset, record_len, plain_len, refcount)
+//! - `segments`: segment id  -> (committed_len, live_bytes)
+//!
+//! Invariants (kept by `apply_commit` and `apply_relocation`, the only
+//! writers):
+//! - an index entry points at a record whose bytes were fdatasync'ed before
+//!   the durable commit that made the entry durable;
+//! - `live_bytes` of a segment is the sum of `record_len` over its entries
+//!   with refcount > 0;
+//! - entries with refcount 0 stay until GC removes them (so a concurrent
+//!   writer that deduplicated against one can revive it safely).
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition};
+
+use crate::crypto::Fingerprint;
+
+const CHUNKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("chunks");
+const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database: {0}")]
+    Db(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetaError {
+            fn from(e: $t) -> Self { MetaError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Where a chunk's record is and how many references it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub segment: u64,
+    pub offset: u64,
+    pub record_len: u32,
+    pub plain_len: u32,
+    pub refcount: u64,
+}
+
+impl IndexEntry {
+    fn encode(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0..8].copy_from_slice(&self.segment.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..20].copy_from_slice(&self.record_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.plain_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.refcount.to_le_bytes());
+        b
+    }
+    fn decode(b: &[u8; 32]) -> Self {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        IndexEntry {
+            segment: u64_at(0),
+            offset: u64_at(8),
+            record_len: u32_at(16),
+            plain_len: u32_at(20),
+            refcount: u64_at(24),
+        }
+    }
+}
+
+/// A chunk change gathered since the last commit.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkChange {
+    /// Set when this batch wrote the chunk's record.
+    pub new_record: Option<NewRecord>,
+    /// Net references added (+) or released (-).
+    pub delta: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct NewRecord {
+    pub segment: u64,
+    pub offset: u64,
+    pub record_len: u32,
+    pub plain_len: u32,
+}
+
+/// Counts of what a commit found that should not happen.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct CommitAnomalies {
+    pub released_unknown: u64,
+}
+
+pub struct Meta {
+    db: Database,
+}
+
+/// A consistent read view of the index.
+pub struct MetaRead {
+    txn: ReadTransaction,
+}
+
+impl MetaRead {
+    pub fn lookup(&self, fp: &Fingerprint) -> Result<Option<IndexEntry>, MetaError> {
+        let table = match self.txn.open_table(CHUNKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(*fp)?.map(|v| IndexEntry::decode(&v.value())))
+    }
+}
+
+impl Meta {
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(CHUNKS)?;
+            txn.open_table(SEGMENTS)?;
+        }
+        txn.commit()?;
+        Ok(Meta { db })
+    }
+
+    pub fn read(&self) -> Result<MetaRead, MetaError> {
+        Ok(MetaRead {
+            txn: self.db.begin_read()?,
+        })
+    }
+
+    /// (id, committed_len, live_bytes) for every segment with a row.
+    pub fn segments(&self) -> Result<Vec<(u64, u64, u64)>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEGMENTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (committed, live) = v.value();
+            out.push((k.value(), committed, live));
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` for every index entry, in fingerprint order.
+    pub fn for_each_chunk(
+        &self,
+        mut f: impl FnMut(&Fingerprint, &IndexEntry),
+    ) -> Result<(), MetaError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHUNKS)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            f(&k.value(), &IndexEntry::decode(&v.value()));
+        }
+        Ok(())
+    }
+
+    /// Applies gathered chunk changes and the segments' new committed
+    /// lengths in one transaction.
+    pub fn apply_commit(
+        &self,
+        changes: &[(Fingerprint, ChunkChange)],
+        segment_lengths: &[(u64, u64)],
+        durable: bool,
+    ) -> Result<CommitAnomalies, MetaError> {
+        let mut anomalies = CommitAnomalies::default();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut segs = txn.open_table(SEGMENTS)?;
+            for &(id, len) in segment_lengths {
+                let live = segs.get(id)?.map(|v| v.value().1).unwrap_or(0);
+                segs.insert(id, (len, live))?;
+            }
+            let mut live_change: std::collections::HashMap<u64, i64> = Default::default();
+            for (fp, change) in changes {
+                let existing = chunks.get(*fp)?.map(|v| IndexEntry::decode(&v.value()));
+                let (mut entry, old_refs) = match (existing, change.new_record) {
+                    (Some(e), _) => (e, e.refcount),
+                    (None, Some(r)) => (
+                        IndexEntry {
+                            segment: r.segment,
+                            offset: r.offset,
+                            record_len: r.record_len,
+                            plain_len: r.plain_len,
+                            refcount: 0,
+                        },
+                        0,
+                    ),
+                    (None, None) => {
+                        anomalies.released_unknown += 1;
+                        continue;
+                    }
+                };
+                let new_refs = (old_refs as i64).saturating_add(change.delta);
+                if new_refs < 0 {
+                    anomalies.released_unknown += 1;
+                }
+                entry.refcount = new_refs.max(0) as u64;
+                let len = entry.record_len as i64;
+                match (old_refs > 0, entry.refcount > 0) {
+                    (false, true) => *live_change.entry(entry.segment).or_default() += len,
+                    (true, false) => *live_change.entry(entry.segment).or_default() -= len,
+                    _ => {}
+                }
+                chunks.insert(*fp, entry.encode())?;
+            }
+            for (id, d) in live_change {
+                let (committed, live) = segs.get(id)?.map(|v| v.value()).unwrap_or((0, 0));
+                segs.insert(id, (committed, (live as i64 + d).max(0) as u64))?;
+            }
+        }
+        txn.commit()?;
+        Ok(anomalies)
+    }
+
+    /// GC's commit: moves live entries to their new records, removes dead
+    /// entries, sets new segments' lengths and drops compacted segments'
+    /// rows. Durable: the old segment files are deleted right after.
+    pub fn apply_relocation(
+        &self,
+        moves: &[(Fingerprint, u64, u64)],
+        dead: &[Fingerprint],
+        segment_lengths: &[(u64, u64)],
+        dropped_segments: &[u64],
+    ) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut segs = txn.open_table(SEGMENTS)?;
+            for &(id, len) in segment_lengths {
+                let live = segs.get(id)?.map(|v| v.value().1).unwrap_or(0);
+                segs.insert(id, (len, live))?;
+            }
+            for (fp, seg, off) in moves {
+                let Some(mut e) = chunks.get(*fp)?.map(|v| IndexEntry::decode(&v.value())) else {
+                    continue;
+                };
+                e.segment = *seg;
+                e.offset = *off;
+                if e.refcount > 0 {
+                    let (c, l) = segs.get(*seg)?.map(|v| v.value()).unwrap_or((0, 0));
+                    segs.insert(*seg, (c, l + e.record_len as u64))?;
+                }
+                chunks.insert(*fp, e.encode())?;
+            }
+            for fp in dead {
+                chunks.remove(*fp)?;
+            }
+            for id in dropped_segments {
+                segs.remove(*id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes the rows of segments (used at open for rows whose file and
+    /// entries are all gone).
+    pub fn forget_segments(&self, ids: &[u64]) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut segs = txn.open_table(SEGMENTS)?;
+            for id in ids {
+                segs.remove(*id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! Where chunk records live. Today: local append-only segment files
+//! (`segment`) holding records in the format of `record`.
+
+pub mod record;
+pub mod segment;

@@ -1,0 +1,265 @@
+//! Local segment files: append-only files of chunk records.
+//!
+//! Owns: the segment file header, file naming, the open segment's write
+//! buffer and roll-over, and positional reads.
+//!
+//! Invariants:
+//! - A segment file is only ever appended to, and only while it is the open
+//!   segment of the running engine; after a restart a new segment is opened.
+//! - Bytes beyond a segment's committed length (kept in the metadata segment
+//!   table) belong to no committed chunk and are cut off at the next open.
+//! - Segment ids only grow; a deleted id is never reused.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"DSSEGMNT";
+pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_LEN: u64 = 32;
+/// Appends are gathered into writes of about this size.
+const WRITE_BUFFER: usize = 4 << 20;
+
+pub fn segment_path(segments_dir: &Path, id: u64) -> PathBuf {
+    segments_dir.join(format!("{id:016x}.seg"))
+}
+
+/// The id encoded in a segment file name, if it is one.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Lists (id, path) of every segment file, sorted by id.
+pub fn list_segments(segments_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(segments_dir)? {
+        let entry = entry?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_name) {
+            out.push((id, entry.path()));
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    Ok(out)
+}
+
+fn header_bytes(id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&id.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks a segment file header; returns a reason when it is not valid.
+pub fn check_header(b: &[u8], id: u64) -> Result<(), String> {
+    if b.len() < SEGMENT_HEADER_LEN as usize {
+        return Err("segment header cut short".into());
+    }
+    if b[..32] != header_bytes(id) {
+        return Err("segment header is damaged or names another segment".into());
+    }
+    Ok(())
+}
+
+/// The open (appendable) segment plus segments sealed since the last sync.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    id: u64,
+    file: Arc<File>,
+    /// Logical length including buffered bytes.
+    len: u64,
+    /// Length actually written to the file.
+    flushed: u64,
+    buf: Vec<u8>,
+    roll_at: u64,
+    /// Sealed segments not yet fdatasync'ed, with their final length.
+    sealed_unsynced: Vec<(u64, u64, Arc<File>)>,
+}
+
+impl SegmentWriter {
+    /// Creates segment `id` (which must not exist) and makes it the open one.
+    pub fn create(dir: &Path, id: u64, roll_at: u64) -> std::io::Result<Self> {
+        let file = Self::create_file(dir, id)?;
+        Ok(SegmentWriter {
+            dir: dir.to_path_buf(),
+            id,
+            file: Arc::new(file),
+            len: SEGMENT_HEADER_LEN,
+            flushed: SEGMENT_HEADER_LEN,
+            buf: Vec::with_capacity(WRITE_BUFFER + (1 << 20)),
+            roll_at,
+            sealed_unsynced: Vec::new(),
+        })
+    }
+
+    fn create_file(dir: &Path, id: u64) -> std::io::Result<File> {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(segment_path(dir, id))?;
+        f.write_all(&header_bytes(id))?;
+        Ok(f)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == SEGMENT_HEADER_LEN
+    }
+
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Appends one record; returns (segment id, offset). Rolls to a new
+    /// segment first when this one would pass its size.
+    pub fn append(&mut self, record: &[u8]) -> std::io::Result<(u64, u64)> {
+        if !self.is_empty() && self.len + record.len() as u64 > self.roll_at {
+            self.roll()?;
+        }
+        let at = self.len;
+        self.buf.extend_from_slice(record);
+        self.len += record.len() as u64;
+        if self.buf.len() >= WRITE_BUFFER {
+            self.flush()?;
+        }
+        Ok((self.id, at))
+    }
+
+    /// Writes buffered bytes to the file (no fsync).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.flushed)?;
+            self.flushed += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Makes sure bytes up to `end` of the open segment are in the file.
+    pub fn flush_through(&mut self, id: u64, end: u64) -> std::io::Result<()> {
+        if id == self.id && end > self.flushed {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        let next = Self::create_file(&self.dir, self.id + 1)?;
+        let old = std::mem::replace(&mut self.file, Arc::new(next));
+        self.sealed_unsynced.push((self.id, self.len, old));
+        self.id += 1;
+        self.len = SEGMENT_HEADER_LEN;
+        self.flushed = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Flushes and returns what a commit records: the length of every
+    /// segment written since the last durable commit. For a durable commit
+    /// it also hands out the files to fdatasync and forgets the sealed ones.
+    pub fn prepare_commit(&mut self, durable: bool) -> std::io::Result<CommitView> {
+        self.flush()?;
+        let mut lengths: Vec<(u64, u64)> = self.sealed_unsynced.iter().map(|(id, len, _)| (*id, *len)).collect();
+        lengths.push((self.id, self.len));
+        let mut to_sync = Vec::new();
+        if durable {
+            to_sync = std::mem::take(&mut self.sealed_unsynced).into_iter().map(|(_, _, f)| f).collect();
+            to_sync.push(self.file.clone());
+        }
+        Ok(CommitView { lengths, to_sync })
+    }
+
+    /// Seals the open segment and starts a fresh one (used by GC so that the
+    /// segment it compacts into is never one it is about to delete).
+    pub fn force_roll(&mut self) -> std::io::Result<()> {
+        if !self.is_empty() {
+            self.roll()?;
+        }
+        Ok(())
+    }
+}
+
+/// What a commit needs from the writer.
+pub struct CommitView {
+    pub lengths: Vec<(u64, u64)>,
+    pub to_sync: Vec<Arc<File>>,
+}
+
+/// Reads `len` bytes at `offset`, distinguishing a short file.
+pub fn read_exact_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// One step of a walk over a segment's bytes.
+pub enum WalkItem<'a> {
+    /// A record whose header and ciphertext CRC both check.
+    Record {
+        offset: u64,
+        header: super::record::RecordHeader,
+        bytes: &'a [u8],
+    },
+    /// Damage at `offset`; the walk resumes at the next valid record.
+    Damaged { offset: u64, reason: String },
+}
+
+/// Walks the records of a whole segment image (header included), checking
+/// header and body CRCs. After damage it resynchronises on the next offset
+/// where a valid record starts, so one bad byte hides no other records.
+pub fn walk_records<'a>(image: &'a [u8], id: u64, mut f: impl FnMut(WalkItem<'a>)) {
+    use super::record::{check_body, parse_header};
+    if let Err(reason) = check_header(image, id) {
+        f(WalkItem::Damaged { offset: 0, reason });
+    }
+    let valid_at = |pos: usize| -> Option<(super::record::RecordHeader, usize)> {
+        let h = parse_header(&image[pos..]).ok()?;
+        let end = pos + h.record_len() as usize;
+        (end <= image.len() && check_body(&h, &image[pos..end])).then_some((h, end))
+    };
+    let mut pos = SEGMENT_HEADER_LEN as usize;
+    while pos < image.len() {
+        match valid_at(pos) {
+            Some((header, end)) => {
+                f(WalkItem::Record {
+                    offset: pos as u64,
+                    header,
+                    bytes: &image[pos..end],
+                });
+                pos = end;
+            }
+            None => {
+                let reason = match parse_header(&image[pos..]) {
+                    Err(e) => e.to_string(),
+                    Ok(h) if pos + h.record_len() as usize > image.len() => {
+                        "record runs past the end of the segment".into()
+                    }
+                    Ok(_) => "ciphertext CRC mismatch".into(),
+                };
+                f(WalkItem::Damaged {
+                    offset: pos as u64,
+                    reason,
+                });
+                pos = (pos + 1..image.len())
+                    .find(|&p| image[p..].starts_with(&super::record::MAGIC) && valid_at(p).is_some())
+                    .unwrap_or(image.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Helpers shared by the engine integration tests: a store with fixed test
+//! keys, deterministic pseudo-random data, and a store-wide byte search.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datastore::config::EngineConfig;
+use datastore::crypto::{ChunkCrypto, FingerprintAlg};
+use datastore::engine::Engine;
+
+pub const TEST_XTS_KEY: [u8; 64] = {
+    let mut k = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        k[i] = (i as u8).wrapping_mul(37).wrapping_add(11);
+        i += 1;
+    }
+    k
+};
+pub const TEST_FP_KEY: [u8; 32] = [0x5a; 32];
+
+pub fn crypto() -> Arc<ChunkCrypto> {
+    Arc::new(ChunkCrypto::new(&TEST_XTS_KEY, &TEST_FP_KEY, FingerprintAlg::Blake3Keyed).unwrap())
+}
+
+pub fn create_store(dir: &Path) {
+    Engine::create(dir, "test-store", &EngineConfig::default()).unwrap();
+}
+
+pub fn new_engine(dir: &Path) -> Engine {
+    create_store(dir);
+    Engine::open(dir, Some(crypto())).unwrap()
+}
+
+pub fn open_engine(dir: &Path) -> Engine {
+    Engine::open(dir, Some(crypto())).unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), fast enough for GiBs.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Total size of the files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// Every (file, offset) under `dir` where `needle` occurs.
+pub fn find_bytes(dir: &Path, needle: &[u8]) -> Vec<(String, usize)> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(find_bytes(&p, needle));
+        } else {
+            let data = std::fs::read(&p).unwrap();
+            for (i, w) in data.windows(needle.len()).enumerate() {
+                if w == needle {
+                    hits.push((p.display().to_string(), i));
+                }
+            }
+        }
+    }
+    hits
+}
