@@ -1,0 +1,120 @@
+//! Must-shows 2-4 of the chunk engine: deduplication, compression, and no
+//! plaintext at rest.
+
+mod common;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn same_stream_twice_adds_under_one_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    let data = random_bytes(1, 100 * MIB);
+    let a = e.put_bytes(&data).unwrap();
+    e.commit(true).unwrap();
+    let after_first = e.segment_bytes().unwrap();
+    let b = e.put_bytes(&data).unwrap();
+    e.commit(true).unwrap();
+    let after_second = e.segment_bytes().unwrap();
+    assert_eq!(a, b);
+    let added = after_second - after_first;
+    assert!(
+        (added as f64) < 0.01 * after_first as f64,
+        "second copy added {added} bytes to {after_first}"
+    );
+}
+
+#[test]
+fn one_byte_inserted_at_front_stores_at_most_four_new_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    let data = random_bytes(2, 100 * MIB);
+    e.put_bytes(&data).unwrap();
+    let before = e.stats.snapshot().chunks_new;
+    let mut shifted = Vec::with_capacity(data.len() + 1);
+    shifted.push(0xA5);
+    shifted.extend_from_slice(&data);
+    let recipe = e.put_bytes(&shifted).unwrap();
+    let new = e.stats.snapshot().chunks_new - before;
+    assert!(new <= 4, "{new} new chunks after a one-byte insert");
+    e.commit(true).unwrap();
+    assert_eq!(e.read_to_vec(&recipe).unwrap(), shifted);
+}
+
+/// Up to `limit` bytes of Rust and C source text from the cargo registry
+/// sources that this build itself downloaded.
+fn source_text(limit: usize) -> Vec<u8> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<u8>, limit: usize) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if out.len() >= limit {
+                return;
+            }
+            if p.is_dir() {
+                walk(&p, out, limit);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("rs" | "c" | "h")) {
+                if let Ok(b) = std::fs::read(&p) {
+                    out.extend_from_slice(&b);
+                }
+            }
+        }
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let mut out = Vec::new();
+    walk(&home.join("registry").join("src"), &mut out, limit);
+    out.truncate(limit);
+    assert!(out.len() == limit, "need {limit} bytes of source text under {}", home.display());
+    out
+}
+
+#[test]
+fn source_text_stored_at_most_45_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    let text = source_text(32 * MIB);
+    let recipe = e.put_bytes(&text).unwrap();
+    e.commit(true).unwrap();
+    let stored = e.segment_bytes().unwrap();
+    let ratio = stored as f64 / text.len() as f64;
+    println!("source text: {} bytes stored in {} ({:.1}%)", text.len(), stored, ratio * 100.0);
+    assert!(ratio <= 0.45, "source text stored at {:.1}%", ratio * 100.0);
+    assert_eq!(e.read_to_vec(&recipe).unwrap(), text);
+}
+
+#[test]
+fn random_data_stored_at_most_100_5_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    let data = random_bytes(3, 64 * MIB);
+    e.put_bytes(&data).unwrap();
+    e.commit(true).unwrap();
+    let stored = e.segment_bytes().unwrap();
+    let ratio = stored as f64 / data.len() as f64;
+    println!("random: {} bytes stored in {} ({:.3}%)", data.len(), stored, ratio * 100.0);
+    assert!(ratio <= 1.005, "random data stored at {:.3}%", ratio * 100.0);
+}
+
+#[test]
+fn no_plaintext_marker_anywhere_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = random_bytes(0xfeed, 32);
+    let data: Vec<u8> = marker.iter().copied().cycle().take(MIB).collect();
+    {
+        let e = new_engine(dir.path());
+        let recipe = e.put_bytes(&data).unwrap();
+        e.commit(true).unwrap();
+        assert_eq!(e.read_to_vec(&recipe).unwrap(), data);
+    }
+    // Any 16-byte window of the marker (rotations included) would betray it.
+    for start in 0..32 {
+        let window: Vec<u8> = marker.iter().cycle().skip(start).take(16).copied().collect();
+        let hits = find_bytes(dir.path(), &window);
+        assert!(hits.is_empty(), "plaintext found at {hits:?}");
+    }
+}
