@@ -7,9 +7,19 @@
 //! plain byte array that outlives the call.
 
 pub mod error;
+pub mod file;
+pub mod kdf;
+#[allow(clippy::module_inception)]
+pub mod keystore;
 pub mod secmem;
+pub mod selftest;
+pub mod volume;
 pub mod xts;
 
 pub use error::KeystoreError;
-pub use secmem::{harden_process, locked_bytes, LockedBox};
+pub use file::{FipsMode, SlotKind, StartupMode};
+pub use keystore::{Keystore, KeystoreInfo, RecoveryKey, SlotOptions, FIPS_MIN_PASSWORD};
+pub use secmem::{harden_process, locked_bytes, process_is_hardened, LockedBox};
+pub use selftest::{KatSet, SelfTestReport};
+pub use volume::VolumeKey;
 pub use xts::Xts256;

@@ -1,0 +1,522 @@
+//! The keystore of one store: keyslots, startup and shipping modes, FIPS
+//! mode, and the verbs that change them (ZFS/LUKS2 style: each one small,
+//! each one rewraps or destroys, none touches data).
+//!
+//! Invariants:
+//! - A slot wraps the volume key with AES-256-GCM under a KEK; the AAD binds
+//!   the wrap to the store id, slot id, slot kind and KDF parameters, so a
+//!   slot cannot be moved or have its cost lowered without failing to open.
+//! - Unlock pays the full KDF for every slot it tries: there is no check
+//!   that can reject a wrong password before the KDF has run.
+//! - The last password/recovery slot is never removed.
+//! - In shipping mode no boot slot and no boot-key file exist.
+//! - In FIPS mode `validated` every slot uses PBKDF2 and self-tests pass
+//!   before any key is unwrapped.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ring::aead;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::error::KeystoreError;
+use crate::file::{decode_hex, destroy_file, FipsMode, KeystoreFile, Shipping, Slot, SlotKind, StartupMode};
+use crate::kdf::Kdf;
+use crate::secmem::{harden_process, LockedBox};
+use crate::selftest::{self, KatSet, SelfTestReport};
+use crate::volume::{VolumeKey, VOLUME_KEY_LEN};
+
+/// Minimum password length in FIPS mode `validated` (SP 800-132 guidance as
+/// applied by the validated module's PBKDF2 service).
+pub const FIPS_MIN_PASSWORD: usize = 14;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random<const N: usize>() -> Result<[u8; N], KeystoreError> {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).map_err(|_| KeystoreError::Random)?;
+    Ok(b)
+}
+
+/// A 256-bit recovery key, shown once, in 16 groups of 4 hex digits.
+pub struct RecoveryKey(Zeroizing<String>);
+
+impl RecoveryKey {
+    fn generate() -> Result<(Self, Zeroizing<[u8; 32]>), KeystoreError> {
+        let raw = Zeroizing::new(random::<32>()?);
+        let hex = Zeroizing::new(hex::encode(&raw[..]));
+        let grouped: Vec<&str> = (0..16).map(|i| &hex[i * 4..i * 4 + 4]).collect();
+        Ok((RecoveryKey(Zeroizing::new(grouped.join("-"))), raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The 32 key bytes if `text` is a recovery key (dashes and spaces
+    /// ignored, any case).
+    fn parse(text: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+        let clean: Zeroizing<Vec<u8>> = Zeroizing::new(
+            text.iter()
+                .filter(|c| !matches!(c, b'-' | b' '))
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        );
+        if clean.len() != 64 {
+            return None;
+        }
+        let mut out = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(&clean[..], &mut out[..]).ok()?;
+        Some(out)
+    }
+}
+
+/// Options for new slots.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotOptions {
+    /// Target time of one KDF run when calibrating.
+    pub kdf_target: Duration,
+}
+
+impl Default for SlotOptions {
+    fn default() -> Self {
+        SlotOptions { kdf_target: Duration::from_secs(1) }
+    }
+}
+
+/// What `encryption show` reports about the keystore (no secrets).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeystoreInfo {
+    pub fips_mode: FipsMode,
+    pub startup: StartupMode,
+    pub shipping_mode: bool,
+    pub slots: Vec<SlotInfo>,
+    pub boot_key_file: Option<String>,
+    pub loaded_from_backup: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotInfo {
+    pub id: u32,
+    pub kind: SlotKind,
+    pub created: u64,
+    pub kdf: String,
+}
+
+pub struct Keystore {
+    dir: PathBuf,
+    boot_dir: PathBuf,
+    file: KeystoreFile,
+    loaded_from_backup: bool,
+}
+
+impl Keystore {
+    pub fn dir_of(store: &Path) -> PathBuf {
+        store.join("keystore")
+    }
+
+    fn boot_key_path(&self) -> PathBuf {
+        self.boot_dir.join(format!("{}.key", self.file.store_id))
+    }
+
+    fn aad(&self, slot_id: u32, kind: SlotKind, kdf: &Option<Kdf>) -> Vec<u8> {
+        format!(
+            "datastore-keystore-v1|{}|{}|{:?}|{}",
+            self.file.store_id,
+            slot_id,
+            kind,
+            serde_json::to_string(kdf).unwrap_or_default()
+        )
+        .into_bytes()
+    }
+
+    fn kdf_for_new_slot(&self, opts: &SlotOptions) -> Result<Kdf, KeystoreError> {
+        Kdf::calibrate(self.file.fips_mode == FipsMode::Validated, opts.kdf_target)
+    }
+
+    fn check_password_policy(&self, password: &[u8]) -> Result<(), KeystoreError> {
+        if password.is_empty() {
+            return Err(KeystoreError::Refused("the password is empty".into()));
+        }
+        if self.file.fips_mode == FipsMode::Validated && password.len() < FIPS_MIN_PASSWORD {
+            return Err(KeystoreError::Refused(format!(
+                "FIPS mode needs passwords of at least {FIPS_MIN_PASSWORD} bytes (PBKDF2 passwords must carry enough entropy for the approved service)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wraps `vk` under `kek` into a new slot.
+    fn wrap(&self, id: u32, kind: SlotKind, kdf: Option<Kdf>, salt: [u8; 16], kek: &[u8; 32], vk: &VolumeKey) -> Result<Slot, KeystoreError> {
+        let key = LockedBox::new_with(|slot| {
+            slot.write(aead::LessSafeKey::new(
+                aead::UnboundKey::new(&aead::AES_256_GCM, kek).expect("32-byte key"),
+            ));
+        })?;
+        let nonce = random::<12>()?;
+        let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + 16])?;
+        buf[..VOLUME_KEY_LEN].copy_from_slice(vk.as_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(self.aad(id, kind, &kdf)),
+                &mut buf[..VOLUME_KEY_LEN],
+            )
+            .map_err(|_| KeystoreError::Refused("key wrap failed".into()))?;
+        buf[VOLUME_KEY_LEN..].copy_from_slice(tag.as_ref());
+        Ok(Slot {
+            id,
+            kind,
+            created: now(),
+            kdf,
+            salt: hex::encode(salt),
+            nonce: hex::encode(nonce),
+            wrapped: hex::encode(&buf[..]),
+        })
+    }
+
+    /// Opens a slot with its KEK; Err(WrongPassword) when the tag fails.
+    fn unwrap_slot(&self, slot: &Slot, kek: &[u8; 32]) -> Result<VolumeKey, KeystoreError> {
+        let key = LockedBox::new_with(|s| {
+            s.write(aead::LessSafeKey::new(
+                aead::UnboundKey::new(&aead::AES_256_GCM, kek).expect("32-byte key"),
+            ));
+        })?;
+        let nonce: [u8; 12] = decode_hex("nonce", &slot.nonce, 12)?.try_into().expect("12");
+        let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + 16])?;
+        let wrapped = Zeroizing::new(decode_hex("wrapped", &slot.wrapped, VOLUME_KEY_LEN + 16)?);
+        buf.copy_from_slice(&wrapped);
+        key.open_in_place(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(self.aad(slot.id, slot.kind, &slot.kdf)),
+            &mut buf[..],
+        )
+        .map_err(|_| KeystoreError::WrongPassword)?;
+        let mut vk = LockedBox::new([0u8; VOLUME_KEY_LEN])?;
+        vk.copy_from_slice(&buf[..VOLUME_KEY_LEN]);
+        Ok(VolumeKey::from_locked(vk))
+    }
+
+    fn new_secret_slot(&mut self, kind: SlotKind, secret: &[u8], vk: &VolumeKey, opts: &SlotOptions) -> Result<Slot, KeystoreError> {
+        let kdf = self.kdf_for_new_slot(opts)?;
+        let salt = random::<16>()?;
+        let kek = kdf.derive(secret, &salt)?;
+        let id = self.file.next_slot_id;
+        self.file.next_slot_id += 1;
+        self.wrap(id, kind, Some(kdf), salt, &kek, vk)
+    }
+
+    /// Creates the keystore of a new store. Returns the volume key and the
+    /// recovery key (to be shown once).
+    pub fn create(
+        store: &Path,
+        store_id: &str,
+        boot_dir: &Path,
+        password: &[u8],
+        fips: FipsMode,
+        opts: &SlotOptions,
+    ) -> Result<(Keystore, VolumeKey, RecoveryKey), KeystoreError> {
+        let dir = Self::dir_of(store);
+        if dir.join(crate::file::FILE_NAME).exists() || dir.join(crate::file::BACKUP_NAME).exists() {
+            return Err(KeystoreError::Refused(format!("{} already holds a keystore", dir.display())));
+        }
+        if fips == FipsMode::Validated {
+            selftest::require(&KatSet::embedded())?;
+        }
+        let mut ks = Keystore {
+            dir,
+            boot_dir: boot_dir.to_path_buf(),
+            file: KeystoreFile {
+                format: crate::file::FORMAT_NAME.into(),
+                version: crate::file::FORMAT_VERSION,
+                store_id: store_id.into(),
+                fips_mode: fips,
+                startup: StartupMode::Locked,
+                shipping: None,
+                next_slot_id: 0,
+                slots: Vec::new(),
+            },
+            loaded_from_backup: false,
+        };
+        ks.check_password_policy(password)?;
+        let vk = VolumeKey::generate()?;
+        let slot = ks.new_secret_slot(SlotKind::Password, password, &vk, opts)?;
+        ks.file.slots.push(slot);
+        let (rk, raw) = RecoveryKey::generate()?;
+        let slot = ks.new_secret_slot(SlotKind::Recovery, &raw[..], &vk, opts)?;
+        ks.file.slots.push(slot);
+        std::fs::create_dir_all(&ks.dir).map_err(|e| KeystoreError::io(&ks.dir, e))?;
+        set_mode(&ks.dir, 0o700)?;
+        ks.file.save(&ks.dir)?;
+        Ok((ks, vk, rk))
+    }
+
+    pub fn open(store: &Path, boot_dir: &Path) -> Result<Keystore, KeystoreError> {
+        let dir = Self::dir_of(store);
+        let (file, loaded_from_backup) = KeystoreFile::load(&dir)?;
+        Ok(Keystore { dir, boot_dir: boot_dir.to_path_buf(), file, loaded_from_backup })
+    }
+
+    pub fn fips_mode(&self) -> FipsMode {
+        self.file.fips_mode
+    }
+
+    pub fn startup(&self) -> StartupMode {
+        self.file.startup
+    }
+
+    pub fn in_shipping_mode(&self) -> bool {
+        self.file.shipping.is_some()
+    }
+
+    /// Self-tests required before unwrapping in validated mode.
+    fn gate(&self, kats: &KatSet) -> Result<Option<SelfTestReport>, KeystoreError> {
+        if self.file.fips_mode == FipsMode::Validated {
+            return selftest::require(kats).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Tries `secret` against every password slot (and every recovery slot
+    /// when it has the recovery-key form). Returns the slot id that opened.
+    fn open_with_secret(&self, secret: &[u8]) -> Result<(u32, VolumeKey), KeystoreError> {
+        let recovery = RecoveryKey::parse(secret);
+        let mut found = None;
+        for slot in &self.file.slots {
+            let candidate: &[u8] = match (slot.kind, &recovery) {
+                (SlotKind::Password, _) => secret,
+                (SlotKind::Recovery, Some(raw)) => &raw[..],
+                _ => continue,
+            };
+            let kdf = slot.kdf.ok_or_else(|| KeystoreError::Corrupt("slot without KDF".into()))?;
+            let salt = decode_hex("salt", &slot.salt, 16)?;
+            // Every slot is tried even after a match, so the time an attempt
+            // takes says nothing about which slot (if any) matched.
+            let kek = kdf.derive(candidate, &salt)?;
+            match self.unwrap_slot(slot, &kek) {
+                Ok(vk) if found.is_none() => found = Some((slot.id, vk)),
+                Ok(_) | Err(KeystoreError::WrongPassword) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        found.ok_or(KeystoreError::WrongPassword)
+    }
+
+    /// Unlocks with a password or the recovery key. In validated mode the
+    /// self-tests run first and a failure refuses. A successful unlock ends
+    /// shipping mode (restoring the previous startup mode) and hardens the
+    /// process (not dumpable, no core files).
+    pub fn unlock(&mut self, secret: &[u8], kats: &KatSet) -> Result<VolumeKey, KeystoreError> {
+        self.gate(kats)?;
+        let (_, vk) = self.open_with_secret(secret)?;
+        harden_process()?;
+        if let Some(ship) = self.file.shipping.take() {
+            self.file.startup = StartupMode::Locked;
+            if ship.previous_startup == StartupMode::Unlocked {
+                self.install_boot_slot(&vk)?;
+            }
+            self.file.save(&self.dir)?;
+        }
+        Ok(vk)
+    }
+
+    /// Unlocks without a password through the boot key, when the startup
+    /// mode is `unlocked` and shipping mode is off. Ok(None) means a
+    /// password is needed.
+    pub fn unlock_at_boot(&self, kats: &KatSet) -> Result<Option<VolumeKey>, KeystoreError> {
+        if self.file.startup != StartupMode::Unlocked || self.file.shipping.is_some() {
+            return Ok(None);
+        }
+        let Some(slot) = self.file.slots.iter().find(|s| s.kind == SlotKind::Boot) else {
+            return Ok(None);
+        };
+        let path = self.boot_key_path();
+        let raw = match std::fs::read(&path) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(KeystoreError::io(&path, e)),
+        };
+        let kek = LockedBox::new_with(|s| {
+            let mut k = [0u8; 32];
+            if raw.len() == 32 {
+                k.copy_from_slice(&raw);
+            }
+            s.write(k);
+        })?;
+        if raw.len() != 32 {
+            return Err(KeystoreError::Corrupt(format!("{} is not a boot key", path.display())));
+        }
+        self.gate(kats)?;
+        let vk = self.unwrap_slot(slot, &kek)?;
+        harden_process()?;
+        Ok(Some(vk))
+    }
+
+    fn install_boot_slot(&mut self, vk: &VolumeKey) -> Result<(), KeystoreError> {
+        self.remove_boot_slot()?;
+        std::fs::create_dir_all(&self.boot_dir).map_err(|e| KeystoreError::io(&self.boot_dir, e))?;
+        set_mode(&self.boot_dir, 0o700)?;
+        let key = LockedBox::new(random::<32>()?)?;
+        let id = self.file.next_slot_id;
+        self.file.next_slot_id += 1;
+        let slot = self.wrap(id, SlotKind::Boot, None, [0u8; 16], &key, vk)?;
+        crate::file::write_atomic(&self.boot_key_path(), &key[..])?;
+        self.file.slots.push(slot);
+        self.file.startup = StartupMode::Unlocked;
+        Ok(())
+    }
+
+    fn remove_boot_slot(&mut self) -> Result<(), KeystoreError> {
+        self.file.slots.retain(|s| s.kind != SlotKind::Boot);
+        destroy_file(&self.boot_key_path())
+    }
+
+    /// Switches the startup mode. `unlocked` creates a boot slot and its
+    /// root-only key file; `locked` destroys both.
+    pub fn set_startup(&mut self, mode: StartupMode, vk: &VolumeKey) -> Result<(), KeystoreError> {
+        if self.file.shipping.is_some() {
+            return Err(KeystoreError::Refused("the store is in shipping mode: unlock it with a password first".into()));
+        }
+        match mode {
+            StartupMode::Unlocked => self.install_boot_slot(vk)?,
+            StartupMode::Locked => {
+                self.file.startup = StartupMode::Locked;
+                // Save first: the slot disappears from the file before its
+                // key file is destroyed.
+                self.file.slots.retain(|s| s.kind != SlotKind::Boot);
+                self.file.save(&self.dir)?;
+                self.remove_boot_slot()?;
+            }
+        }
+        self.file.save(&self.dir)
+    }
+
+    /// Shipping mode: destroys every persistent unwrapping secret except the
+    /// password and recovery slots; the next start is locked.
+    pub fn enter_shipping_mode(&mut self) -> Result<(), KeystoreError> {
+        if self.file.shipping.is_none() {
+            self.file.shipping = Some(Shipping { previous_startup: self.file.startup, since: now() });
+        }
+        self.file.startup = StartupMode::Locked;
+        self.file.slots.retain(|s| s.kind != SlotKind::Boot);
+        self.file.save(&self.dir)?;
+        self.remove_boot_slot()?;
+        self.file.save(&self.dir)
+    }
+
+    /// Adds a password slot (the caller proved access by unlocking).
+    pub fn add_password(&mut self, vk: &VolumeKey, new_password: &[u8], opts: &SlotOptions) -> Result<u32, KeystoreError> {
+        self.check_password_policy(new_password)?;
+        let slot = self.new_secret_slot(SlotKind::Password, new_password, vk, opts)?;
+        let id = slot.id;
+        self.file.slots.push(slot);
+        self.file.save(&self.dir)?;
+        Ok(id)
+    }
+
+    /// Rewraps the slot that `old` opens under `new` (data untouched).
+    pub fn change_password(&mut self, old: &[u8], new: &[u8], kats: &KatSet, opts: &SlotOptions) -> Result<(), KeystoreError> {
+        self.check_password_policy(new)?;
+        self.gate(kats)?;
+        let (id, vk) = self.open_with_secret(old)?;
+        let pos = self.file.slots.iter().position(|s| s.id == id).expect("slot exists");
+        if self.file.slots[pos].kind != SlotKind::Password {
+            return Err(KeystoreError::Refused("that is the recovery key; use `password add` to add a password".into()));
+        }
+        let slot = self.new_secret_slot(SlotKind::Password, new, &vk, opts)?;
+        self.file.slots[pos] = slot;
+        self.file.save(&self.dir)
+    }
+
+    /// Removes the password slot that `password` opens; refuses to remove
+    /// the last password or recovery slot.
+    pub fn remove_password(&mut self, password: &[u8], kats: &KatSet) -> Result<(), KeystoreError> {
+        self.gate(kats)?;
+        let (id, _vk) = self.open_with_secret(password)?;
+        let remaining = self.file.slots.iter().filter(|s| s.kind != SlotKind::Boot && s.id != id).count();
+        if remaining == 0 {
+            return Err(KeystoreError::Refused("refusing to remove the last keyslot: the store would become unreadable".into()));
+        }
+        let kind = self.file.slots.iter().find(|s| s.id == id).map(|s| s.kind);
+        if kind != Some(SlotKind::Password) {
+            return Err(KeystoreError::Refused("that secret is the recovery key, not a password".into()));
+        }
+        self.file.slots.retain(|s| s.id != id);
+        self.file.save(&self.dir)
+    }
+
+    /// Switches FIPS mode on a keystore: rewraps the password slot that
+    /// `password` opens with the new mode's KDF, reissues the recovery key,
+    /// and rewraps the boot slot. Refuses when other password slots exist
+    /// (their passwords are not known here to rewrap them).
+    pub fn set_fips_mode(&mut self, mode: FipsMode, password: &[u8], kats: &KatSet, opts: &SlotOptions) -> Result<Option<RecoveryKey>, KeystoreError> {
+        if self.file.fips_mode == mode {
+            return Ok(None);
+        }
+        let passwords = self.file.slots.iter().filter(|s| s.kind == SlotKind::Password).count();
+        if passwords > 1 {
+            return Err(KeystoreError::Refused(format!(
+                "the store has {passwords} password slots and only the one entered can be rewrapped: remove the others first (datastore encryption password remove)"
+            )));
+        }
+        if mode == FipsMode::Validated {
+            selftest::require(kats)?;
+        }
+        let (_, vk) = self.open_with_secret(password)?;
+        let old = self.file.clone();
+        self.file.fips_mode = mode;
+        if let Err(e) = self.check_password_policy(password) {
+            self.file = old;
+            return Err(e);
+        }
+        let had_boot = self.file.slots.iter().any(|s| s.kind == SlotKind::Boot);
+        self.file.slots.clear();
+        let slot = self.new_secret_slot(SlotKind::Password, password, &vk, opts)?;
+        self.file.slots.push(slot);
+        let (rk, raw) = RecoveryKey::generate()?;
+        let slot = self.new_secret_slot(SlotKind::Recovery, &raw[..], &vk, opts)?;
+        self.file.slots.push(slot);
+        if had_boot {
+            self.install_boot_slot(&vk)?;
+        }
+        self.file.save(&self.dir)?;
+        Ok(Some(rk))
+    }
+
+    pub fn info(&self) -> KeystoreInfo {
+        KeystoreInfo {
+            fips_mode: self.file.fips_mode,
+            startup: self.file.startup,
+            shipping_mode: self.file.shipping.is_some(),
+            slots: self
+                .file
+                .slots
+                .iter()
+                .map(|s| SlotInfo {
+                    id: s.id,
+                    kind: s.kind,
+                    created: s.created,
+                    kdf: s.kdf.map(|k| k.describe()).unwrap_or_else(|| "boot key file".into()),
+                })
+                .collect(),
+            boot_key_file: self
+                .file
+                .slots
+                .iter()
+                .any(|s| s.kind == SlotKind::Boot)
+                .then(|| self.boot_key_path().display().to_string()),
+            loaded_from_backup: self.loaded_from_backup,
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), KeystoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| KeystoreError::io(path, e))
+}
