@@ -2,6 +2,7 @@
 //! See ../shared/DESIGN.md for the layer map; each module's top comment says
 //! what it owns.
 
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod engine;

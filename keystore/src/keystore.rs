@@ -379,13 +379,17 @@ impl Keystore {
 
     /// Switches the startup mode. `unlocked` creates a boot slot and its
     /// root-only key file; `locked` destroys both.
-    pub fn set_startup(&mut self, mode: StartupMode, vk: &VolumeKey) -> Result<(), KeystoreError> {
+    /// `unlocked` needs the volume key (to wrap it for the boot slot).
+    pub fn set_startup(&mut self, mode: StartupMode, vk: Option<&VolumeKey>) -> Result<(), KeystoreError> {
         if self.file.shipping.is_some() {
             return Err(KeystoreError::Refused("the store is in shipping mode: unlock it with a password first".into()));
         }
-        match mode {
-            StartupMode::Unlocked => self.install_boot_slot(vk)?,
-            StartupMode::Locked => {
+        match (mode, vk) {
+            (StartupMode::Unlocked, None) => {
+                return Err(KeystoreError::Refused("switching to unlocked startup needs the password".into()))
+            }
+            (StartupMode::Unlocked, Some(vk)) => self.install_boot_slot(vk)?,
+            (StartupMode::Locked, _) => {
                 self.file.startup = StartupMode::Locked;
                 // Save first: the slot disappears from the file before its
                 // key file is destroyed.

@@ -76,13 +76,13 @@ fn removing_the_last_slot_is_refused() {
 #[test]
 fn unlocked_startup_opens_from_boot_key_and_locked_destroys_it() {
     let (dir, mut ks, vk, _rk) = setup(FipsMode::Disabled);
-    ks.set_startup(StartupMode::Unlocked, &vk).unwrap();
+    ks.set_startup(StartupMode::Unlocked, Some(&vk)).unwrap();
     let key_file = dir.path().join("boot").join("store-1.key");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     let ks2 = reopen(dir.path());
     assert!(ks2.unlock_at_boot(&KatSet::embedded()).unwrap().unwrap().same_as(&vk));
-    ks.set_startup(StartupMode::Locked, &vk).unwrap();
+    ks.set_startup(StartupMode::Locked, None).unwrap();
     assert!(!key_file.exists());
     assert!(reopen(dir.path()).unlock_at_boot(&KatSet::embedded()).unwrap().is_none());
 }
@@ -90,7 +90,7 @@ fn unlocked_startup_opens_from_boot_key_and_locked_destroys_it() {
 #[test]
 fn shipping_mode_leaves_nothing_that_opens_without_a_password() {
     let (dir, mut ks, vk, _rk) = setup(FipsMode::Disabled);
-    ks.set_startup(StartupMode::Unlocked, &vk).unwrap();
+    ks.set_startup(StartupMode::Unlocked, Some(&vk)).unwrap();
     // Keep a copy of the boot key as an attacker who imaged the host would.
     let key_file = dir.path().join("boot").join("store-1.key");
     let stolen_boot_key = std::fs::read(&key_file).unwrap();
@@ -170,7 +170,7 @@ fn torn_main_file_falls_back_to_backup() {
 #[test]
 fn the_store_holds_no_key_bytes() {
     let (dir, mut ks, vk, _rk) = setup(FipsMode::Disabled);
-    ks.set_startup(StartupMode::Unlocked, &vk).unwrap();
+    ks.set_startup(StartupMode::Unlocked, Some(&vk)).unwrap();
     let bytes = std::fs::read(dir.path().join("keystore/keystore.json")).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     for key in [&vk.xts_key()[..16], &vk.fingerprint_key()[..16], &vk.metadata_key()[..16]] {
@@ -215,4 +215,21 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn unlocked_process_holds_locked_memory_and_is_not_dumpable() {
+    let (dir, _ks, _vk, _rk) = setup(FipsMode::Disabled);
+    let mut ks = reopen(dir.path());
+    let vk = ks.unlock(PW, &KatSet::embedded()).unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vmlck: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(vmlck > 0, "VmLck is {vmlck} kB with a key loaded");
+    assert!(keystore::process_is_hardened());
+    drop(vk);
 }

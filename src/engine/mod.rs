@@ -331,3 +331,16 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     crate::fsutil::sync_dir(dir).map_err(io_err("sync segments dir"))?;
     Ok(next)
 }
+
+impl Engine {
+    /// Chunks in the index (live or awaiting GC) and live logical bytes
+    /// referenced (sum of plain length x refcount).
+    pub fn index_summary(&self) -> Result<(u64, u64)> {
+        let (mut chunks, mut logical) = (0u64, 0u64);
+        self.meta.for_each_chunk(|_, e| {
+            chunks += 1;
+            logical += e.plain_len as u64 * e.refcount;
+        })?;
+        Ok((chunks, logical))
+    }
+}

@@ -1,0 +1,181 @@
+//! `datastore encryption ...`: show, set --fips-mode, password add/change/
+//! remove, startup, shipping-mode. Each verb rewraps or destroys key
+//! material; none touches data.
+
+use keystore::{FipsMode, KatSet, StartupMode};
+use serde::Serialize;
+
+use super::exit::{Exit, Failure};
+use super::secrets::SecretReader;
+use super::store::{fips_of, load_config, open_keystore};
+use super::{kdf_options, print_json, Cli, EncryptionCommand, PasswordCommand, StartupArg};
+use crate::crypto::FingerprintAlg;
+use crate::engine::Engine;
+
+pub fn run(cli: &Cli, cmd: &EncryptionCommand) -> Result<(), Failure> {
+    match cmd {
+        EncryptionCommand::Show { json } => show(cli, *json),
+        EncryptionCommand::Set { fips_mode } => set_fips(cli, fips_of(*fips_mode)),
+        EncryptionCommand::Password { command } => password(cli, command),
+        EncryptionCommand::Startup { mode } => startup(cli, *mode),
+        EncryptionCommand::ShippingMode => {
+            let mut ks = open_keystore(&cli.store)?;
+            ks.enter_shipping_mode()?;
+            println!("Shipping mode on: no stored key can open this store; the next start needs the password.");
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Show {
+    encrypted: bool,
+    data_cipher: &'static str,
+    fingerprint: &'static str,
+    key_slot_wrap: &'static str,
+    fips_mode: FipsMode,
+    compliance: String,
+    crypto_implementation: &'static str,
+    self_test: keystore::SelfTestReport,
+    keystore: keystore::KeystoreInfo,
+    lock_state: &'static str,
+    memory_protection: &'static str,
+}
+
+fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
+    let cfg = load_config(&cli.store)?;
+    let ks = open_keystore(&cli.store)?;
+    let self_test = keystore::selftest::run(&KatSet::embedded());
+    let fips = ks.fips_mode();
+    let compliance = match (fips, self_test.passed) {
+        (FipsMode::Validated, true) => "FIPS mode: approved algorithms only (AES-XTS-256, AES-256-GCM, HMAC-SHA-256, PBKDF2-HMAC-SHA-256, OS DRBG); known-answer self-tests passed. The implementation is not a NIST-validated module: no CMVP certificate applies.".to_string(),
+        (FipsMode::Validated, false) => "FIPS mode: SELF-TESTS FAILED; unlock is refused.".to_string(),
+        (FipsMode::Disabled, _) => "FIPS mode disabled: Argon2id and keyed BLAKE3 in use.".to_string(),
+    };
+    let s = Show {
+        encrypted: true,
+        data_cipher: "AES-XTS-256 (two 256-bit keys; one data unit per chunk, tweak from the keyed fingerprint)",
+        fingerprint: match cfg.engine.fingerprint {
+            FingerprintAlg::Blake3Keyed => "keyed BLAKE3-256",
+            FingerprintAlg::HmacSha256 => "HMAC-SHA-256",
+        },
+        key_slot_wrap: "AES-256-GCM",
+        fips_mode: fips,
+        compliance,
+        crypto_implementation: "RustCrypto aes (AES-NI) for XTS, ring for GCM/HMAC/SHA-256/PBKDF2/DRBG, argon2, blake3",
+        self_test,
+        keystore: ks.info(),
+        lock_state: "not mounted (no daemon holds keys)",
+        memory_protection: "key bytes and AES key schedules in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages; a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
+    };
+    if json {
+        return print_json(&s);
+    }
+    println!("Encryption:        on, {}", s.data_cipher);
+    println!("Fingerprints:      {}", s.fingerprint);
+    println!("Key slots wrapped: {}", s.key_slot_wrap);
+    println!("FIPS mode:         {:?}", s.fips_mode);
+    println!("Compliance:        {}", s.compliance);
+    println!("Implementation:    {}", s.crypto_implementation);
+    println!(
+        "Self-tests:        {} at {} (unix time; {} vectors)",
+        if s.self_test.passed { "passed" } else { "FAILED" },
+        s.self_test.at,
+        s.self_test.results.len()
+    );
+    println!("Startup mode:      {:?}", s.keystore.startup);
+    println!("Shipping mode:     {}", if s.keystore.shipping_mode { "on" } else { "off" });
+    if let Some(f) = &s.keystore.boot_key_file {
+        println!("Boot key file:     {f}");
+    }
+    println!("Lock state:        {}", s.lock_state);
+    println!("Memory protection: {}", s.memory_protection);
+    println!("Key slots:");
+    for slot in &s.keystore.slots {
+        println!("  #{:<3} {:<9} created {}  {}", slot.id, format!("{:?}", slot.kind).to_lowercase(), slot.created, slot.kdf);
+    }
+    if s.keystore.loaded_from_backup {
+        println!("WARNING: keystore.json was unreadable; loaded from keystore.json.bak");
+    }
+    Ok(())
+}
+
+fn set_fips(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {
+    let mut cfg = load_config(&cli.store)?;
+    let mut ks = open_keystore(&cli.store)?;
+    if ks.fips_mode() == mode {
+        println!("FIPS mode is already {mode:?}.");
+        return Ok(());
+    }
+    {
+        let engine = Engine::open(&cli.store, None)?;
+        let (chunks, _) = engine.index_summary()?;
+        if chunks > 0 {
+            return Err(Failure::new(
+                Exit::Refused,
+                "this store holds data: switching FIPS mode needs re-encryption of every chunk, which this version cannot do yet",
+            ));
+        }
+    }
+    let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
+    let recovery = ks.set_fips_mode(mode, password.as_bytes(), &KatSet::embedded(), &kdf_options())?;
+    cfg.engine.fingerprint = match mode {
+        FipsMode::Validated => FingerprintAlg::HmacSha256,
+        FipsMode::Disabled => FingerprintAlg::Blake3Keyed,
+    };
+    cfg.save(&cli.store)
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot write datastore.toml: {e}")))?;
+    println!("FIPS mode is now {mode:?}; key slots rewrapped.");
+    if let Some(rk) = recovery {
+        println!("New recovery key (the old one no longer works; shown once):");
+        println!("  {}", rk.as_str());
+    }
+    Ok(())
+}
+
+fn password(cli: &Cli, cmd: &PasswordCommand) -> Result<(), Failure> {
+    let mut ks = open_keystore(&cli.store)?;
+    let mut reader = SecretReader::new();
+    let kats = KatSet::embedded();
+    match cmd {
+        PasswordCommand::Add { new_password_file } => {
+            let current = reader.read("Current password", cli.password_file.as_deref(), false)?;
+            let new = reader.read("New password", new_password_file.as_deref(), true)?;
+            let vk = ks.unlock(current.as_bytes(), &kats)?;
+            let id = ks.add_password(&vk, new.as_bytes(), &kdf_options())?;
+            println!("Added password slot #{id}.");
+        }
+        PasswordCommand::Change { new_password_file } => {
+            let current = reader.read("Current password", cli.password_file.as_deref(), false)?;
+            let new = reader.read("New password", new_password_file.as_deref(), true)?;
+            ks.change_password(current.as_bytes(), new.as_bytes(), &kats, &kdf_options())?;
+            println!("Password changed; the old one no longer opens the store.");
+        }
+        PasswordCommand::Remove => {
+            let pw = reader.read("Password to remove", cli.password_file.as_deref(), false)?;
+            ks.remove_password(pw.as_bytes(), &kats)?;
+            println!("Password slot removed.");
+        }
+    }
+    Ok(())
+}
+
+fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
+    let mut ks = open_keystore(&cli.store)?;
+    match mode {
+        StartupArg::Locked => {
+            ks.set_startup(StartupMode::Locked, None)?;
+            println!("Startup mode locked: the boot key was destroyed; every start needs the password.");
+        }
+        StartupArg::Unlocked => {
+            let pw = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
+            let vk = ks.unlock(pw.as_bytes(), &KatSet::embedded())?;
+            ks.set_startup(StartupMode::Unlocked, Some(&vk))?;
+            println!(
+                "Startup mode unlocked: boot key in {}.",
+                ks.info().boot_key_file.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

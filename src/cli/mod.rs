@@ -1,0 +1,152 @@
+//! Command-line interface: argument parsing (clap), one module per command
+//! group, and the mapping of failures to exit codes (see `exit`).
+
+mod encryption;
+pub mod exit;
+mod maintenance;
+mod secrets;
+mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use exit::{Exit, Failure};
+
+#[derive(Parser, Debug)]
+#[command(name = "datastore", version, about = "Encrypted, deduplicating datastore")]
+pub struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, env = "DATASTORE_STORE", default_value = "/var/lib/datastore")]
+    pub store: PathBuf,
+    /// Read the password from this file (first line) instead of a prompt or stdin.
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new store (asks for a password twice; prints the recovery key once).
+    Init {
+        #[arg(long, value_enum, default_value_t = FipsArg::Disabled)]
+        fips_mode: FipsArg,
+    },
+    /// Encryption settings and keys.
+    Encryption {
+        #[command(subcommand)]
+        command: EncryptionCommand,
+    },
+    /// Check every record of every segment (CRCs; works without the key).
+    Scrub {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compact segments whose live fraction is below THRESHOLD (works without the key).
+    Gc {
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EncryptionCommand {
+    /// What protects the data right now.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the FIPS mode (asks for the password).
+    Set {
+        #[arg(long, value_enum)]
+        fips_mode: FipsArg,
+    },
+    /// Add, change or remove a password.
+    Password {
+        #[command(subcommand)]
+        command: PasswordCommand,
+    },
+    /// Startup mode: `locked` needs the password after every start,
+    /// `unlocked` keeps a root-only boot key outside the store.
+    Startup {
+        #[arg(value_enum)]
+        mode: StartupArg,
+    },
+    /// Destroy every stored unwrapping secret except the password and
+    /// recovery slots; the next start is locked.
+    ShippingMode,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PasswordCommand {
+    /// Add a password slot (asks for a current password, then the new one).
+    Add {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Change a password (asks for the current one, then the new one).
+    Change {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove the password slot that the given password opens.
+    Remove,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FipsArg {
+    Validated,
+    Disabled,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StartupArg {
+    Locked,
+    Unlocked,
+}
+
+/// Where boot keys (startup mode `unlocked`) live: outside the store, so a
+/// stolen store drive does not carry them.
+pub fn boot_key_dir() -> PathBuf {
+    std::env::var_os("DATASTORE_BOOT_KEY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/datastore/boot-keys"))
+}
+
+/// Target time of one KDF run for new keyslots (default 1 s).
+pub fn kdf_options() -> keystore::SlotOptions {
+    let ms = std::env::var("DATASTORE_KDF_TARGET_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u64);
+    keystore::SlotOptions {
+        kdf_target: Duration::from_millis(ms),
+    }
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result = match &cli.command {
+        Command::Init { fips_mode } => store::init(&cli, *fips_mode),
+        Command::Encryption { command } => encryption::run(&cli, command),
+        Command::Scrub { json } => maintenance::scrub(&cli, *json),
+        Command::Gc { threshold, json } => maintenance::gc(&cli, *threshold, *json),
+    };
+    match result {
+        Ok(()) => Exit::Ok as i32,
+        Err(f) => {
+            eprintln!("datastore: {}", f.message);
+            f.code as i32
+        }
+    }
+}
+
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
