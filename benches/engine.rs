@@ -104,7 +104,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let mib: usize = std::env::var("DATASTORE_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mib: usize = std::env::var("DATASTORE_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     let len = mib << 20;
     let base = std::env::var("DATASTORE_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let dir = tempfile::tempdir_in(base).expect("bench dir");
@@ -113,7 +116,10 @@ fn main() {
     let crypto = Arc::new(ChunkCrypto::new(&xts, &fpk, FingerprintAlg::Blake3Keyed).unwrap());
     Engine::create(dir.path(), "bench", &EngineConfig::default()).unwrap();
     let e = Engine::open(dir.path(), Some(crypto)).unwrap();
-    println!("engine benchmark: {mib} MiB per workload, store in {}", dir.path().display());
+    println!(
+        "engine benchmark: {mib} MiB per workload, store in {}",
+        dir.path().display()
+    );
     println!("| workload | throughput | wall | per-stage CPU time (summed over threads) |");
     println!("|---|---|---|---|");
 
@@ -126,7 +132,12 @@ fn main() {
         let total = t.elapsed().as_secs_f64();
         let d = diff(&before, &e.stats.snapshot());
         split(&format!("{label} (to page cache)"), &d, put, data.len());
-        println!("| {label} (incl. fsync) | {:.0} MB/s | wall {total:.2}s | new {} MB, stored {} MB |", mbps(data.len(), total), d.bytes_new / 1_000_000, d.bytes_stored_payload / 1_000_000);
+        println!(
+            "| {label} (incl. fsync) | {:.0} MB/s | wall {total:.2}s | new {} MB, stored {} MB |",
+            mbps(data.len(), total),
+            d.bytes_new / 1_000_000,
+            d.bytes_stored_payload / 1_000_000
+        );
         r
     };
     let unique = random_bytes(42, len);
@@ -143,6 +154,11 @@ fn main() {
         let mut sink = std::io::sink();
         e.read_stream(r, &mut sink).unwrap();
         let wall = t.elapsed().as_secs_f64();
-        split(&format!("{label} (page cache warm)"), &diff(&before, &e.stats.snapshot()), wall, len);
+        split(
+            &format!("{label} (page cache warm)"),
+            &diff(&before, &e.stats.snapshot()),
+            wall,
+            len,
+        );
     }
 }

@@ -81,8 +81,8 @@ impl StoreConfig {
         let path = store.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let cfg: StoreConfig =
-            toml::from_str(&text).map_err(|e| format!("{} is malformed: {}", path.display(), e.message()))?;
+        let cfg: StoreConfig = toml::from_str(&text)
+            .map_err(|e| format!("{} is malformed: {}", path.display(), e.message()))?;
         if cfg.format_version != FORMAT_VERSION {
             return Err(format!(
                 "{} has format version {}, this build reads {}",

@@ -12,7 +12,9 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn store(&self) -> std::path::PathBuf {
         self.dir.path().join("store")
@@ -36,7 +38,11 @@ impl Env {
     }
     fn ok(&self, args: &[&str], stdin: &str) -> String {
         let o = self.run(args, stdin);
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
     fn show(&self) -> serde_json::Value {
@@ -56,7 +62,10 @@ fn stderr(o: &Output) -> String {
 fn init_prints_recovery_key_and_show_reports_the_truth() {
     let env = Env::new();
     let out = env.ok(&["init"], &format!("{PW}\n"));
-    let recovery = out.lines().find(|l| l.trim().len() == 79 && l.contains('-')).expect("recovery key line");
+    let recovery = out
+        .lines()
+        .find(|l| l.trim().len() == 79 && l.contains('-'))
+        .expect("recovery key line");
     assert_eq!(recovery.trim().split('-').count(), 16);
     let s = env.show();
     assert_eq!(s["fips_mode"], "disabled");
@@ -64,7 +73,12 @@ fn init_prints_recovery_key_and_show_reports_the_truth() {
     assert_eq!(s["keystore"]["shipping_mode"], false);
     assert_eq!(s["self_test"]["passed"], true);
     assert!(s["fingerprint"].as_str().unwrap().contains("BLAKE3"));
-    let kinds: Vec<&str> = s["keystore"]["slots"].as_array().unwrap().iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = s["keystore"]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["password", "recovery"]);
     assert!(!s.to_string().contains(PW));
     // A second init on the same directory is refused.
@@ -91,12 +105,38 @@ fn password_change_via_files_then_old_fails() {
     std::fs::write(&old, format!("{PW}\n")).unwrap();
     std::fs::write(&new, "a different passphrase\n").unwrap();
     env.ok(
-        &["encryption", "password", "change", "--password-file", old.to_str().unwrap(), "--new-password-file", new.to_str().unwrap()],
+        &[
+            "encryption",
+            "password",
+            "change",
+            "--password-file",
+            old.to_str().unwrap(),
+            "--new-password-file",
+            new.to_str().unwrap(),
+        ],
         "",
     );
-    let o = env.run(&["encryption", "startup", "unlocked", "--password-file", old.to_str().unwrap()], "");
+    let o = env.run(
+        &[
+            "encryption",
+            "startup",
+            "unlocked",
+            "--password-file",
+            old.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code(&o), 3);
-    env.ok(&["encryption", "startup", "unlocked", "--password-file", new.to_str().unwrap()], "");
+    env.ok(
+        &[
+            "encryption",
+            "startup",
+            "unlocked",
+            "--password-file",
+            new.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(env.show()["keystore"]["startup"], "unlocked");
 }
 
@@ -104,9 +144,15 @@ fn password_change_via_files_then_old_fails() {
 fn add_and_remove_passwords_from_stdin_lines() {
     let env = Env::new();
     env.ok(&["init"], &format!("{PW}\n"));
-    env.ok(&["encryption", "password", "add"], &format!("{PW}\nsecond admin password\n"));
+    env.ok(
+        &["encryption", "password", "add"],
+        &format!("{PW}\nsecond admin password\n"),
+    );
     assert_eq!(env.show()["keystore"]["slots"].as_array().unwrap().len(), 3);
-    env.ok(&["encryption", "password", "remove"], "second admin password\n");
+    env.ok(
+        &["encryption", "password", "remove"],
+        "second admin password\n",
+    );
     env.ok(&["encryption", "password", "remove"], &format!("{PW}\n"));
     // Only the recovery slot is left; it cannot be removed as a password.
     assert_eq!(env.show()["keystore"]["slots"].as_array().unwrap().len(), 1);
@@ -141,13 +187,24 @@ fn startup_and_shipping_modes() {
 fn fips_validated_switches_kdf_and_fingerprints_and_refuses_short_passwords() {
     let env = Env::new();
     env.ok(&["init"], &format!("{PW}\n"));
-    let out = env.ok(&["encryption", "set", "--fips-mode", "validated"], &format!("{PW}\n"));
+    let out = env.ok(
+        &["encryption", "set", "--fips-mode", "validated"],
+        &format!("{PW}\n"),
+    );
     assert!(out.contains("New recovery key"));
     let s = env.show();
     assert_eq!(s["fips_mode"], "validated");
     assert!(s["fingerprint"].as_str().unwrap().contains("HMAC-SHA-256"));
-    assert!(s["keystore"]["slots"].as_array().unwrap().iter().all(|x| x["kdf"].as_str().unwrap().starts_with("pbkdf2")));
-    assert!(!s["compliance"].as_str().unwrap().to_lowercase().contains("certificate #"));
+    assert!(s["keystore"]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["kdf"].as_str().unwrap().starts_with("pbkdf2")));
+    assert!(!s["compliance"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("certificate #"));
     let toml = std::fs::read_to_string(env.store().join("datastore.toml")).unwrap();
     assert!(toml.contains("hmac-sha256"));
     // Short passwords are refused in validated mode.

@@ -30,7 +30,10 @@ fn stream_data(id: u64) -> Vec<u8> {
 }
 
 fn encode(r: &[ChunkRef]) -> String {
-    r.iter().map(|c| format!("{}:{}", hex::encode(c.fingerprint), c.len)).collect::<Vec<_>>().join(",")
+    r.iter()
+        .map(|c| format!("{}:{}", hex::encode(c.fingerprint), c.len))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn decode(s: &str) -> Vec<ChunkRef> {
@@ -42,7 +45,10 @@ fn decode(s: &str) -> Vec<ChunkRef> {
             let (h, l) = p.split_once(':').unwrap();
             let mut fp = [0u8; 32];
             fp.copy_from_slice(&hex::decode(h).unwrap());
-            ChunkRef { fingerprint: fp, len: l.parse().unwrap() }
+            ChunkRef {
+                fingerprint: fp,
+                len: l.parse().unwrap(),
+            }
         })
         .collect()
 }
@@ -56,7 +62,9 @@ fn log_line(log: &mut std::fs::File, line: &str) {
 fn read_log(path: &Path) -> (Vec<(u64, Vec<ChunkRef>)>, u64) {
     let mut live: Vec<(u64, Vec<ChunkRef>)> = Vec::new();
     let mut next = 1;
-    let Ok(f) = std::fs::File::open(path) else { return (live, next) };
+    let Ok(f) = std::fs::File::open(path) else {
+        return (live, next);
+    };
     for line in std::io::BufReader::new(f).lines() {
         let line = line.unwrap();
         let mut parts = line.splitn(3, ' ');
@@ -79,11 +87,17 @@ fn read_log(path: &Path) -> (Vec<(u64, Vec<ChunkRef>)>, u64) {
 
 #[test]
 fn crash_child() {
-    let Ok(mode) = std::env::var("DATASTORE_CRASH_CHILD") else { return };
+    let Ok(mode) = std::env::var("DATASTORE_CRASH_CHILD") else {
+        return;
+    };
     let dir = std::path::PathBuf::from(std::env::var("DATASTORE_CRASH_DIR").unwrap());
     let log_path = dir.join("log");
     let (mut live, mut next) = read_log(&log_path);
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
     let e = open_engine(&dir.join("store"));
     loop {
         let id = next;
@@ -119,24 +133,40 @@ fn run_kills(mode: &str, rounds: usize, seed: u64) {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
-        assert!(child.try_wait().unwrap().is_none(), "round {round}: writer exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: writer exited early"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
         let e = open_engine(&dir.path().join("store"));
         let report = e.scrub().unwrap();
-        assert!(report.is_clean(), "round {round}: scrub found {:?}", report.bad);
+        assert!(
+            report.is_clean(),
+            "round {round}: scrub found {:?}",
+            report.bad
+        );
         let (live, _) = read_log(&dir.path().join("log"));
         for (id, recipe) in &live {
-            let got = e.read_to_vec(recipe).unwrap_or_else(|err| panic!("round {round}, stream {id}: {err}"));
-            assert!(got == stream_data(*id), "round {round}: stream {id} differs");
+            let got = e
+                .read_to_vec(recipe)
+                .unwrap_or_else(|err| panic!("round {round}, stream {id}: {err}"));
+            assert!(
+                got == stream_data(*id),
+                "round {round}: stream {id} differs"
+            );
         }
         if mode == "write" && round % 10 == 9 {
             e.gc(0.5).unwrap();
         }
     }
     let (live, next) = read_log(&dir.path().join("log"));
-    assert!(next as usize > rounds, "writers synced only {} streams in {rounds} rounds", next - 1);
+    assert!(
+        next as usize > rounds,
+        "writers synced only {} streams in {rounds} rounds",
+        next - 1
+    );
     assert!(!live.is_empty());
 }
 

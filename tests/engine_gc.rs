@@ -11,7 +11,9 @@ const MIB: usize = 1 << 20;
 fn releasing_everything_then_gc_leaves_under_five_percent() {
     let dir = tempfile::tempdir().unwrap();
     let e = new_engine(dir.path());
-    let recipes: Vec<_> = (0..10).map(|i| e.put_bytes(&random_bytes(100 + i, 20 * MIB)).unwrap()).collect();
+    let recipes: Vec<_> = (0..10)
+        .map(|i| e.put_bytes(&random_bytes(100 + i, 20 * MIB)).unwrap())
+        .collect();
     e.commit(true).unwrap();
     assert!(e.segment_bytes().unwrap() >= 200 * MIB as u64);
     for r in &recipes {
@@ -21,7 +23,10 @@ fn releasing_everything_then_gc_leaves_under_five_percent() {
     let report = e.gc(0.5).unwrap();
     let after = e.segment_bytes().unwrap();
     println!("{report:?}");
-    assert!(after < (200 * MIB as u64) / 20, "segments still hold {after} bytes");
+    assert!(
+        after < (200 * MIB as u64) / 20,
+        "segments still hold {after} bytes"
+    );
     assert!(e.scrub().unwrap().is_clean());
 }
 
@@ -46,7 +51,10 @@ fn releasing_half_then_gc_keeps_the_other_half_identical() {
         let report = e.gc(0.75).unwrap();
         println!("{report:?}");
         assert!(report.segments_compacted > 0);
-        assert!(e.segment_bytes().unwrap() < before * 6 / 10, "gc freed too little");
+        assert!(
+            e.segment_bytes().unwrap() < before * 6 / 10,
+            "gc freed too little"
+        );
         for (d, r) in streams.iter().skip(1).step_by(2) {
             assert_eq!(&e.read_to_vec(r).unwrap(), d);
         }

@@ -29,16 +29,24 @@ fn every_flipped_byte_is_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
     let e = new_engine(dir.path());
     // One compressible chunk (so LZ4 and the length fields are exercised).
-    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 ^ (i / 997) as u8).collect();
+    let data: Vec<u8> = (0..10_000u32)
+        .map(|i| (i % 251) as u8 ^ (i / 997) as u8)
+        .collect();
     let recipe = e.put_bytes(&data).unwrap();
     assert_eq!(recipe.len(), 1);
     e.commit(true).unwrap();
     let seg = only_segment(dir.path());
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .unwrap();
     let record_len = file.metadata().unwrap().len() - SEGMENT_HEADER;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     // Every header byte, then random body positions: 100 flips in all.
-    let positions: Vec<u64> = (0..60).chain((0..40).map(|_| rng.gen_range(60..record_len))).collect();
+    let positions: Vec<u64> = (0..60)
+        .chain((0..40).map(|_| rng.gen_range(60..record_len)))
+        .collect();
     for pos in positions {
         let at = SEGMENT_HEADER + pos;
         let mut b = [0u8];
@@ -70,7 +78,12 @@ fn truncated_segment_is_reported_and_other_data_survives() {
     };
     let seg = only_segment(dir.path());
     let len = std::fs::metadata(&seg).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 1000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
     let e = open_engine(dir.path());
     let report = e.scrub().unwrap();
     assert!(!report.is_clean(), "scrub must report the cut segment");
@@ -78,7 +91,11 @@ fn truncated_segment_is_reported_and_other_data_survives() {
         e.read_to_vec(&b),
         Err(EngineError::Integrity { .. })
     ));
-    assert_eq!(e.read_to_vec(&a).unwrap(), data_a, "earlier chunks still read");
+    assert_eq!(
+        e.read_to_vec(&a).unwrap(),
+        data_a,
+        "earlier chunks still read"
+    );
 }
 
 #[test]
@@ -98,9 +115,18 @@ fn damaged_header_is_found_by_scrub_without_the_key() {
     let e = datastore::engine::Engine::open(dir.path(), None).unwrap();
     let report = e.scrub().unwrap();
     assert!(!report.verified_with_key);
-    assert!(report.bad.iter().any(|b| b.offset == SEGMENT_HEADER), "{report:?}");
-    assert!(report.records >= recipe.len() as u64 - 1, "later records still walked");
-    assert!(matches!(e.read_chunk(&recipe[0].fingerprint), Err(EngineError::Locked)));
+    assert!(
+        report.bad.iter().any(|b| b.offset == SEGMENT_HEADER),
+        "{report:?}"
+    );
+    assert!(
+        report.records >= recipe.len() as u64 - 1,
+        "later records still walked"
+    );
+    assert!(matches!(
+        e.read_chunk(&recipe[0].fingerprint),
+        Err(EngineError::Locked)
+    ));
 }
 
 #[test]

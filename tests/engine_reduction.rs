@@ -47,7 +47,9 @@ fn one_byte_inserted_at_front_stores_at_most_four_new_chunks() {
 /// sources that this build itself downloaded.
 fn source_text(limit: usize) -> Vec<u8> {
     fn walk(dir: &std::path::Path, out: &mut Vec<u8>, limit: usize) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         entries.sort();
         for p in entries {
@@ -56,7 +58,10 @@ fn source_text(limit: usize) -> Vec<u8> {
             }
             if p.is_dir() {
                 walk(&p, out, limit);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("rs" | "c" | "h")) {
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("rs" | "c" | "h")
+            ) {
                 if let Ok(b) = std::fs::read(&p) {
                     out.extend_from_slice(&b);
                 }
@@ -65,11 +70,17 @@ fn source_text(limit: usize) -> Vec<u8> {
     }
     let home = std::env::var("CARGO_HOME")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo")
+        });
     let mut out = Vec::new();
     walk(&home.join("registry").join("src"), &mut out, limit);
     out.truncate(limit);
-    assert!(out.len() == limit, "need {limit} bytes of source text under {}", home.display());
+    assert!(
+        out.len() == limit,
+        "need {limit} bytes of source text under {}",
+        home.display()
+    );
     out
 }
 
@@ -82,7 +93,12 @@ fn source_text_stored_at_most_45_percent() {
     e.commit(true).unwrap();
     let stored = e.segment_bytes().unwrap();
     let ratio = stored as f64 / text.len() as f64;
-    println!("source text: {} bytes stored in {} ({:.1}%)", text.len(), stored, ratio * 100.0);
+    println!(
+        "source text: {} bytes stored in {} ({:.1}%)",
+        text.len(),
+        stored,
+        ratio * 100.0
+    );
     assert!(ratio <= 0.45, "source text stored at {:.1}%", ratio * 100.0);
     assert_eq!(e.read_to_vec(&recipe).unwrap(), text);
 }
@@ -96,8 +112,17 @@ fn random_data_stored_at_most_100_5_percent() {
     e.commit(true).unwrap();
     let stored = e.segment_bytes().unwrap();
     let ratio = stored as f64 / data.len() as f64;
-    println!("random: {} bytes stored in {} ({:.3}%)", data.len(), stored, ratio * 100.0);
-    assert!(ratio <= 1.005, "random data stored at {:.3}%", ratio * 100.0);
+    println!(
+        "random: {} bytes stored in {} ({:.3}%)",
+        data.len(),
+        stored,
+        ratio * 100.0
+    );
+    assert!(
+        ratio <= 1.005,
+        "random data stored at {:.3}%",
+        ratio * 100.0
+    );
 }
 
 #[test]
@@ -113,7 +138,13 @@ fn no_plaintext_marker_anywhere_in_the_store() {
     }
     // Any 16-byte window of the marker (rotations included) would betray it.
     for start in 0..32 {
-        let window: Vec<u8> = marker.iter().cycle().skip(start).take(16).copied().collect();
+        let window: Vec<u8> = marker
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(16)
+            .copied()
+            .collect();
         let hits = find_bytes(dir.path(), &window);
         assert!(hits.is_empty(), "plaintext found at {hits:?}");
     }

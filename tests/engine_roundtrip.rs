@@ -10,7 +10,9 @@ use proptest::prelude::*;
 fn stream(seed: u64, len: usize, compressible: bool) -> Vec<u8> {
     if compressible {
         let words = random_bytes(seed, 4096);
-        (0..len).map(|i| words[(i * 7 + i / 4096) % 4096] & 0x3f).collect()
+        (0..len)
+            .map(|i| words[(i * 7 + i / 4096) % 4096] & 0x3f)
+            .collect()
     } else {
         random_bytes(seed, len)
     }
@@ -70,5 +72,8 @@ fn concurrent_streams_on_threads_all_read_back() {
         assert_eq!(&e.read_to_vec(recipe).unwrap(), data);
     }
     let st = e.stats.snapshot();
-    assert!(st.bytes_new <= (6 << 20) + (512 << 10), "dedup across threads: {st:?}");
+    assert!(
+        st.bytes_new <= (6 << 20) + (512 << 10),
+        "dedup across threads: {st:?}"
+    );
 }

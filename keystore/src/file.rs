@@ -81,7 +81,10 @@ pub struct KeystoreFile {
 pub fn decode_hex(field: &str, v: &str, len: usize) -> Result<Vec<u8>, KeystoreError> {
     let b = hex::decode(v).map_err(|_| KeystoreError::Corrupt(format!("{field} is not hex")))?;
     if b.len() != len {
-        return Err(KeystoreError::Corrupt(format!("{field} has {} bytes, expected {len}", b.len())));
+        return Err(KeystoreError::Corrupt(format!(
+            "{field} has {} bytes, expected {len}",
+            b.len()
+        )));
     }
     Ok(b)
 }
@@ -94,7 +97,10 @@ impl KeystoreFile {
             return bad(format!("not a keystore file (format {:?})", self.format));
         }
         if self.version != FORMAT_VERSION {
-            return bad(format!("keystore version {} is not supported (this build reads {FORMAT_VERSION})", self.version));
+            return bad(format!(
+                "keystore version {} is not supported (this build reads {FORMAT_VERSION})",
+                self.version
+            ));
         }
         if self.slots.is_empty() || self.slots.len() > MAX_SLOTS {
             return bad(format!("{} keyslots", self.slots.len()));
@@ -106,7 +112,9 @@ impl KeystoreFile {
             }
             match (s.kind, &s.kdf) {
                 (SlotKind::Boot, None) => {}
-                (SlotKind::Boot, Some(_)) | (_, None) => return bad(format!("slot {} has the wrong KDF shape", s.id)),
+                (SlotKind::Boot, Some(_)) | (_, None) => {
+                    return bad(format!("slot {} has the wrong KDF shape", s.id))
+                }
                 (_, Some(k)) => k.validate()?,
             }
             decode_hex("salt", &s.salt, 16)?;
@@ -135,7 +143,10 @@ impl KeystoreFile {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(KeystoreError::io(p, e)),
                 Ok(m) if m.len() > MAX_FILE => {
-                    return Err(KeystoreError::Corrupt(format!("{} is too large", p.display())))
+                    return Err(KeystoreError::Corrupt(format!(
+                        "{} is too large",
+                        p.display()
+                    )))
                 }
                 Ok(_) => {}
             }
@@ -182,7 +193,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 /// Overwrites a file's bytes, fsyncs, unlinks it and fsyncs its directory.
@@ -199,7 +212,9 @@ pub fn destroy_file(path: &Path) -> Result<(), KeystoreError> {
     }
     std::fs::remove_file(path).map_err(io)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
     }
     Ok(())
 }

@@ -44,7 +44,9 @@ impl Kdf {
     pub fn describe(&self) -> String {
         match self {
             Kdf::Argon2id { m_kib, t, p } => format!("argon2id (m={m_kib} KiB, t={t}, p={p})"),
-            Kdf::Pbkdf2Sha256 { iterations } => format!("pbkdf2-hmac-sha256 ({iterations} iterations)"),
+            Kdf::Pbkdf2Sha256 { iterations } => {
+                format!("pbkdf2-hmac-sha256 ({iterations} iterations)")
+            }
         }
     }
 
@@ -64,7 +66,10 @@ impl Kdf {
         if ok {
             Ok(())
         } else {
-            Err(KeystoreError::Corrupt(format!("KDF parameters out of range: {}", self.describe())))
+            Err(KeystoreError::Corrupt(format!(
+                "KDF parameters out of range: {}",
+                self.describe()
+            )))
         }
     }
 
@@ -82,8 +87,15 @@ impl Kdf {
                     .map_err(|e| KeystoreError::Corrupt(format!("argon2: {e}")))?;
             }
             Kdf::Pbkdf2Sha256 { iterations } => {
-                let n = NonZeroU32::new(iterations).ok_or(KeystoreError::Corrupt("0 iterations".into()))?;
-                ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, n, salt, secret, &mut out[..]);
+                let n = NonZeroU32::new(iterations)
+                    .ok_or(KeystoreError::Corrupt("0 iterations".into()))?;
+                ring::pbkdf2::derive(
+                    ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                    n,
+                    salt,
+                    secret,
+                    &mut out[..],
+                );
             }
         }
         Ok(out)
@@ -109,10 +121,16 @@ impl Kdf {
             return Ok(Kdf::Pbkdf2Sha256 { iterations });
         }
         // Argon2id: grow memory first (up to 256 MiB), then passes.
-        let mut kdf = Kdf::Argon2id { m_kib: ARGON2_MIN_M_KIB, t: ARGON2_MIN_T, p: 1 };
+        let mut kdf = Kdf::Argon2id {
+            m_kib: ARGON2_MIN_M_KIB,
+            t: ARGON2_MIN_T,
+            p: 1,
+        };
         loop {
             let t0 = Instant::now();
-            let Kdf::Argon2id { m_kib, t, p } = kdf else { unreachable!() };
+            let Kdf::Argon2id { m_kib, t, p } = kdf else {
+                unreachable!()
+            };
             let params = argon2::Params::new(m_kib, t, p, Some(32))
                 .map_err(|e| KeystoreError::Corrupt(format!("argon2 parameters: {e}")))?;
             let mut out = [0u8; 32];
@@ -124,7 +142,11 @@ impl Kdf {
                 return Ok(kdf);
             }
             kdf = if m_kib * 2 <= ARGON2_MAX_M_KIB {
-                Kdf::Argon2id { m_kib: m_kib * 2, t, p }
+                Kdf::Argon2id {
+                    m_kib: m_kib * 2,
+                    t,
+                    p,
+                }
             } else if t < 64 {
                 Kdf::Argon2id { m_kib, t: t * 2, p }
             } else {

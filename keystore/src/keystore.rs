@@ -21,7 +21,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::error::KeystoreError;
-use crate::file::{decode_hex, destroy_file, FipsMode, KeystoreFile, Shipping, Slot, SlotKind, StartupMode};
+use crate::file::{
+    decode_hex, destroy_file, FipsMode, KeystoreFile, Shipping, Slot, SlotKind, StartupMode,
+};
 use crate::kdf::Kdf;
 use crate::secmem::{harden_process, LockedBox};
 use crate::selftest::{self, KatSet, SelfTestReport};
@@ -40,7 +42,9 @@ fn now() -> u64 {
 
 fn random<const N: usize>() -> Result<[u8; N], KeystoreError> {
     let mut b = [0u8; N];
-    SystemRandom::new().fill(&mut b).map_err(|_| KeystoreError::Random)?;
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| KeystoreError::Random)?;
     Ok(b)
 }
 
@@ -86,7 +90,9 @@ pub struct SlotOptions {
 
 impl Default for SlotOptions {
     fn default() -> Self {
-        SlotOptions { kdf_target: Duration::from_secs(1) }
+        SlotOptions {
+            kdf_target: Duration::from_secs(1),
+        }
     }
 }
 
@@ -153,7 +159,15 @@ impl Keystore {
     }
 
     /// Wraps `vk` under `kek` into a new slot.
-    fn wrap(&self, id: u32, kind: SlotKind, kdf: Option<Kdf>, salt: [u8; 16], kek: &[u8; 32], vk: &VolumeKey) -> Result<Slot, KeystoreError> {
+    fn wrap(
+        &self,
+        id: u32,
+        kind: SlotKind,
+        kdf: Option<Kdf>,
+        salt: [u8; 16],
+        kek: &[u8; 32],
+        vk: &VolumeKey,
+    ) -> Result<Slot, KeystoreError> {
         let key = LockedBox::new_with(|slot| {
             slot.write(aead::LessSafeKey::new(
                 aead::UnboundKey::new(&aead::AES_256_GCM, kek).expect("32-byte key"),
@@ -188,7 +202,9 @@ impl Keystore {
                 aead::UnboundKey::new(&aead::AES_256_GCM, kek).expect("32-byte key"),
             ));
         })?;
-        let nonce: [u8; 12] = decode_hex("nonce", &slot.nonce, 12)?.try_into().expect("12");
+        let nonce: [u8; 12] = decode_hex("nonce", &slot.nonce, 12)?
+            .try_into()
+            .expect("12");
         let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + 16])?;
         let wrapped = Zeroizing::new(decode_hex("wrapped", &slot.wrapped, VOLUME_KEY_LEN + 16)?);
         buf.copy_from_slice(&wrapped);
@@ -203,7 +219,13 @@ impl Keystore {
         Ok(VolumeKey::from_locked(vk))
     }
 
-    fn new_secret_slot(&mut self, kind: SlotKind, secret: &[u8], vk: &VolumeKey, opts: &SlotOptions) -> Result<Slot, KeystoreError> {
+    fn new_secret_slot(
+        &mut self,
+        kind: SlotKind,
+        secret: &[u8],
+        vk: &VolumeKey,
+        opts: &SlotOptions,
+    ) -> Result<Slot, KeystoreError> {
         let kdf = self.kdf_for_new_slot(opts)?;
         let salt = random::<16>()?;
         let kek = kdf.derive(secret, &salt)?;
@@ -223,8 +245,12 @@ impl Keystore {
         opts: &SlotOptions,
     ) -> Result<(Keystore, VolumeKey, RecoveryKey), KeystoreError> {
         let dir = Self::dir_of(store);
-        if dir.join(crate::file::FILE_NAME).exists() || dir.join(crate::file::BACKUP_NAME).exists() {
-            return Err(KeystoreError::Refused(format!("{} already holds a keystore", dir.display())));
+        if dir.join(crate::file::FILE_NAME).exists() || dir.join(crate::file::BACKUP_NAME).exists()
+        {
+            return Err(KeystoreError::Refused(format!(
+                "{} already holds a keystore",
+                dir.display()
+            )));
         }
         if fips == FipsMode::Validated {
             selftest::require(&KatSet::embedded())?;
@@ -260,7 +286,12 @@ impl Keystore {
     pub fn open(store: &Path, boot_dir: &Path) -> Result<Keystore, KeystoreError> {
         let dir = Self::dir_of(store);
         let (file, loaded_from_backup) = KeystoreFile::load(&dir)?;
-        Ok(Keystore { dir, boot_dir: boot_dir.to_path_buf(), file, loaded_from_backup })
+        Ok(Keystore {
+            dir,
+            boot_dir: boot_dir.to_path_buf(),
+            file,
+            loaded_from_backup,
+        })
     }
 
     pub fn fips_mode(&self) -> FipsMode {
@@ -294,7 +325,9 @@ impl Keystore {
                 (SlotKind::Recovery, Some(raw)) => &raw[..],
                 _ => continue,
             };
-            let kdf = slot.kdf.ok_or_else(|| KeystoreError::Corrupt("slot without KDF".into()))?;
+            let kdf = slot
+                .kdf
+                .ok_or_else(|| KeystoreError::Corrupt("slot without KDF".into()))?;
             let salt = decode_hex("salt", &slot.salt, 16)?;
             // Every slot is tried even after a match, so the time an attempt
             // takes says nothing about which slot (if any) matched.
@@ -350,7 +383,10 @@ impl Keystore {
             s.write(k);
         })?;
         if raw.len() != 32 {
-            return Err(KeystoreError::Corrupt(format!("{} is not a boot key", path.display())));
+            return Err(KeystoreError::Corrupt(format!(
+                "{} is not a boot key",
+                path.display()
+            )));
         }
         self.gate(kats)?;
         let vk = self.unwrap_slot(slot, &kek)?;
@@ -360,7 +396,8 @@ impl Keystore {
 
     fn install_boot_slot(&mut self, vk: &VolumeKey) -> Result<(), KeystoreError> {
         self.remove_boot_slot()?;
-        std::fs::create_dir_all(&self.boot_dir).map_err(|e| KeystoreError::io(&self.boot_dir, e))?;
+        std::fs::create_dir_all(&self.boot_dir)
+            .map_err(|e| KeystoreError::io(&self.boot_dir, e))?;
         set_mode(&self.boot_dir, 0o700)?;
         let key = LockedBox::new(random::<32>()?)?;
         let id = self.file.next_slot_id;
@@ -380,13 +417,21 @@ impl Keystore {
     /// Switches the startup mode. `unlocked` creates a boot slot and its
     /// root-only key file; `locked` destroys both.
     /// `unlocked` needs the volume key (to wrap it for the boot slot).
-    pub fn set_startup(&mut self, mode: StartupMode, vk: Option<&VolumeKey>) -> Result<(), KeystoreError> {
+    pub fn set_startup(
+        &mut self,
+        mode: StartupMode,
+        vk: Option<&VolumeKey>,
+    ) -> Result<(), KeystoreError> {
         if self.file.shipping.is_some() {
-            return Err(KeystoreError::Refused("the store is in shipping mode: unlock it with a password first".into()));
+            return Err(KeystoreError::Refused(
+                "the store is in shipping mode: unlock it with a password first".into(),
+            ));
         }
         match (mode, vk) {
             (StartupMode::Unlocked, None) => {
-                return Err(KeystoreError::Refused("switching to unlocked startup needs the password".into()))
+                return Err(KeystoreError::Refused(
+                    "switching to unlocked startup needs the password".into(),
+                ))
             }
             (StartupMode::Unlocked, Some(vk)) => self.install_boot_slot(vk)?,
             (StartupMode::Locked, _) => {
@@ -405,7 +450,10 @@ impl Keystore {
     /// password and recovery slots; the next start is locked.
     pub fn enter_shipping_mode(&mut self) -> Result<(), KeystoreError> {
         if self.file.shipping.is_none() {
-            self.file.shipping = Some(Shipping { previous_startup: self.file.startup, since: now() });
+            self.file.shipping = Some(Shipping {
+                previous_startup: self.file.startup,
+                since: now(),
+            });
         }
         self.file.startup = StartupMode::Locked;
         self.file.slots.retain(|s| s.kind != SlotKind::Boot);
@@ -415,7 +463,12 @@ impl Keystore {
     }
 
     /// Adds a password slot (the caller proved access by unlocking).
-    pub fn add_password(&mut self, vk: &VolumeKey, new_password: &[u8], opts: &SlotOptions) -> Result<u32, KeystoreError> {
+    pub fn add_password(
+        &mut self,
+        vk: &VolumeKey,
+        new_password: &[u8],
+        opts: &SlotOptions,
+    ) -> Result<u32, KeystoreError> {
         self.check_password_policy(new_password)?;
         let slot = self.new_secret_slot(SlotKind::Password, new_password, vk, opts)?;
         let id = slot.id;
@@ -425,13 +478,26 @@ impl Keystore {
     }
 
     /// Rewraps the slot that `old` opens under `new` (data untouched).
-    pub fn change_password(&mut self, old: &[u8], new: &[u8], kats: &KatSet, opts: &SlotOptions) -> Result<(), KeystoreError> {
+    pub fn change_password(
+        &mut self,
+        old: &[u8],
+        new: &[u8],
+        kats: &KatSet,
+        opts: &SlotOptions,
+    ) -> Result<(), KeystoreError> {
         self.check_password_policy(new)?;
         self.gate(kats)?;
         let (id, vk) = self.open_with_secret(old)?;
-        let pos = self.file.slots.iter().position(|s| s.id == id).expect("slot exists");
+        let pos = self
+            .file
+            .slots
+            .iter()
+            .position(|s| s.id == id)
+            .expect("slot exists");
         if self.file.slots[pos].kind != SlotKind::Password {
-            return Err(KeystoreError::Refused("that is the recovery key; use `password add` to add a password".into()));
+            return Err(KeystoreError::Refused(
+                "that is the recovery key; use `password add` to add a password".into(),
+            ));
         }
         let slot = self.new_secret_slot(SlotKind::Password, new, &vk, opts)?;
         self.file.slots[pos] = slot;
@@ -443,13 +509,22 @@ impl Keystore {
     pub fn remove_password(&mut self, password: &[u8], kats: &KatSet) -> Result<(), KeystoreError> {
         self.gate(kats)?;
         let (id, _vk) = self.open_with_secret(password)?;
-        let remaining = self.file.slots.iter().filter(|s| s.kind != SlotKind::Boot && s.id != id).count();
+        let remaining = self
+            .file
+            .slots
+            .iter()
+            .filter(|s| s.kind != SlotKind::Boot && s.id != id)
+            .count();
         if remaining == 0 {
-            return Err(KeystoreError::Refused("refusing to remove the last keyslot: the store would become unreadable".into()));
+            return Err(KeystoreError::Refused(
+                "refusing to remove the last keyslot: the store would become unreadable".into(),
+            ));
         }
         let kind = self.file.slots.iter().find(|s| s.id == id).map(|s| s.kind);
         if kind != Some(SlotKind::Password) {
-            return Err(KeystoreError::Refused("that secret is the recovery key, not a password".into()));
+            return Err(KeystoreError::Refused(
+                "that secret is the recovery key, not a password".into(),
+            ));
         }
         self.file.slots.retain(|s| s.id != id);
         self.file.save(&self.dir)
@@ -459,11 +534,22 @@ impl Keystore {
     /// `password` opens with the new mode's KDF, reissues the recovery key,
     /// and rewraps the boot slot. Refuses when other password slots exist
     /// (their passwords are not known here to rewrap them).
-    pub fn set_fips_mode(&mut self, mode: FipsMode, password: &[u8], kats: &KatSet, opts: &SlotOptions) -> Result<Option<RecoveryKey>, KeystoreError> {
+    pub fn set_fips_mode(
+        &mut self,
+        mode: FipsMode,
+        password: &[u8],
+        kats: &KatSet,
+        opts: &SlotOptions,
+    ) -> Result<Option<RecoveryKey>, KeystoreError> {
         if self.file.fips_mode == mode {
             return Ok(None);
         }
-        let passwords = self.file.slots.iter().filter(|s| s.kind == SlotKind::Password).count();
+        let passwords = self
+            .file
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Password)
+            .count();
         if passwords > 1 {
             return Err(KeystoreError::Refused(format!(
                 "the store has {passwords} password slots and only the one entered can be rewrapped: remove the others first (datastore encryption password remove)"
@@ -506,7 +592,10 @@ impl Keystore {
                     id: s.id,
                     kind: s.kind,
                     created: s.created,
-                    kdf: s.kdf.map(|k| k.describe()).unwrap_or_else(|| "boot key file".into()),
+                    kdf: s
+                        .kdf
+                        .map(|k| k.describe())
+                        .unwrap_or_else(|| "boot key file".into()),
                 })
                 .collect(),
             boot_key_file: self
@@ -522,5 +611,6 @@ impl Keystore {
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), KeystoreError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| KeystoreError::io(path, e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| KeystoreError::io(path, e))
 }

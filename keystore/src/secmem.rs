@@ -47,7 +47,9 @@ impl<T> LockedBox<T> {
     ///
     /// # Safety contract for `init`
     /// `init` must fully initialise the `T` it is given.
-    pub fn new_with(init: impl FnOnce(&mut std::mem::MaybeUninit<T>)) -> Result<Self, KeystoreError> {
+    pub fn new_with(
+        init: impl FnOnce(&mut std::mem::MaybeUninit<T>),
+    ) -> Result<Self, KeystoreError> {
         let size = std::mem::size_of::<T>().max(1);
         assert!(std::mem::align_of::<T>() <= page_size());
         let page = page_size();
@@ -76,11 +78,17 @@ impl<T> LockedBox<T> {
         };
         // SAFETY: the range is our own mapping.
         if unsafe { libc::madvise(addr, map_len, libc::MADV_DONTDUMP) } != 0 {
-            return unmap(format!("madvise(DONTDUMP): {}", std::io::Error::last_os_error()));
+            return unmap(format!(
+                "madvise(DONTDUMP): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: the range is our own mapping.
         if unsafe { libc::madvise(addr, map_len, libc::MADV_DONTFORK) } != 0 {
-            return unmap(format!("madvise(DONTFORK): {}", std::io::Error::last_os_error()));
+            return unmap(format!(
+                "madvise(DONTFORK): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: the range is our own mapping.
         if unsafe { libc::mlock(addr, map_len) } != 0 {

@@ -80,7 +80,9 @@ fn run_one(name: &str, m: &BTreeMap<String, String>) -> Result<(), String> {
         xts.decrypt_unit(&mut buf, &tweak);
         check(buf == pt)
     } else if name.starts_with("sha256") {
-        check(digest::digest(&digest::SHA256, &field(m, "message")?).as_ref() == field(m, "digest")?)
+        check(
+            digest::digest(&digest::SHA256, &field(m, "message")?).as_ref() == field(m, "digest")?,
+        )
     } else if name.starts_with("hmac-sha256") {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &field(m, "key")?);
         check(hmac::sign(&key, &field(m, "message")?).as_ref() == field(m, "mac")?)
@@ -144,7 +146,11 @@ pub fn run(set: &KatSet) -> SelfTestReport {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    SelfTestReport { passed, at, results }
+    SelfTestReport {
+        passed,
+        at,
+        results,
+    }
 }
 
 /// Runs the vectors and turns a failure into an error naming the vector.

@@ -19,7 +19,8 @@ impl VolumeKey {
         let rng = SystemRandom::new();
         let mut bytes = LockedBox::new([0u8; VOLUME_KEY_LEN])?;
         loop {
-            rng.fill(&mut bytes[..]).map_err(|_| KeystoreError::Random)?;
+            rng.fill(&mut bytes[..])
+                .map_err(|_| KeystoreError::Random)?;
             if bytes[..32] != bytes[32..64] {
                 break;
             }

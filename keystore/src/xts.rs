@@ -60,8 +60,10 @@ impl Xts256 {
         Self::check_key(key)?;
         let (k1, k2) = key.split_at(32);
         Ok(Xts256 {
-            data: Aes256::new_from_slice(k1).map_err(|_| KeystoreError::WeakKey("bad key length"))?,
-            tweak: Aes256::new_from_slice(k2).map_err(|_| KeystoreError::WeakKey("bad key length"))?,
+            data: Aes256::new_from_slice(k1)
+                .map_err(|_| KeystoreError::WeakKey("bad key length"))?,
+            tweak: Aes256::new_from_slice(k2)
+                .map_err(|_| KeystoreError::WeakKey("bad key length"))?,
         })
     }
 

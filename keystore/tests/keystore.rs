@@ -4,14 +4,33 @@
 use std::path::Path;
 use std::time::Duration;
 
-use keystore::{kdf, FipsMode, KatSet, Keystore, KeystoreError, SlotKind, SlotOptions, StartupMode};
+use keystore::{
+    kdf, FipsMode, KatSet, Keystore, KeystoreError, SlotKind, SlotOptions, StartupMode,
+};
 
-const FAST: SlotOptions = SlotOptions { kdf_target: Duration::from_millis(1) };
+const FAST: SlotOptions = SlotOptions {
+    kdf_target: Duration::from_millis(1),
+};
 const PW: &[u8] = b"correct horse battery staple";
 
-fn setup(fips: FipsMode) -> (tempfile::TempDir, Keystore, keystore::VolumeKey, keystore::RecoveryKey) {
+fn setup(
+    fips: FipsMode,
+) -> (
+    tempfile::TempDir,
+    Keystore,
+    keystore::VolumeKey,
+    keystore::RecoveryKey,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let (ks, vk, rk) = Keystore::create(dir.path(), "store-1", &dir.path().join("boot"), PW, fips, &FAST).unwrap();
+    let (ks, vk, rk) = Keystore::create(
+        dir.path(),
+        "store-1",
+        &dir.path().join("boot"),
+        PW,
+        fips,
+        &FAST,
+    )
+    .unwrap();
     (dir, ks, vk, rk)
 }
 
@@ -24,48 +43,98 @@ fn wrong_password_is_its_own_error_and_pays_the_kdf_for_every_slot() {
     let (dir, _ks, vk, _rk) = setup(FipsMode::Disabled);
     let mut ks = reopen(dir.path());
     let before = kdf::derivations();
-    assert!(matches!(ks.unlock(b"not the password", &KatSet::embedded()), Err(KeystoreError::WrongPassword)));
+    assert!(matches!(
+        ks.unlock(b"not the password", &KatSet::embedded()),
+        Err(KeystoreError::WrongPassword)
+    ));
     // One password slot; the recovery slot is only tried for recovery-shaped input.
-    assert_eq!(kdf::derivations() - before, 1, "a wrong password must run the KDF");
+    assert_eq!(
+        kdf::derivations() - before,
+        1,
+        "a wrong password must run the KDF"
+    );
     let before = kdf::derivations();
-    let fake_recovery = "0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000";
-    assert!(matches!(ks.unlock(fake_recovery.as_bytes(), &KatSet::embedded()), Err(KeystoreError::WrongPassword)));
-    assert_eq!(kdf::derivations() - before, 2, "password and recovery slots both paid");
+    let fake_recovery =
+        "0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000-0000";
+    assert!(matches!(
+        ks.unlock(fake_recovery.as_bytes(), &KatSet::embedded()),
+        Err(KeystoreError::WrongPassword)
+    ));
+    assert_eq!(
+        kdf::derivations() - before,
+        2,
+        "password and recovery slots both paid"
+    );
     assert!(ks.unlock(PW, &KatSet::embedded()).unwrap().same_as(&vk));
 }
 
 #[test]
 fn change_password_old_fails_new_opens_same_key() {
     let (dir, mut ks, vk, _rk) = setup(FipsMode::Disabled);
-    ks.change_password(PW, b"a brand new passphrase", &KatSet::embedded(), &FAST).unwrap();
+    ks.change_password(PW, b"a brand new passphrase", &KatSet::embedded(), &FAST)
+        .unwrap();
     let mut ks = reopen(dir.path());
-    assert!(matches!(ks.unlock(PW, &KatSet::embedded()), Err(KeystoreError::WrongPassword)));
-    assert!(ks.unlock(b"a brand new passphrase", &KatSet::embedded()).unwrap().same_as(&vk));
+    assert!(matches!(
+        ks.unlock(PW, &KatSet::embedded()),
+        Err(KeystoreError::WrongPassword)
+    ));
+    assert!(ks
+        .unlock(b"a brand new passphrase", &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
 }
 
 #[test]
 fn second_password_and_recovery_key_open_and_last_slot_stays() {
     let (dir, mut ks, vk, rk) = setup(FipsMode::Disabled);
-    ks.add_password(&vk, b"second admin password", &FAST).unwrap();
+    ks.add_password(&vk, b"second admin password", &FAST)
+        .unwrap();
     let mut ks = reopen(dir.path());
-    assert!(ks.unlock(b"second admin password", &KatSet::embedded()).unwrap().same_as(&vk));
-    assert!(ks.unlock(rk.as_str().as_bytes(), &KatSet::embedded()).unwrap().same_as(&vk));
+    assert!(ks
+        .unlock(b"second admin password", &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
+    assert!(ks
+        .unlock(rk.as_str().as_bytes(), &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
     // Recovery key typed in upper case without dashes still opens.
     let typed = rk.as_str().replace('-', "").to_uppercase();
-    assert!(ks.unlock(typed.as_bytes(), &KatSet::embedded()).unwrap().same_as(&vk));
-    ks.remove_password(b"second admin password", &KatSet::embedded()).unwrap();
+    assert!(ks
+        .unlock(typed.as_bytes(), &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
+    ks.remove_password(b"second admin password", &KatSet::embedded())
+        .unwrap();
     ks.remove_password(PW, &KatSet::embedded()).unwrap();
     // Only the recovery slot is left: it opens, and it cannot be removed.
     let mut ks = reopen(dir.path());
-    assert!(matches!(ks.unlock(PW, &KatSet::embedded()), Err(KeystoreError::WrongPassword)));
-    assert!(matches!(ks.remove_password(rk.as_str().as_bytes(), &KatSet::embedded()), Err(KeystoreError::Refused(_))));
-    assert!(ks.unlock(rk.as_str().as_bytes(), &KatSet::embedded()).unwrap().same_as(&vk));
+    assert!(matches!(
+        ks.unlock(PW, &KatSet::embedded()),
+        Err(KeystoreError::WrongPassword)
+    ));
+    assert!(matches!(
+        ks.remove_password(rk.as_str().as_bytes(), &KatSet::embedded()),
+        Err(KeystoreError::Refused(_))
+    ));
+    assert!(ks
+        .unlock(rk.as_str().as_bytes(), &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
 }
 
 #[test]
 fn removing_the_last_slot_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ks, vk, rk) = Keystore::create(dir.path(), "s", &dir.path().join("boot"), PW, FipsMode::Disabled, &FAST).unwrap();
+    let (mut ks, vk, rk) = Keystore::create(
+        dir.path(),
+        "s",
+        &dir.path().join("boot"),
+        PW,
+        FipsMode::Disabled,
+        &FAST,
+    )
+    .unwrap();
     drop((vk, rk));
     // Password + recovery: removing the password leaves the recovery key.
     ks.remove_password(PW, &KatSet::embedded()).unwrap();
@@ -79,12 +148,22 @@ fn unlocked_startup_opens_from_boot_key_and_locked_destroys_it() {
     ks.set_startup(StartupMode::Unlocked, Some(&vk)).unwrap();
     let key_file = dir.path().join("boot").join("store-1.key");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let ks2 = reopen(dir.path());
-    assert!(ks2.unlock_at_boot(&KatSet::embedded()).unwrap().unwrap().same_as(&vk));
+    assert!(ks2
+        .unlock_at_boot(&KatSet::embedded())
+        .unwrap()
+        .unwrap()
+        .same_as(&vk));
     ks.set_startup(StartupMode::Locked, None).unwrap();
     assert!(!key_file.exists());
-    assert!(reopen(dir.path()).unlock_at_boot(&KatSet::embedded()).unwrap().is_none());
+    assert!(reopen(dir.path())
+        .unlock_at_boot(&KatSet::embedded())
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -106,10 +185,15 @@ fn shipping_mode_leaves_nothing_that_opens_without_a_password() {
     // Even forcing the startup mode back in the file does not help: no slot
     // is wrapped under any stored key.
     let text = std::fs::read_to_string(dir.path().join("keystore/keystore.json")).unwrap();
-    let forced = text.replace("\"startup\": \"locked\"", "\"startup\": \"unlocked\"").replace("\"shipping\": {", "\"shipping_was\": {");
+    let forced = text
+        .replace("\"startup\": \"locked\"", "\"startup\": \"unlocked\"")
+        .replace("\"shipping\": {", "\"shipping_was\": {");
     let _ = std::fs::write(dir.path().join("keystore/keystore.json"), forced);
     if let Ok(ks3) = Keystore::open(dir.path(), &dir.path().join("boot")) {
-        assert!(ks3.unlock_at_boot(&KatSet::embedded()).unwrap_or(None).is_none());
+        assert!(ks3
+            .unlock_at_boot(&KatSet::embedded())
+            .unwrap_or(None)
+            .is_none());
     }
     std::fs::write(dir.path().join("keystore/keystore.json"), text).unwrap();
     std::fs::remove_file(&key_file).unwrap();
@@ -119,26 +203,53 @@ fn shipping_mode_leaves_nothing_that_opens_without_a_password() {
     let ks4 = reopen(dir.path());
     assert!(!ks4.in_shipping_mode());
     assert_eq!(ks4.startup(), StartupMode::Unlocked);
-    assert!(ks4.unlock_at_boot(&KatSet::embedded()).unwrap().unwrap().same_as(&vk));
+    assert!(ks4
+        .unlock_at_boot(&KatSet::embedded())
+        .unwrap()
+        .unwrap()
+        .same_as(&vk));
 }
 
 #[test]
 fn fips_switch_rewraps_with_pbkdf2_and_reissues_recovery() {
     let (dir, mut ks, vk, old_rk) = setup(FipsMode::Disabled);
-    assert!(ks.info().slots.iter().all(|s| s.kdf.starts_with("argon2id")));
-    let new_rk = ks.set_fips_mode(FipsMode::Validated, PW, &KatSet::embedded(), &FAST).unwrap().unwrap();
+    assert!(ks
+        .info()
+        .slots
+        .iter()
+        .all(|s| s.kdf.starts_with("argon2id")));
+    let new_rk = ks
+        .set_fips_mode(FipsMode::Validated, PW, &KatSet::embedded(), &FAST)
+        .unwrap()
+        .unwrap();
     let mut ks = reopen(dir.path());
     assert_eq!(ks.fips_mode(), FipsMode::Validated);
-    assert!(ks.info().slots.iter().all(|s| s.kdf.starts_with("pbkdf2-hmac-sha256") && s.kdf.contains("iterations")));
+    assert!(ks
+        .info()
+        .slots
+        .iter()
+        .all(|s| s.kdf.starts_with("pbkdf2-hmac-sha256") && s.kdf.contains("iterations")));
     assert!(ks.unlock(PW, &KatSet::embedded()).unwrap().same_as(&vk));
-    assert!(ks.unlock(new_rk.as_str().as_bytes(), &KatSet::embedded()).unwrap().same_as(&vk));
-    assert!(ks.unlock(old_rk.as_str().as_bytes(), &KatSet::embedded()).is_err());
+    assert!(ks
+        .unlock(new_rk.as_str().as_bytes(), &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
+    assert!(ks
+        .unlock(old_rk.as_str().as_bytes(), &KatSet::embedded())
+        .is_err());
 }
 
 #[test]
 fn fips_mode_refuses_short_passwords() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Keystore::create(dir.path(), "s", &dir.path().join("boot"), b"short pw", FipsMode::Validated, &FAST);
+    let r = Keystore::create(
+        dir.path(),
+        "s",
+        &dir.path().join("boot"),
+        b"short pw",
+        FipsMode::Validated,
+        &FAST,
+    );
     assert!(matches!(r, Err(KeystoreError::Refused(m)) if m.contains("14")));
 }
 
@@ -152,7 +263,10 @@ fn corrupted_self_test_vector_refuses_unlock_in_fips_mode() {
         include_str!("../../fixtures/fips-kat.txt")
     )
     .replacen("digest = ba7816bf", "digest = ba7816be", 1);
-    assert!(matches!(ks.unlock(PW, &KatSet::parse(&text)), Err(KeystoreError::SelfTest(_))));
+    assert!(matches!(
+        ks.unlock(PW, &KatSet::parse(&text)),
+        Err(KeystoreError::SelfTest(_))
+    ));
     assert!(ks.unlock(PW, &KatSet::embedded()).unwrap().same_as(&vk));
 }
 
@@ -161,7 +275,12 @@ fn torn_main_file_falls_back_to_backup() {
     let (dir, _ks, vk, _rk) = setup(FipsMode::Disabled);
     let main = dir.path().join("keystore/keystore.json");
     let len = std::fs::metadata(&main).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&main).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&main)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let mut ks = reopen(dir.path());
     assert!(ks.info().loaded_from_backup);
     assert!(ks.unlock(PW, &KatSet::embedded()).unwrap().same_as(&vk));
@@ -173,7 +292,11 @@ fn the_store_holds_no_key_bytes() {
     ks.set_startup(StartupMode::Unlocked, Some(&vk)).unwrap();
     let bytes = std::fs::read(dir.path().join("keystore/keystore.json")).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    for key in [&vk.xts_key()[..16], &vk.fingerprint_key()[..16], &vk.metadata_key()[..16]] {
+    for key in [
+        &vk.xts_key()[..16],
+        &vk.fingerprint_key()[..16],
+        &vk.metadata_key()[..16],
+    ] {
         assert!(!text.contains(&hex::encode(key)));
         assert!(!bytes.windows(16).any(|w| w == key));
     }

@@ -79,12 +79,23 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("Implementation:    {}", s.crypto_implementation);
     println!(
         "Self-tests:        {} at {} (unix time; {} vectors)",
-        if s.self_test.passed { "passed" } else { "FAILED" },
+        if s.self_test.passed {
+            "passed"
+        } else {
+            "FAILED"
+        },
         s.self_test.at,
         s.self_test.results.len()
     );
     println!("Startup mode:      {:?}", s.keystore.startup);
-    println!("Shipping mode:     {}", if s.keystore.shipping_mode { "on" } else { "off" });
+    println!(
+        "Shipping mode:     {}",
+        if s.keystore.shipping_mode {
+            "on"
+        } else {
+            "off"
+        }
+    );
     if let Some(f) = &s.keystore.boot_key_file {
         println!("Boot key file:     {f}");
     }
@@ -92,7 +103,13 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("Memory protection: {}", s.memory_protection);
     println!("Key slots:");
     for slot in &s.keystore.slots {
-        println!("  #{:<3} {:<9} created {}  {}", slot.id, format!("{:?}", slot.kind).to_lowercase(), slot.created, slot.kdf);
+        println!(
+            "  #{:<3} {:<9} created {}  {}",
+            slot.id,
+            format!("{:?}", slot.kind).to_lowercase(),
+            slot.created,
+            slot.kdf
+        );
     }
     if s.keystore.loaded_from_backup {
         println!("WARNING: keystore.json was unreadable; loaded from keystore.json.bak");
@@ -118,7 +135,12 @@ fn set_fips(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {
         }
     }
     let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
-    let recovery = ks.set_fips_mode(mode, password.as_bytes(), &KatSet::embedded(), &kdf_options())?;
+    let recovery = ks.set_fips_mode(
+        mode,
+        password.as_bytes(),
+        &KatSet::embedded(),
+        &kdf_options(),
+    )?;
     cfg.engine.fingerprint = match mode {
         FipsMode::Validated => FingerprintAlg::HmacSha256,
         FipsMode::Disabled => FingerprintAlg::Blake3Keyed,
@@ -165,7 +187,9 @@ fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
     match mode {
         StartupArg::Locked => {
             ks.set_startup(StartupMode::Locked, None)?;
-            println!("Startup mode locked: the boot key was destroyed; every start needs the password.");
+            println!(
+                "Startup mode locked: the boot key was destroyed; every start needs the password."
+            );
         }
         StartupArg::Unlocked => {
             let pw = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;

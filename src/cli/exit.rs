@@ -29,7 +29,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: Exit, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 

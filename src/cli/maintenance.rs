@@ -31,13 +31,19 @@ pub fn scrub(cli: &Cli, json: bool) -> Result<(), Failure> {
     if r.is_clean() {
         Ok(())
     } else {
-        Err(Failure::new(Exit::Damaged, format!("scrub found {} bad records", r.bad.len())))
+        Err(Failure::new(
+            Exit::Damaged,
+            format!("scrub found {} bad records", r.bad.len()),
+        ))
     }
 }
 
 pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {
     if !(0.0..=1.0).contains(&threshold) {
-        return Err(Failure::new(Exit::Usage, "--threshold must be between 0 and 1"));
+        return Err(Failure::new(
+            Exit::Usage,
+            "--threshold must be between 0 and 1",
+        ));
     }
     load_config(&cli.store)?;
     let engine = Engine::open(&cli.store, None)?;

@@ -15,10 +15,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use exit::{Exit, Failure};
 
 #[derive(Parser, Debug)]
-#[command(name = "datastore", version, about = "Encrypted, deduplicating datastore")]
+#[command(
+    name = "datastore",
+    version,
+    about = "Encrypted, deduplicating datastore"
+)]
 pub struct Cli {
     /// Store directory.
-    #[arg(long, global = true, env = "DATASTORE_STORE", default_value = "/var/lib/datastore")]
+    #[arg(
+        long,
+        global = true,
+        env = "DATASTORE_STORE",
+        default_value = "/var/lib/datastore"
+    )]
     pub store: PathBuf,
     /// Read the password from this file (first line) instead of a prompt or stdin.
     #[arg(long, global = true)]
@@ -146,7 +155,8 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
+    let s =
+        serde_json::to_string_pretty(v).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
     println!("{s}");
     Ok(())
 }

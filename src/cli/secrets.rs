@@ -26,10 +26,18 @@ impl SecretReader {
     }
 
     /// Reads one secret. `file` wins; then a TTY prompt; then a stdin line.
-    pub fn read(&mut self, prompt: &str, file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>, Failure> {
+    pub fn read(
+        &mut self,
+        prompt: &str,
+        file: Option<&Path>,
+        confirm: bool,
+    ) -> Result<Zeroizing<String>, Failure> {
         if let Some(path) = file {
             let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                Failure::new(Exit::Io, format!("cannot read password file {}: {e}", path.display()))
+                Failure::new(
+                    Exit::Io,
+                    format!("cannot read password file {}: {e}", path.display()),
+                )
             })?);
             let first = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
             return non_empty(first);
@@ -41,8 +49,9 @@ impl SecretReader {
             );
             if confirm {
                 let again = Zeroizing::new(
-                    rpassword::prompt_password(format!("{prompt} (again): "))
-                        .map_err(|e| Failure::new(Exit::Io, format!("cannot read password: {e}")))?,
+                    rpassword::prompt_password(format!("{prompt} (again): ")).map_err(|e| {
+                        Failure::new(Exit::Io, format!("cannot read password: {e}"))
+                    })?,
                 );
                 if *first != *again {
                     return Err(Failure::new(Exit::Usage, "the two passwords differ"));
@@ -50,7 +59,9 @@ impl SecretReader {
             }
             return non_empty(first);
         }
-        let lines = self.stdin_lines.get_or_insert_with(|| std::io::stdin().lock());
+        let lines = self
+            .stdin_lines
+            .get_or_insert_with(|| std::io::stdin().lock());
         let mut line = Zeroizing::new(String::new());
         lines
             .read_line(&mut line)

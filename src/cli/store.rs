@@ -22,13 +22,28 @@ pub fn fips_of(a: FipsArg) -> FipsMode {
 /// Loads datastore.toml, with a clear error when `store` is not a store.
 pub fn load_config(store: &Path) -> Result<StoreConfig, Failure> {
     if !store.exists() {
-        return Err(Failure::new(Exit::NotAStore, format!("{} does not exist (create a store with `datastore init`)", store.display())));
+        return Err(Failure::new(
+            Exit::NotAStore,
+            format!(
+                "{} does not exist (create a store with `datastore init`)",
+                store.display()
+            ),
+        ));
     }
     if !store.is_dir() {
-        return Err(Failure::new(Exit::NotAStore, format!("{} is not a directory", store.display())));
+        return Err(Failure::new(
+            Exit::NotAStore,
+            format!("{} is not a directory", store.display()),
+        ));
     }
     if !store.join(CONFIG_FILE).exists() {
-        return Err(Failure::new(Exit::NotAStore, format!("{} is not a datastore store (no {CONFIG_FILE})", store.display())));
+        return Err(Failure::new(
+            Exit::NotAStore,
+            format!(
+                "{} is not a datastore store (no {CONFIG_FILE})",
+                store.display()
+            ),
+        ));
     }
     StoreConfig::load(store).map_err(|m| Failure::new(Exit::NotAStore, m))
 }
@@ -41,13 +56,26 @@ pub fn open_keystore(store: &Path) -> Result<Keystore, Failure> {
 pub fn init(cli: &Cli, fips: FipsArg) -> Result<(), Failure> {
     let store = &cli.store;
     if store.exists() && !store.is_dir() {
-        return Err(Failure::new(Exit::Usage, format!("{} exists and is not a directory", store.display())));
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("{} exists and is not a directory", store.display()),
+        ));
     }
     if store.join(CONFIG_FILE).exists() || Keystore::dir_of(store).exists() {
-        return Err(Failure::new(Exit::Refused, format!("{} already holds a store", store.display())));
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{} already holds a store", store.display()),
+        ));
     }
-    if store.exists() && std::fs::read_dir(store).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(Failure::new(Exit::Refused, format!("{} is not empty", store.display())));
+    if store.exists()
+        && std::fs::read_dir(store)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{} is not empty", store.display()),
+        ));
     }
     let fips = fips_of(fips);
     let password = SecretReader::new().read("New password", cli.password_file.as_deref(), true)?;
@@ -58,9 +86,20 @@ pub fn init(cli: &Cli, fips: FipsArg) -> Result<(), Failure> {
     let store_id = hex::encode(id);
     std::fs::create_dir_all(store)
         .map_err(|e| Failure::new(Exit::Io, format!("cannot create {}: {e}", store.display())))?;
-    let (_ks, _vk, recovery) = Keystore::create(store, &store_id, &boot_key_dir(), password.as_bytes(), fips, &kdf_options())?;
+    let (_ks, _vk, recovery) = Keystore::create(
+        store,
+        &store_id,
+        &boot_key_dir(),
+        password.as_bytes(),
+        fips,
+        &kdf_options(),
+    )?;
     let engine = EngineConfig {
-        fingerprint: if fips == FipsMode::Validated { FingerprintAlg::HmacSha256 } else { FingerprintAlg::Blake3Keyed },
+        fingerprint: if fips == FipsMode::Validated {
+            FingerprintAlg::HmacSha256
+        } else {
+            FingerprintAlg::Blake3Keyed
+        },
         ..EngineConfig::default()
     };
     // datastore.toml is written last: its presence marks a complete store.

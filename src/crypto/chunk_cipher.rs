@@ -42,6 +42,11 @@ impl ChunkCipher {
         self.xts.encrypt_unit(payload, &tweak_of(fp));
     }
 
+    /// Encrypts a payload already padded to at least 16 bytes.
+    pub fn encrypt_in_place(&self, payload: &mut [u8], fp: &Fingerprint) {
+        self.xts.encrypt_unit(payload, &tweak_of(fp));
+    }
+
     /// Decrypts in place (the caller truncates the padding away).
     pub fn decrypt(&self, ciphertext: &mut [u8], fp: &Fingerprint) {
         self.xts.decrypt_unit(ciphertext, &tweak_of(fp));

@@ -5,7 +5,7 @@
 mod chunk_cipher;
 mod fingerprint;
 
-pub use chunk_cipher::ChunkCipher;
+pub use chunk_cipher::{ChunkCipher, MIN_PAYLOAD};
 pub use fingerprint::{Fingerprint, FingerprintAlg, Fingerprinter};
 
 use keystore::KeystoreError;

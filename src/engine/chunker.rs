@@ -97,9 +97,10 @@ mod tests {
             })
             .collect();
         let cfg = EngineConfig::default();
-        let whole: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
-            .map(|c| c.length)
-            .collect();
+        let whole: Vec<usize> =
+            fastcdc::v2020::FastCDC::new(&data, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
+                .map(|c| c.length)
+                .collect();
         let mut ch = Chunker::new(&data[..], &cfg);
         let mut lens = Vec::new();
         while let Some(b) = ch.next_batch().unwrap() {

@@ -34,7 +34,11 @@ impl Engine {
     }
 
     /// `gc` with a hook called after each segment (tests use it to crash).
-    pub fn gc_with_hook(&self, threshold: f64, mut after_segment: impl FnMut(u64)) -> Result<GcReport> {
+    pub fn gc_with_hook(
+        &self,
+        threshold: f64,
+        mut after_segment: impl FnMut(u64),
+    ) -> Result<GcReport> {
         let _gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
         self.commit(true)?;
         let _c = lock(&self.commit_lock);
@@ -43,7 +47,8 @@ impl Engine {
             ..Default::default()
         };
         let mut w = lock(&self.writer);
-        w.force_roll().map_err(|e| self.poison(io_err("roll segment")(e)))?;
+        w.force_roll()
+            .map_err(|e| self.poison(io_err("roll segment")(e)))?;
         let open_id = w.id();
         let candidates: Vec<(u64, u64)> = self
             .meta
@@ -72,7 +77,11 @@ impl Engine {
             let mut err = None;
             segment::walk_records(&image, id, |item| match item {
                 WalkItem::Damaged { .. } => damaged = true,
-                WalkItem::Record { offset, header, bytes } => {
+                WalkItem::Record {
+                    offset,
+                    header,
+                    bytes,
+                } => {
                     let fp = header.fingerprint;
                     match view.lookup(&fp) {
                         Ok(Some(e)) if e.segment == id && e.offset == offset => {
@@ -112,7 +121,11 @@ impl Engine {
                 f.sync_data()
                     .map_err(|e| self.poison(io_err("fdatasync segment")(e)))?;
             }
-            let drop_ids: &[u64] = if damaged && !image.is_empty() { &[] } else { &[id] };
+            let drop_ids: &[u64] = if damaged && !image.is_empty() {
+                &[]
+            } else {
+                &[id]
+            };
             self.meta
                 .apply_relocation(&moves, &dead, &view.lengths, drop_ids)
                 .map_err(|e| self.poison(e.into()))?;

@@ -58,7 +58,9 @@ pub enum EngineError {
     Integrity { chunk: String, reason: String },
     #[error("chunk {0} is not in the index")]
     NotFound(String),
-    #[error("the engine stopped after a failed write; reopen the store (committed data is intact)")]
+    #[error(
+        "the engine stopped after a failed write; reopen the store (committed data is intact)"
+    )]
     Poisoned,
     #[error("the store is locked: no key is loaded")]
     Locked,
@@ -278,8 +280,12 @@ impl Engine {
     /// Physical bytes in segment files.
     pub fn segment_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        for (_, path) in segment::list_segments(&self.segments_dir).map_err(io_err("list segments"))? {
-            total += std::fs::metadata(&path).map_err(io_err("stat segment"))?.len();
+        for (_, path) in
+            segment::list_segments(&self.segments_dir).map_err(io_err("list segments"))?
+        {
+            total += std::fs::metadata(&path)
+                .map_err(io_err("stat segment"))?
+                .len();
         }
         Ok(total)
     }
@@ -314,7 +320,10 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
                         .map_err(io_err(format!("open {}", path.display())))?;
                     f.set_len(committed)
                         .and_then(|_| f.sync_all())
-                        .map_err(io_err(format!("cut uncommitted tail of {}", path.display())))?;
+                        .map_err(io_err(format!(
+                            "cut uncommitted tail of {}",
+                            path.display()
+                        )))?;
                 }
                 // A file shorter than committed is damage: scrub reports it.
             }

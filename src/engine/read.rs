@@ -50,7 +50,10 @@ pub(crate) fn decode_record(
     let ok = &crypto.fingerprinter.fingerprint(&plain) == fp;
     stats::add_since(&st.ns_verify, t);
     if !ok {
-        return Err(integrity(fp, "fingerprint mismatch (data corrupt or tampered)"));
+        return Err(integrity(
+            fp,
+            "fingerprint mismatch (data corrupt or tampered)",
+        ));
     }
     Ok(plain)
 }
@@ -80,13 +83,17 @@ impl Engine {
         let e = self.locate(fp)?;
         let t = Instant::now();
         let file = self.segment_file(e.segment)?;
-        let rec = segment::read_exact_at(&file, e.offset, e.record_len as usize).map_err(|err| {
-            if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                integrity(fp, format!("record extends past the end of segment {:016x}", e.segment))
-            } else {
-                io_err(format!("read segment {:016x}", e.segment))(err)
-            }
-        })?;
+        let rec =
+            segment::read_exact_at(&file, e.offset, e.record_len as usize).map_err(|err| {
+                if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                    integrity(
+                        fp,
+                        format!("record extends past the end of segment {:016x}", e.segment),
+                    )
+                } else {
+                    io_err(format!("read segment {:016x}", e.segment))(err)
+                }
+            })?;
         stats::add_since(&self.stats.ns_read_io, t);
         let plain = decode_record(crypto, fp, &rec, &self.stats)?;
         if plain.len() != e.plain_len as usize {

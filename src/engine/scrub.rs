@@ -65,14 +65,22 @@ impl Engine {
                     segment: id,
                     offset: image.len() as u64,
                     chunk: None,
-                    reason: format!("segment is {} bytes, {} were committed", image.len(), committed),
+                    reason: format!(
+                        "segment is {} bytes, {} were committed",
+                        image.len(),
+                        committed
+                    ),
                 });
             }
             image.truncate(committed as usize);
             report.bytes += image.len() as u64;
             let mut records = Vec::new();
             segment::walk_records(&image, id, |item| match item {
-                WalkItem::Record { offset, header, bytes } => records.push((offset, header, bytes)),
+                WalkItem::Record {
+                    offset,
+                    header,
+                    bytes,
+                } => records.push((offset, header, bytes)),
                 WalkItem::Damaged { offset, reason } => report.bad.push(BadRecord {
                     segment: id,
                     offset,
@@ -129,18 +137,23 @@ impl Engine {
                 return;
             };
             if e.offset + e.record_len as u64 > committed {
-                problems.push(bad("index points past the committed end of its segment".into()));
+                problems.push(bad(
+                    "index points past the committed end of its segment".into()
+                ));
                 return;
             }
             let header = self
                 .segment_file(e.segment)
                 .map_err(|e| e.to_string())
                 .and_then(|f| {
-                    segment::read_exact_at(&f, e.offset, record::HEADER_LEN).map_err(|e| e.to_string())
+                    segment::read_exact_at(&f, e.offset, record::HEADER_LEN)
+                        .map_err(|e| e.to_string())
                 });
             match header.map(|h| record::parse_header(&h)) {
                 Ok(Ok(h)) if &h.fingerprint == fp && h.record_len() == e.record_len as u64 => {}
-                Ok(Ok(_)) => problems.push(bad("index entry does not match the record it points at".into())),
+                Ok(Ok(_)) => problems.push(bad(
+                    "index entry does not match the record it points at".into(),
+                )),
                 Ok(Err(err)) => problems.push(bad(format!("index points at a bad header: {err}"))),
                 Err(err) => problems.push(bad(format!("cannot read record: {err}"))),
             }

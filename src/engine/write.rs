@@ -13,11 +13,14 @@ use rayon::prelude::*;
 
 use super::chunker::{Batch, Chunker};
 use super::{io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
+use crate::crypto::MIN_PAYLOAD;
 use crate::crypto::{ChunkCrypto, Fingerprint};
 use crate::meta::{ChunkChange, NewRecord};
-use crate::store::record::{self, RecordHeader, FLAG_LZ4};
+use crate::store::record::{self, RecordHeader, FLAG_LZ4, HEADER_LEN, TRAILER_LEN};
 
-/// Compresses (when that shrinks it) and encrypts one chunk into a record.
+/// Compresses (when that shrinks it) and encrypts one chunk into a record,
+/// building it in one buffer (header space, payload, trailer) without
+/// copying the payload again.
 pub(crate) fn encode_record(
     crypto: &ChunkCrypto,
     chunk: &[u8],
@@ -25,34 +28,52 @@ pub(crate) fn encode_record(
     st: &stats::Stats,
 ) -> Vec<u8> {
     let t = Instant::now();
-    let mut payload = vec![0u8; lz4_flex::block::get_maximum_output_size(chunk.len())];
+    let max = lz4_flex::block::get_maximum_output_size(chunk.len()).max(MIN_PAYLOAD);
+    let mut rec = vec![0u8; HEADER_LEN + max + TRAILER_LEN];
     let mut flags = 0;
-    match lz4_flex::block::compress_into(chunk, &mut payload) {
-        Ok(n) if n < chunk.len() => {
-            payload.truncate(n);
-            flags = FLAG_LZ4;
-        }
-        _ => {
-            payload.clear();
-            payload.extend_from_slice(chunk);
-        }
-    }
+    let stored_len =
+        match lz4_flex::block::compress_into(chunk, &mut rec[HEADER_LEN..HEADER_LEN + max]) {
+            Ok(n) if n < chunk.len() => {
+                flags = FLAG_LZ4;
+                n
+            }
+            _ => {
+                rec[HEADER_LEN..HEADER_LEN + chunk.len()].copy_from_slice(chunk);
+                chunk.len()
+            }
+        };
     stats::add_since(&st.ns_compress, t);
-    let stored_len = payload.len() as u32;
+    let cipher_len = stored_len.max(MIN_PAYLOAD);
+    // Padding bytes of a short payload must be zero (see FORMAT.md).
+    rec[HEADER_LEN + stored_len..HEADER_LEN + cipher_len].fill(0);
     let t = Instant::now();
-    crypto.cipher.encrypt(&mut payload, fp);
+    let body = &mut rec[HEADER_LEN..HEADER_LEN + cipher_len];
+    crypto.cipher.encrypt_in_place(body, fp);
+    let body_crc = crc32c::crc32c(body);
     stats::add_since(&st.ns_encrypt, t);
     let header = RecordHeader {
         flags,
         plain_len: chunk.len() as u32,
-        stored_len,
-        cipher_len: payload.len() as u32,
+        stored_len: stored_len as u32,
+        cipher_len: cipher_len as u32,
         fingerprint: *fp,
     };
-    let mut out = Vec::with_capacity(header.record_len() as usize);
-    record::encode(&header, &payload, &mut out);
+    record::seal_in_place(&header, &mut rec);
+    let end = HEADER_LEN + cipher_len;
+    rec[end..end + TRAILER_LEN].copy_from_slice(&body_crc.to_le_bytes());
+    rec.truncate(end + TRAILER_LEN);
     stats::add(&st.bytes_stored_payload, stored_len as u64);
-    out
+    rec
+}
+
+/// A batch after stage 2: what stage 3 needs, owning no input bytes.
+struct Prepared {
+    fps: Vec<Fingerprint>,
+    lens: Vec<u32>,
+    /// Whether each chunk was already stored when the batch was prepared.
+    known: Vec<bool>,
+    /// Encoded records of new chunks, (chunk index, record), last first.
+    records: Vec<(usize, Vec<u8>)>,
 }
 
 impl Engine {
@@ -70,11 +91,34 @@ impl Engine {
             stats::add_since(&self.stats.ns_chunking, t);
             Ok(b)
         };
+        // Three-stage pipeline: while batch N-1's records are appended (in
+        // order, one thread), batch N is fingerprinted and encoded on the
+        // pool and batch N+1 is read and chunked.
         let mut current = next(&mut chunker)?;
-        while let Some(batch) = current {
-            let (stored, following) =
-                rayon::join(|| self.store_batch(&crypto, &batch), || next(&mut chunker));
-            recipe.extend(stored?);
+        let mut prepared: Option<Prepared> = None;
+        while current.is_some() || prepared.is_some() {
+            let to_append = prepared.take();
+            let ((appended, prep), following) = rayon::join(
+                || {
+                    rayon::join(
+                        || to_append.map(|p| self.append_prepared(p)).transpose(),
+                        || {
+                            current
+                                .as_ref()
+                                .map(|b| self.prepare_batch(&crypto, b))
+                                .transpose()
+                        },
+                    )
+                },
+                || match current {
+                    Some(_) => next(&mut chunker),
+                    None => Ok(None),
+                },
+            );
+            if let Some(refs) = appended? {
+                recipe.extend(refs);
+            }
+            prepared = prep?;
             current = following?;
         }
         Ok(recipe)
@@ -85,7 +129,8 @@ impl Engine {
         self.put_reader(data)
     }
 
-    fn store_batch(&self, crypto: &ChunkCrypto, batch: &Batch) -> Result<Vec<ChunkRef>> {
+    /// Stage 2: fingerprints, dedup lookups, and records for new chunks.
+    fn prepare_batch(&self, crypto: &ChunkCrypto, batch: &Batch) -> Result<Prepared> {
         let st = &self.stats;
         let chunk = |&(o, l): &(usize, usize)| &batch.data[o..o + l];
         let fps: Vec<Fingerprint> = batch
@@ -125,23 +170,52 @@ impl Engine {
             .map(|&i| (i, encode_record(crypto, chunk(&batch.cuts[i]), &fps[i], st)))
             .collect();
         records.reverse();
+        Ok(Prepared {
+            lens: batch.cuts.iter().map(|c| c.1 as u32).collect(),
+            fps,
+            known,
+            records,
+        })
+    }
 
-        // In stream order: append new records, count references.
+    /// Stage 3, in stream order: append new records, count references. A
+    /// chunk that another batch stored meanwhile is only referenced (its
+    /// encoded record is dropped), so dedup stays exact.
+    fn append_prepared(&self, prepared: Prepared) -> Result<Vec<ChunkRef>> {
+        let st = &self.stats;
+        let Prepared {
+            fps,
+            lens,
+            known,
+            mut records,
+        } = prepared;
         let t = Instant::now();
+        // The writer lock is held for the whole batch: only its holder adds
+        // new records to `pending`, so a chunk found absent below cannot be
+        // added by anyone else before we insert it. The pending lock is
+        // taken per chunk, never across a segment write.
         let mut w = lock(&self.writer);
-        let mut p = lock(&self.pending);
         for (i, fp) in fps.iter().enumerate() {
             let record = match records.last() {
                 Some((j, _)) if *j == i => records.pop().map(|(_, r)| r),
                 _ => None,
             };
-            if let Some(change) = p.current.get_mut(fp) {
-                change.delta += 1;
-                continue;
-            }
-            if known[i] || p.get(fp).is_some() {
-                p.current.insert(*fp, ChunkChange { new_record: None, delta: 1 });
-                continue;
+            {
+                let mut p = lock(&self.pending);
+                if let Some(change) = p.current.get_mut(fp) {
+                    change.delta += 1;
+                    continue;
+                }
+                if known[i] || p.get(fp).is_some() {
+                    p.current.insert(
+                        *fp,
+                        ChunkChange {
+                            new_record: None,
+                            delta: 1,
+                        },
+                    );
+                    continue;
+                }
             }
             let record = record.ok_or_else(|| {
                 EngineError::Config("internal: new chunk without a record".into())
@@ -149,30 +223,38 @@ impl Engine {
             let (segment, offset) = w
                 .append(&record)
                 .map_err(|e| self.poison(io_err("append to segment")(e)))?;
-            let plain_len = batch.cuts[i].1 as u32;
-            p.current.insert(
-                *fp,
-                ChunkChange {
-                    new_record: Some(NewRecord {
-                        segment,
-                        offset,
-                        record_len: record.len() as u32,
-                        plain_len,
-                    }),
-                    delta: 1,
-                },
-            );
+            let plain_len = lens[i];
+            let change = ChunkChange {
+                new_record: Some(NewRecord {
+                    segment,
+                    offset,
+                    record_len: record.len() as u32,
+                    plain_len,
+                }),
+                delta: 1,
+            };
+            // Merge: a concurrent release may have added a delta meanwhile.
+            lock(&self.pending)
+                .current
+                .entry(*fp)
+                .and_modify(|c| {
+                    c.new_record = change.new_record;
+                    c.delta += 1;
+                })
+                .or_insert(change);
             stats::add(&st.chunks_new, 1);
             stats::add(&st.bytes_new, plain_len as u64);
             stats::add(&st.bytes_records_written, record.len() as u64);
         }
-        drop(p);
         drop(w);
         stats::add_since(&st.ns_append, t);
         Ok(fps
             .iter()
-            .zip(&batch.cuts)
-            .map(|(fp, &(_, l))| ChunkRef { fingerprint: *fp, len: l as u32 })
+            .zip(&lens)
+            .map(|(fp, &len)| ChunkRef {
+                fingerprint: *fp,
+                len,
+            })
             .collect())
     }
 }

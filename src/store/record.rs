@@ -75,18 +75,28 @@ impl std::fmt::Display for HeaderError {
 pub fn encode(header: &RecordHeader, ciphertext: &[u8], out: &mut Vec<u8>) {
     debug_assert_eq!(ciphertext.len(), header.cipher_len as usize);
     let start = out.len();
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(header.flags);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&header.plain_len.to_le_bytes());
-    out.extend_from_slice(&header.stored_len.to_le_bytes());
-    out.extend_from_slice(&header.cipher_len.to_le_bytes());
-    out.extend_from_slice(&header.fingerprint);
-    let crc = crc32c::crc32c(&out[start..start + 52]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.resize(start + HEADER_LEN, 0);
     out.extend_from_slice(ciphertext);
-    out.extend_from_slice(&crc32c::crc32c(ciphertext).to_le_bytes());
+    seal_in_place(header, &mut out[start..]);
+    let crc = crc32c::crc32c(ciphertext);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Fills in the header of `record` (HEADER_LEN bytes of space followed by
+/// the ciphertext) and appends nothing: the caller appends the trailer from
+/// `body_crc`. Used to build records without copying the payload.
+pub fn seal_in_place(header: &RecordHeader, record: &mut [u8]) {
+    let h = &mut record[..HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4] = VERSION;
+    h[5] = header.flags;
+    h[6..8].copy_from_slice(&[0, 0]);
+    h[8..12].copy_from_slice(&header.plain_len.to_le_bytes());
+    h[12..16].copy_from_slice(&header.stored_len.to_le_bytes());
+    h[16..20].copy_from_slice(&header.cipher_len.to_le_bytes());
+    h[20..52].copy_from_slice(&header.fingerprint);
+    let crc = crc32c::crc32c(&h[..52]);
+    h[52..56].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -158,7 +168,13 @@ mod tests {
 
     #[test]
     fn roundtrip_header() {
-        let h = RecordHeader { flags: FLAG_LZ4, plain_len: 100, stored_len: 40, cipher_len: 40, fingerprint: [9; 32] };
+        let h = RecordHeader {
+            flags: FLAG_LZ4,
+            plain_len: 100,
+            stored_len: 40,
+            cipher_len: 40,
+            fingerprint: [9; 32],
+        };
         let mut out = Vec::new();
         encode(&h, &[1u8; 40], &mut out);
         assert_eq!(out.len() as u64, h.record_len());

@@ -175,11 +175,18 @@ impl SegmentWriter {
     /// it also hands out the files to fdatasync and forgets the sealed ones.
     pub fn prepare_commit(&mut self, durable: bool) -> std::io::Result<CommitView> {
         self.flush()?;
-        let mut lengths: Vec<(u64, u64)> = self.sealed_unsynced.iter().map(|(id, len, _)| (*id, *len)).collect();
+        let mut lengths: Vec<(u64, u64)> = self
+            .sealed_unsynced
+            .iter()
+            .map(|(id, len, _)| (*id, *len))
+            .collect();
         lengths.push((self.id, self.len));
         let mut to_sync = Vec::new();
         if durable {
-            to_sync = std::mem::take(&mut self.sealed_unsynced).into_iter().map(|(_, _, f)| f).collect();
+            to_sync = std::mem::take(&mut self.sealed_unsynced)
+                .into_iter()
+                .map(|(_, _, f)| f)
+                .collect();
             to_sync.push(self.file.clone());
         }
         Ok(CommitView { lengths, to_sync })
@@ -257,7 +264,9 @@ pub fn walk_records<'a>(image: &'a [u8], id: u64, mut f: impl FnMut(WalkItem<'a>
                     reason,
                 });
                 pos = (pos + 1..image.len())
-                    .find(|&p| image[p..].starts_with(&super::record::MAGIC) && valid_at(p).is_some())
+                    .find(|&p| {
+                        image[p..].starts_with(&super::record::MAGIC) && valid_at(p).is_some()
+                    })
                     .unwrap_or(image.len());
             }
         }
