@@ -101,6 +101,9 @@ impl<T> LockedBox<T> {
         let ptr = addr as *mut std::mem::MaybeUninit<T>;
         // SAFETY: the mapping is large enough and page-aligned for T.
         init(unsafe { &mut *ptr });
+        // Whatever `init` built on the stack before moving it here (a key
+        // schedule, a key copy) is still below this frame: wipe it.
+        scrub_stack();
         Ok(LockedBox {
             ptr: NonNull::new(addr as *mut T).expect("mmap returned non-null"),
             map_len,
@@ -149,6 +152,27 @@ impl<T> Drop for LockedBox<T> {
         }
         LOCKED_BYTES.fetch_sub(self.map_len, Ordering::Relaxed);
     }
+}
+
+/// Overwrites the 64 KiB of stack below the caller's frame with zeros, so
+/// key material that finished callees left there does not linger (and
+/// cannot reach a core dump or swap).
+#[inline(never)]
+pub fn scrub_stack() {
+    scrub_stack_words::<8192>();
+}
+
+/// Wipes `N` words (8 bytes each) of stack below the caller's frame. The
+/// XTS hot path uses 16 KiB after every data unit: AES-NI code spills round
+/// keys to the stack when it runs out of vector registers.
+#[inline(never)]
+pub fn scrub_stack_words<const N: usize>() {
+    let mut area = [0u64; N];
+    for w in area.iter_mut() {
+        // SAFETY: writing to our own local array.
+        unsafe { std::ptr::write_volatile(w, 0) };
+    }
+    std::hint::black_box(&area);
 }
 
 /// Bytes of key memory this process holds locked right now.

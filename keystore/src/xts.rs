@@ -115,8 +115,22 @@ impl Xts256 {
     }
 
     /// Encrypts one data unit in place. Panics if the length is outside
-    /// 16 B..16 MiB (callers pad; see the chunk cipher).
+    /// 16 B..16 MiB (callers pad; see the chunk cipher). Afterwards the
+    /// stack the cipher used is wiped (round keys spill there).
     pub fn encrypt_unit(&self, unit: &mut [u8], tweak: &[u8; 16]) {
+        self.encrypt_unit_inner(unit, tweak);
+        crate::secmem::scrub_stack_words::<2048>();
+    }
+
+    /// Decrypts one data unit in place (inverse of `encrypt_unit`), then
+    /// wipes the stack the cipher used.
+    pub fn decrypt_unit(&self, unit: &mut [u8], tweak: &[u8; 16]) {
+        self.decrypt_unit_inner(unit, tweak);
+        crate::secmem::scrub_stack_words::<2048>();
+    }
+
+    #[inline(never)]
+    fn encrypt_unit_inner(&self, unit: &mut [u8], tweak: &[u8; 16]) {
         Self::check_len(unit.len());
         let t0 = self.initial_tweak(tweak);
         let rem = unit.len() % 16;
@@ -142,8 +156,8 @@ impl Xts256 {
         last_full.copy_from_slice(&stolen);
     }
 
-    /// Decrypts one data unit in place (inverse of `encrypt_unit`).
-    pub fn decrypt_unit(&self, unit: &mut [u8], tweak: &[u8; 16]) {
+    #[inline(never)]
+    fn decrypt_unit_inner(&self, unit: &mut [u8], tweak: &[u8; 16]) {
         Self::check_len(unit.len());
         let t0 = self.initial_tweak(tweak);
         let rem = unit.len() % 16;
