@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -36,19 +36,19 @@ fn encode(r: &[ChunkRef]) -> String {
         .join(",")
 }
 
-fn decode(s: &str) -> Vec<ChunkRef> {
+/// None for a line torn by the kill.
+fn decode(s: &str) -> Option<Vec<ChunkRef>> {
     if s.is_empty() {
-        return Vec::new();
+        return Some(Vec::new());
     }
     s.split(',')
         .map(|p| {
-            let (h, l) = p.split_once(':').unwrap();
-            let mut fp = [0u8; 32];
-            fp.copy_from_slice(&hex::decode(h).unwrap());
-            ChunkRef {
+            let (h, l) = p.split_once(':')?;
+            let fp: [u8; 32] = hex::decode(h).ok()?.try_into().ok()?;
+            Some(ChunkRef {
                 fingerprint: fp,
-                len: l.parse().unwrap(),
-            }
+                len: l.parse().ok()?,
+            })
         })
         .collect()
 }
@@ -65,21 +65,22 @@ fn read_log(path: &Path) -> (Vec<(u64, Vec<ChunkRef>)>, u64) {
     let Ok(f) = std::fs::File::open(path) else {
         return (live, next);
     };
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line.unwrap();
+    // Only complete lines count: a line torn by the kill has no newline.
+    let text = std::io::read_to_string(f).unwrap();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    for line in complete.lines() {
         let mut parts = line.splitn(3, ' ');
-        match (parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next().and_then(|i| i.parse::<u64>().ok()),
+            parts.next(),
+        ) {
             (Some("synced"), Some(id), Some(recipe)) => {
-                let id: u64 = id.parse().unwrap();
                 next = next.max(id + 1);
-                live.push((id, decode(recipe)));
+                live.push((id, decode(recipe).expect("complete lines parse")));
             }
-            (Some("releasing"), Some(id), _) => {
-                let id: u64 = id.parse().unwrap();
-                live.retain(|(i, _)| *i != id);
-            }
-            // A torn last line (killed mid-write) is ignored.
-            _ => {}
+            (Some("releasing"), Some(id), _) => live.retain(|(i, _)| *i != id),
+            _ => panic!("unexpected log line {line:?}"),
         }
     }
     (live, next)
@@ -93,6 +94,16 @@ fn crash_child() {
     let dir = std::path::PathBuf::from(std::env::var("DATASTORE_CRASH_DIR").unwrap());
     let log_path = dir.join("log");
     let (mut live, mut next) = read_log(&log_path);
+    // Drop a line the previous writer's kill tore, so appends start clean.
+    if let Ok(text) = std::fs::read(&log_path) {
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .unwrap();
+        f.set_len(keep as u64).unwrap();
+        f.sync_all().unwrap();
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

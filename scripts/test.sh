@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone, as root on Debian.
+# Installs what the tests need (gdb for the core-dump test), then runs
+# formatting, clippy, and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v gcore >/dev/null 2>&1 || need_pkgs+=(gdb)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "==> installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the tests need root (mlock of key memory, gcore of a child process)" >&2
+    exit 1
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --profile ci -- -D warnings
+echo "==> cargo test (profile ci: optimised, overflow checks on)"
+cargo test --workspace --profile ci
