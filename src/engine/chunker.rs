@@ -12,10 +12,47 @@ use crate::config::EngineConfig;
 /// Bytes read per batch (must be well above the maximum chunk size).
 pub const BATCH: usize = 8 << 20;
 
-pub struct Batch {
-    pub data: Vec<u8>,
+pub struct Batch<'a> {
+    /// The batch's bytes: owned when read from a stream, borrowed when the
+    /// caller handed a slice (no copy).
+    pub data: std::borrow::Cow<'a, [u8]>,
     /// (offset, length) of each chunk in `data`, in order.
     pub cuts: Vec<(usize, usize)>,
+}
+
+/// Cuts an in-memory slice into batches of about `BATCH` bytes without
+/// copying it. Boundaries are those of chunking the whole slice at once.
+pub struct SliceChunker<'a> {
+    data: &'a [u8],
+    cdc: fastcdc::v2020::FastCDC<'a>,
+}
+
+impl<'a> SliceChunker<'a> {
+    pub fn new(data: &'a [u8], cfg: &EngineConfig) -> Self {
+        SliceChunker {
+            data,
+            cdc: fastcdc::v2020::FastCDC::new(data, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max),
+        }
+    }
+
+    pub fn next_batch(&mut self) -> Option<Batch<'a>> {
+        let mut cuts = Vec::new();
+        let mut start = None;
+        let mut size = 0;
+        for c in self.cdc.by_ref() {
+            let base = *start.get_or_insert(c.offset);
+            cuts.push((c.offset - base, c.length));
+            size += c.length;
+            if size >= BATCH {
+                break;
+            }
+        }
+        let base = start?;
+        Some(Batch {
+            data: std::borrow::Cow::Borrowed(&self.data[base..base + size]),
+            cuts,
+        })
+    }
 }
 
 pub struct Chunker<R> {
@@ -61,7 +98,7 @@ impl<R: Read> Chunker<R> {
     }
 
     /// The next batch of whole chunks, or None at the end of the stream.
-    pub fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
+    pub fn next_batch(&mut self) -> std::io::Result<Option<Batch<'static>>> {
         let mut data = std::mem::take(&mut self.carry);
         self.fill(&mut data)?;
         if data.is_empty() {
@@ -77,7 +114,10 @@ impl<R: Read> Chunker<R> {
                 data.truncate(off);
             }
         }
-        Ok(Some(Batch { data, cuts }))
+        Ok(Some(Batch {
+            data: std::borrow::Cow::Owned(data),
+            cuts,
+        }))
     }
 }
 
@@ -107,5 +147,14 @@ mod tests {
             lens.extend(b.cuts.iter().map(|c| c.1));
         }
         assert_eq!(lens, whole);
+        let mut sc = SliceChunker::new(&data, &cfg);
+        let mut lens = Vec::new();
+        let mut total = 0;
+        while let Some(b) = sc.next_batch() {
+            total += b.data.len();
+            lens.extend(b.cuts.iter().map(|c| c.1));
+        }
+        assert_eq!(lens, whole);
+        assert_eq!(total, data.len());
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::chunker::{Batch, Chunker};
+use super::chunker::{Batch, Chunker, SliceChunker};
 use super::{io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
 use crate::crypto::MIN_PAYLOAD;
 use crate::crypto::{ChunkCrypto, Fingerprint};
@@ -80,21 +80,34 @@ impl Engine {
     /// Stores a whole stream; returns its recipe. The chunks become part of
     /// the index at the next `commit`.
     pub fn put_reader<R: Read + Send>(&self, reader: R) -> Result<Vec<ChunkRef>> {
+        let mut chunker = Chunker::new(reader, &self.config);
+        self.put_batches(|| chunker.next_batch().map_err(io_err("read input stream")))
+    }
+
+    /// Stores a byte slice (chunked in place, no copy); returns its recipe.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<Vec<ChunkRef>> {
+        let mut chunker = SliceChunker::new(data, &self.config);
+        self.put_batches(|| Ok(chunker.next_batch()))
+    }
+
+    /// Three-stage pipeline: while batch N-1's records are appended (in
+    /// order, one thread), batch N is fingerprinted and encoded on the pool
+    /// and batch N+1 is produced by `next` (read and chunked).
+    fn put_batches<'a>(
+        &self,
+        mut next: impl FnMut() -> Result<Option<Batch<'a>>> + Send,
+    ) -> Result<Vec<ChunkRef>> {
         self.check_poisoned()?;
         let crypto = self.crypto()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
-        let mut chunker = Chunker::new(reader, &self.config);
-        let mut recipe = Vec::new();
-        let next = |c: &mut Chunker<R>| -> Result<Option<Batch>> {
+        let mut timed_next = || {
             let t = Instant::now();
-            let b = c.next_batch().map_err(io_err("read input stream"))?;
+            let b = next();
             stats::add_since(&self.stats.ns_chunking, t);
-            Ok(b)
+            b
         };
-        // Three-stage pipeline: while batch N-1's records are appended (in
-        // order, one thread), batch N is fingerprinted and encoded on the
-        // pool and batch N+1 is read and chunked.
-        let mut current = next(&mut chunker)?;
+        let mut recipe = Vec::new();
+        let mut current = timed_next()?;
         let mut prepared: Option<Prepared> = None;
         while current.is_some() || prepared.is_some() {
             let to_append = prepared.take();
@@ -111,7 +124,7 @@ impl Engine {
                     )
                 },
                 || match current {
-                    Some(_) => next(&mut chunker),
+                    Some(_) => timed_next(),
                     None => Ok(None),
                 },
             );
@@ -124,13 +137,8 @@ impl Engine {
         Ok(recipe)
     }
 
-    /// Stores a byte slice; returns its recipe.
-    pub fn put_bytes(&self, data: &[u8]) -> Result<Vec<ChunkRef>> {
-        self.put_reader(data)
-    }
-
     /// Stage 2: fingerprints, dedup lookups, and records for new chunks.
-    fn prepare_batch(&self, crypto: &ChunkCrypto, batch: &Batch) -> Result<Prepared> {
+    fn prepare_batch(&self, crypto: &ChunkCrypto, batch: &Batch<'_>) -> Result<Prepared> {
         let st = &self.stats;
         let chunk = |&(o, l): &(usize, usize)| &batch.data[o..o + l];
         let fps: Vec<Fingerprint> = batch
