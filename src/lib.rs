@@ -9,3 +9,4 @@ pub mod engine;
 pub mod fsutil;
 pub mod meta;
 pub mod store;
+pub mod volume;

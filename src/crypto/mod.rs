@@ -4,6 +4,7 @@
 
 mod chunk_cipher;
 mod fingerprint;
+pub mod seal;
 
 pub use chunk_cipher::{ChunkCipher, MIN_PAYLOAD};
 pub use fingerprint::{Fingerprint, FingerprintAlg, Fingerprinter};

@@ -186,6 +186,10 @@ impl Engine {
         })
     }
 
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
     pub fn store_dir(&self) -> &Path {
         &self.store
     }
@@ -224,6 +228,16 @@ impl Engine {
     /// `durable`, segments are fdatasync'ed first and the index commit is
     /// durable when this returns.
     pub fn commit(&self, durable: bool) -> Result<()> {
+        self.commit_with(durable, &mut |_| Ok(()))
+    }
+
+    /// `commit`, with `extra` writing the caller's own tables in the same
+    /// transaction (so a file's extents become durable with its chunks).
+    pub fn commit_with(
+        &self,
+        durable: bool,
+        extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
+    ) -> Result<()> {
         self.check_poisoned()?;
         let _c = lock(&self.commit_lock);
         let start = std::time::Instant::now();
@@ -242,7 +256,9 @@ impl Engine {
                 .map_err(|e| self.poison(io_err("fdatasync segment")(e)))?;
         }
         let changes: Vec<_> = batch.iter().map(|(k, v)| (*k, *v)).collect();
-        let result = self.meta.apply_commit(&changes, &view.lengths, durable);
+        let result = self
+            .meta
+            .apply_commit(&changes, &view.lengths, durable, extra);
         lock(&self.pending).committing = None;
         let anomalies = result.map_err(|e| self.poison(e.into()))?;
         stats::add(&self.stats.commit_anomalies, anomalies.released_unknown);

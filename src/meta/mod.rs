@@ -36,6 +36,7 @@ macro_rules! db_err {
     )*};
 }
 db_err!(
+    postcard::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -131,6 +132,12 @@ impl Meta {
         Ok(Meta { db })
     }
 
+    /// The database, for layers above (the volume) that keep their own
+    /// tables and commit them together with the chunk index.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn read(&self) -> Result<MetaRead, MetaError> {
         Ok(MetaRead {
             txn: self.db.begin_read()?,
@@ -171,6 +178,7 @@ impl Meta {
         changes: &[(Fingerprint, ChunkChange)],
         segment_lengths: &[(u64, u64)],
         durable: bool,
+        extra: &mut dyn FnMut(&redb::WriteTransaction) -> Result<(), MetaError>,
     ) -> Result<CommitAnomalies, MetaError> {
         let mut anomalies = CommitAnomalies::default();
         let mut txn = self.db.begin_write()?;
@@ -224,6 +232,7 @@ impl Meta {
                 segs.insert(id, (committed, (live as i64 + d).max(0) as u64))?;
             }
         }
+        extra(&txn)?;
         txn.commit()?;
         Ok(anomalies)
     }

@@ -1,0 +1,496 @@
+//! File data: write buffers, re-chunking of dirty windows, reads that
+//! overlay buffers on extents, truncate, fallocate, and the commit that
+//! persists everything the volume changed (sealed) with the chunk index.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::error::{err, VResult, VolError};
+use super::inode::{DirentRecord, Extent, Kind, Time};
+use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
+use super::{lock, State, Volume, CACHE_CHUNKS, DIRTY_LIMIT, WINDOW_GAP};
+use crate::engine::ChunkRef;
+
+/// Capacity figures for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+}
+
+/// Inserts `data` at `off` into a buffer of non-overlapping ranges, merging
+/// with ranges it overlaps or touches. Returns the change in buffered bytes.
+fn buffer_insert(buf: &mut BTreeMap<u64, Vec<u8>>, off: u64, data: &[u8]) -> isize {
+    let end = off + data.len() as u64;
+    let touching: Vec<u64> = buf
+        .range(..=end)
+        .rev()
+        .take_while(|(k, v)| **k + v.len() as u64 >= off)
+        .map(|(k, _)| *k)
+        .collect();
+    if touching.is_empty() {
+        buf.insert(off, data.to_vec());
+        return data.len() as isize;
+    }
+    let start = touching.iter().copied().min().unwrap_or(off).min(off);
+    let stop = touching
+        .iter()
+        .map(|k| k + buf[k].len() as u64)
+        .max()
+        .unwrap_or(end)
+        .max(end);
+    let mut merged = vec![0u8; (stop - start) as usize];
+    let mut old_total = 0isize;
+    for k in &touching {
+        let piece = buf.remove(k).expect("key from range");
+        old_total += piece.len() as isize;
+        let at = (k - start) as usize;
+        merged[at..at + piece.len()].copy_from_slice(&piece);
+    }
+    let at = (off - start) as usize;
+    merged[at..at + data.len()].copy_from_slice(data);
+    let new_len = merged.len() as isize;
+    buf.insert(start, merged);
+    new_len - old_total
+}
+
+/// Extents overlapping [off, end), in offset order.
+fn overlapping(extents: &BTreeMap<u64, Extent>, off: u64, end: u64) -> Vec<(u64, Extent)> {
+    let mut v: Vec<(u64, Extent)> = extents
+        .range(..end)
+        .rev()
+        .take_while(|(k, e)| **k + e.len as u64 > off)
+        .map(|(k, e)| (*k, *e))
+        .collect();
+    v.reverse();
+    v
+}
+
+fn chunk_ref(e: &Extent) -> ChunkRef {
+    ChunkRef {
+        fingerprint: e.fingerprint,
+        len: e.len,
+    }
+}
+
+impl Volume {
+    fn chunk(&self, e: &Extent) -> VResult<Arc<Vec<u8>>> {
+        if let Some(c) = lock(&self.cache).0.get(&e.fingerprint) {
+            return Ok(c.clone());
+        }
+        let data = Arc::new(self.engine.read_chunk(&e.fingerprint)?);
+        if data.len() != e.len as usize {
+            return Err(VolError::io("chunk length differs from its extent"));
+        }
+        let mut cache = lock(&self.cache);
+        if cache.0.len() >= CACHE_CHUNKS {
+            if let Some(old) = cache.1.pop_front() {
+                cache.0.remove(&old);
+            }
+        }
+        if cache.0.insert(e.fingerprint, data.clone()).is_none() {
+            cache.1.push_back(e.fingerprint);
+        }
+        Ok(data)
+    }
+
+    /// Copies the stored (extent) content of [off, off+out.len()) into out.
+    fn fill_from_extents(
+        &self,
+        extents: &[(u64, Extent)],
+        off: u64,
+        out: &mut [u8],
+    ) -> VResult<()> {
+        let end = off + out.len() as u64;
+        let chunks: Vec<VResult<Arc<Vec<u8>>>> = if extents.len() > 1 {
+            extents.par_iter().map(|(_, e)| self.chunk(e)).collect()
+        } else {
+            extents.iter().map(|(_, e)| self.chunk(e)).collect()
+        };
+        for ((e_off, e), data) in extents.iter().zip(chunks) {
+            let data = data?;
+            let from = off.max(*e_off);
+            let to = end.min(e_off + e.len as u64);
+            if from < to {
+                out[(from - off) as usize..(to - off) as usize]
+                    .copy_from_slice(&data[(from - e_off) as usize..(to - e_off) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn open_file(&self, ino: u64) -> VResult<()> {
+        let mut st = lock(&self.state);
+        self.load_inode(&mut st, ino)?;
+        *st.open_counts.entry(ino).or_default() += 1;
+        Ok(())
+    }
+
+    /// Last close of a handle: buffers become chunks (non-durable commit);
+    /// an unlinked inode is freed when its last handle goes.
+    pub fn release(&self, ino: u64) -> VResult<()> {
+        {
+            let mut st = lock(&self.state);
+            let flushed = self.flush_locked(&mut st, ino);
+            let count = st.open_counts.entry(ino).or_default();
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                st.open_counts.remove(&ino);
+                if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
+                    self.free_inode(&mut st, ino)?;
+                }
+            }
+            flushed?;
+        }
+        self.commit(false)
+    }
+
+    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> VResult<usize> {
+        let end = off
+            .checked_add(data.len() as u64)
+            .ok_or(VolError::new(libc::EFBIG))?;
+        if end > i64::MAX as u64 {
+            return err(libc::EFBIG);
+        }
+        let mut st = lock(&self.state);
+        let now = Time::now();
+        {
+            let inode = self.load_inode(&mut st, ino)?;
+            if inode.kind != Kind::File {
+                return err(libc::EINVAL);
+            }
+            inode.size = inode.size.max(end);
+            inode.mtime = now;
+            inode.ctime = now;
+        }
+        Self::touch(&mut st, ino);
+        let delta = buffer_insert(st.buffers.entry(ino).or_default(), off, data);
+        let total = st.buffered.entry(ino).or_default();
+        *total = (*total as isize + delta).max(0) as usize;
+        if *total >= DIRTY_LIMIT {
+            self.flush_locked(&mut st, ino)?;
+        }
+        Ok(data.len())
+    }
+
+    pub fn read(&self, ino: u64, off: u64, size: u32) -> VResult<Vec<u8>> {
+        let (extents, pieces, len) = {
+            let mut st = lock(&self.state);
+            let inode = self.load_inode(&mut st, ino)?;
+            match inode.kind {
+                Kind::File => {}
+                Kind::Dir => return err(libc::EISDIR),
+                _ => return err(libc::EINVAL),
+            }
+            let fsize = inode.size;
+            if off >= fsize {
+                return Ok(Vec::new());
+            }
+            let len = (size as u64).min(fsize - off);
+            let end = off + len;
+            let extents = overlapping(self.load_extents(&mut st, ino)?, off, end);
+            let pieces: Vec<(u64, Vec<u8>)> = st
+                .buffers
+                .get(&ino)
+                .map(|b| {
+                    b.range(..end)
+                        .filter(|(k, v)| **k + v.len() as u64 > off)
+                        .map(|(k, v)| {
+                            let from = off.max(*k);
+                            let to = end.min(k + v.len() as u64);
+                            (from, v[(from - k) as usize..(to - k) as usize].to_vec())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (extents, pieces, len)
+        };
+        let mut out = vec![0u8; len as usize];
+        self.fill_from_extents(&extents, off, &mut out)?;
+        for (at, bytes) in pieces {
+            let i = (at - off) as usize;
+            out[i..i + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    /// Turns a file's write buffer into chunks: each dirty window is widened
+    /// to the extents it touches and re-chunked; replaced extents release
+    /// their chunks.
+    pub(super) fn flush_locked(&self, st: &mut State, ino: u64) -> VResult<()> {
+        let Some(buf) = st.buffers.remove(&ino) else {
+            return Ok(());
+        };
+        st.buffered.remove(&ino);
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let size = self.load_inode(st, ino)?.size;
+        let mut windows: Vec<(u64, u64)> = Vec::new();
+        for (off, data) in &buf {
+            let end = off + data.len() as u64;
+            match windows.last_mut() {
+                Some(w) if *off <= w.1 + WINDOW_GAP => w.1 = w.1.max(end),
+                _ => windows.push((*off, end)),
+            }
+        }
+        let extents = self.load_extents(st, ino)?.clone();
+        let widened: Vec<(u64, u64)> = windows
+            .iter()
+            .map(|&(lo, hi)| {
+                let lo2 = overlapping(&extents, lo, lo + 1)
+                    .first()
+                    .map_or(lo, |(o, _)| *o);
+                let hi2 = overlapping(&extents, hi - 1, hi)
+                    .first()
+                    .map_or(hi, |(o, e)| o + e.len as u64);
+                (lo2.min(lo), hi2.max(hi).min(size.max(hi)))
+            })
+            .collect();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for w in widened {
+            match merged.last_mut() {
+                Some(m) if w.0 <= m.1 => m.1 = m.1.max(w.1),
+                _ => merged.push(w),
+            }
+        }
+        for (lo, hi) in merged {
+            let olds = overlapping(&extents, lo, hi);
+            let mut content = vec![0u8; (hi - lo) as usize];
+            self.fill_from_extents(&olds, lo, &mut content)?;
+            for (off, data) in buf.range(lo..hi) {
+                let i = (off - lo) as usize;
+                content[i..i + data.len()].copy_from_slice(data);
+            }
+            let refs = self.engine.put_bytes(&content)?;
+            let map = st.extents.get_mut(&ino).expect("loaded above");
+            for (o, _) in &olds {
+                map.remove(o);
+                st.extent_changes.insert((ino, *o), None);
+            }
+            let old_refs: Vec<ChunkRef> = olds.iter().map(|(_, e)| chunk_ref(e)).collect();
+            let mut at = lo;
+            for r in refs {
+                let e = Extent {
+                    fingerprint: r.fingerprint,
+                    len: r.len,
+                };
+                st.extents.get_mut(&ino).expect("loaded").insert(at, e);
+                st.extent_changes.insert((ino, at), Some(e));
+                at += r.len as u64;
+            }
+            self.engine.release(&old_refs)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn truncate(&self, st: &mut State, ino: u64, size: u64) -> VResult<()> {
+        if size > i64::MAX as u64 {
+            return err(libc::EFBIG);
+        }
+        if self.load_inode(st, ino)?.kind != Kind::File {
+            return err(libc::EINVAL);
+        }
+        self.flush_locked(st, ino)?;
+        let old = self.load_inode(st, ino)?.size;
+        if size < old {
+            let cut = overlapping(self.load_extents(st, ino)?, size, u64::MAX);
+            let mut release = Vec::new();
+            for (o, e) in &cut {
+                if *o < size {
+                    // The extent straddling the new end keeps its prefix.
+                    let data = self.chunk(e)?;
+                    let refs = self.engine.put_bytes(&data[..(size - o) as usize])?;
+                    let mut at = *o;
+                    for r in refs {
+                        let ne = Extent {
+                            fingerprint: r.fingerprint,
+                            len: r.len,
+                        };
+                        st.extents.get_mut(&ino).expect("loaded").insert(at, ne);
+                        st.extent_changes.insert((ino, at), Some(ne));
+                        at += r.len as u64;
+                    }
+                } else {
+                    st.extents.get_mut(&ino).expect("loaded").remove(o);
+                    st.extent_changes.insert((ino, *o), None);
+                }
+                release.push(chunk_ref(e));
+            }
+            self.engine.release(&release)?;
+        }
+        let now = Time::now();
+        let inode = self.load_inode(st, ino)?;
+        inode.size = size;
+        inode.mtime = now;
+        inode.ctime = now;
+        Self::touch(st, ino);
+        Ok(())
+    }
+
+    /// Mode 0 extends the size (the new range reads as zeros and costs
+    /// nothing until written); KEEP_SIZE is a no-op; others are refused.
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> VResult<()> {
+        let end = off.checked_add(len).ok_or(VolError::new(libc::EFBIG))?;
+        let mut st = lock(&self.state);
+        match mode {
+            0 => {
+                let inode = self.load_inode(&mut st, ino)?;
+                if inode.kind != Kind::File {
+                    return err(libc::ENODEV);
+                }
+                if end > inode.size {
+                    inode.size = end;
+                    inode.ctime = Time::now();
+                    Self::touch(&mut st, ino);
+                }
+                Ok(())
+            }
+            libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+            _ => err(libc::EOPNOTSUPP),
+        }
+    }
+
+    /// Buffers of `ino` become chunks; metadata committed (not durable).
+    pub fn flush(&self, ino: u64) -> VResult<()> {
+        {
+            let mut st = lock(&self.state);
+            self.flush_locked(&mut st, ino)?;
+        }
+        self.commit(false)
+    }
+
+    /// Returns once `ino`'s data and all metadata so far are durable.
+    pub fn fsync(&self, ino: u64) -> VResult<()> {
+        {
+            let mut st = lock(&self.state);
+            self.flush_locked(&mut st, ino)?;
+        }
+        self.commit(true)
+    }
+
+    /// Every buffer to chunks, then a durable commit (unmount, sync).
+    pub fn sync_all(&self) -> VResult<()> {
+        {
+            let mut st = lock(&self.state);
+            let inos: Vec<u64> = st.buffers.keys().copied().collect();
+            for ino in inos {
+                self.flush_locked(&mut st, ino)?;
+            }
+        }
+        self.commit(true)
+    }
+
+    pub fn statfs(&self) -> VResult<StatFs> {
+        let path = std::ffi::CString::new(self.engine.store_dir().as_os_str().as_encoded_bytes())
+            .map_err(|_| VolError::new(libc::EINVAL))?;
+        // SAFETY: statvfs with a valid C string and an out-pointer.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
+            return Err(VolError::io(std::io::Error::last_os_error()));
+        }
+        let files = lock(&self.state).next_ino;
+        Ok(StatFs {
+            blocks: s.f_blocks * s.f_frsize / 4096,
+            bfree: s.f_bfree * s.f_frsize / 4096,
+            bavail: s.f_bavail * s.f_frsize / 4096,
+            files,
+            ffree: u32::MAX as u64,
+            bsize: 4096,
+        })
+    }
+
+    /// Persists every metadata change so far, sealed, in one transaction
+    /// with the chunk index (durably when asked).
+    pub fn commit(&self, durable: bool) -> VResult<()> {
+        let mut st = lock(&self.state);
+        let s = &self.sealer;
+        let mut inodes = Vec::new();
+        for ino in st.dirty_inodes.iter() {
+            if let Some(i) = st.inodes.get(ino) {
+                inodes.push((*ino, store::seal_inode(s, *ino, i)?));
+            }
+        }
+        let removed: Vec<u64> = st.removed_inodes.iter().copied().collect();
+        let mut dirents = Vec::new();
+        for ((parent, name), change) in &st.dirent_changes {
+            let mac = s.name_mac(*parent, name);
+            let value = match change {
+                Some(ino) => Some(store::seal_dirent(
+                    s,
+                    *parent,
+                    &mac,
+                    &DirentRecord {
+                        name: name.clone(),
+                        ino: *ino,
+                    },
+                )?),
+                None => None,
+            };
+            dirents.push(((*parent, mac), value));
+        }
+        let mut extents = Vec::new();
+        for ((ino, off), change) in &st.extent_changes {
+            let value = match change {
+                Some(e) => Some(store::seal_extent(s, *ino, *off, e)?),
+                None => None,
+            };
+            extents.push(((*ino, *off), value));
+        }
+        let next_ino = st.next_ino;
+        self.engine.commit_with(durable, &mut |txn| {
+            let mut t = txn.open_table(INODES)?;
+            for (ino, v) in &inodes {
+                t.insert(*ino, v.as_slice())?;
+            }
+            for ino in &removed {
+                t.remove(*ino)?;
+            }
+            let mut t = txn.open_table(DIRENTS)?;
+            for (k, v) in &dirents {
+                match v {
+                    Some(v) => t.insert(*k, v.as_slice())?,
+                    None => t.remove(*k)?,
+                };
+            }
+            let mut t = txn.open_table(EXTENTS)?;
+            for (k, v) in &extents {
+                match v {
+                    Some(v) => t.insert(*k, v.as_slice())?,
+                    None => t.remove(*k)?,
+                };
+            }
+            txn.open_table(VOLUME)?.insert("next_ino", next_ino)?;
+            Ok(())
+        })?;
+        st.dirty_inodes.clear();
+        st.removed_inodes.clear();
+        st.dirent_changes.clear();
+        st.extent_changes.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buffer_insert;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn buffer_merges_overlaps_and_neighbours() {
+        let mut b = BTreeMap::new();
+        assert_eq!(buffer_insert(&mut b, 10, b"abc"), 3);
+        assert_eq!(buffer_insert(&mut b, 20, b"xyz"), 3);
+        assert_eq!(buffer_insert(&mut b, 13, b"1234567"), 7); // touches both
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[&10], b"abc1234567xyz");
+        assert_eq!(buffer_insert(&mut b, 11, b"ZZ"), 0);
+        assert_eq!(b[&10], b"aZZ1234567xyz");
+    }
+}

@@ -1,0 +1,777 @@
+//! POSIX semantics over the chunk engine, without FUSE: inodes, directory
+//! entries, extents, open-file write buffers, and their sealed persistence.
+//! Tested in-process; `fs` translates FUSE requests into these calls.
+//!
+//! Invariants:
+//! - One lock (`state`) orders every metadata change; engine puts and
+//!   releases made for a change happen under it, so a commit writes extents
+//!   together with (or after) the chunks they reference, in one transaction.
+//! - A file's content is its extents (offset -> chunk) overlaid by its
+//!   write buffer; gaps are holes and read as zeros.
+//! - Every extent holds one engine reference to its chunk; replacing or
+//!   dropping an extent releases it.
+//! - An inode with nlink 0 lives until its last open handle is released;
+//!   at open, leftovers of a crash (nlink 0) are removed.
+
+mod error;
+pub mod inode;
+mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::ReadableTable;
+
+use error::err;
+pub use error::{VResult, VolError};
+pub use inode::{Extent, Inode, Kind, Time};
+use store::{DIRENTS, EXTENTS, INODES, VOLUME};
+
+use crate::crypto::seal::{MetaSealer, NONCE_BLOCK};
+use crate::engine::{ChunkRef, Engine};
+
+pub const ROOT: u64 = 1;
+/// A file's write buffer is turned into chunks once it holds this much.
+const DIRTY_LIMIT: usize = 64 << 20;
+/// Dirty ranges closer than this are re-chunked as one window.
+const WINDOW_GAP: u64 = 256 << 10;
+const NAME_MAX: usize = 255;
+const XATTR_MAX: usize = 64 << 10;
+const CACHE_CHUNKS: usize = 128;
+
+/// Attributes as the FUSE edge reports them.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub inode: Inode,
+    pub blocks: u64,
+}
+
+/// What `setattr` may change.
+#[derive(Default, Debug, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Option<Time>>, // Some(None) = now
+    pub mtime: Option<Option<Time>>,
+    pub ctime: Option<Time>,
+}
+
+/// Who is asking (for the ownership rules the kernel does not check).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+#[derive(Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
+    extents: HashMap<u64, BTreeMap<u64, Extent>>,
+    buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
+    buffered: HashMap<u64, usize>,
+    open_counts: HashMap<u64, u32>,
+    // What the next commit writes.
+    dirty_inodes: HashSet<u64>,
+    removed_inodes: HashSet<u64>,
+    dirent_changes: HashMap<(u64, Vec<u8>), Option<u64>>,
+    extent_changes: HashMap<(u64, u64), Option<Extent>>,
+    next_ino: u64,
+}
+
+/// Recently read chunks (FIFO eviction), so small sequential reads do not
+/// decrypt the same chunk again.
+type ChunkCache = (
+    HashMap<[u8; 32], Arc<Vec<u8>>>,
+    std::collections::VecDeque<[u8; 32]>,
+);
+
+pub struct Volume {
+    engine: Arc<Engine>,
+    sealer: MetaSealer,
+    state: Mutex<State>,
+    cache: Mutex<ChunkCache>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn blocks_of(extents: Option<&BTreeMap<u64, Extent>>, buffered: usize) -> u64 {
+    let stored: u64 = extents.map_or(0, |m| m.values().map(|e| e.len as u64).sum());
+    (stored + buffered as u64).div_ceil(512)
+}
+
+impl Volume {
+    /// Opens the volume of an engine whose keys are loaded. Reserves a new
+    /// block of metadata nonces durably before sealing anything, creates the
+    /// root directory on first use, and removes crash leftovers.
+    pub fn open(engine: Arc<Engine>, metadata_key: &[u8; 32]) -> VResult<Self> {
+        let db = engine.meta().database();
+        let nonce_next = store::get_counter(db, "nonce_next")?.unwrap_or(0);
+        let next_ino = store::get_counter(db, "next_ino")?.unwrap_or(ROOT + 1);
+        let reserve_to = nonce_next
+            .checked_add(NONCE_BLOCK)
+            .ok_or_else(|| VolError::io("metadata nonce space exhausted"))?;
+        engine.commit_with(true, &mut |txn| {
+            store::ensure_tables(txn)?;
+            txn.open_table(VOLUME)?.insert("nonce_next", reserve_to)?;
+            Ok(())
+        })?;
+        let sealer = MetaSealer::new(metadata_key, nonce_next).map_err(VolError::io)?;
+        let vol = Volume {
+            engine,
+            sealer,
+            state: Mutex::new(State {
+                next_ino,
+                ..Default::default()
+            }),
+            cache: Mutex::new(Default::default()),
+        };
+        {
+            let mut st = lock(&vol.state);
+            if vol.load_inode(&mut st, ROOT).is_err() {
+                let mut root = Inode::new(Kind::Dir, 0o755, 0, 0, ROOT);
+                root.nlink = 2;
+                st.inodes.insert(ROOT, root);
+                st.dirty_inodes.insert(ROOT);
+                st.dirs.insert(ROOT, BTreeMap::new());
+            }
+            vol.remove_orphans(&mut st)?;
+        }
+        vol.commit(true)?;
+        Ok(vol)
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    // ---- loading -------------------------------------------------------
+
+    fn load_inode<'s>(&self, st: &'s mut State, ino: u64) -> VResult<&'s mut Inode> {
+        if !st.inodes.contains_key(&ino) {
+            if st.removed_inodes.contains(&ino) {
+                return err(libc::ENOENT);
+            }
+            let db = self.engine.meta().database();
+            let txn = db.begin_read().map_err(VolError::io)?;
+            let t = txn.open_table(INODES).map_err(VolError::io)?;
+            let sealed = t
+                .get(ino)
+                .map_err(VolError::io)?
+                .ok_or(VolError::new(libc::ENOENT))?;
+            let inode = store::open_inode(&self.sealer, ino, sealed.value())?;
+            st.inodes.insert(ino, inode);
+        }
+        Ok(st.inodes.get_mut(&ino).expect("just inserted"))
+    }
+
+    fn load_dir<'s>(&self, st: &'s mut State, ino: u64) -> VResult<&'s mut BTreeMap<Vec<u8>, u64>> {
+        if self.load_inode(st, ino)?.kind != Kind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if !st.dirs.contains_key(&ino) {
+            let db = self.engine.meta().database();
+            let txn = db.begin_read().map_err(VolError::io)?;
+            let t = txn.open_table(DIRENTS).map_err(VolError::io)?;
+            let mut entries = BTreeMap::new();
+            for row in t
+                .range((ino, [0u8; 32])..=(ino, [0xffu8; 32]))
+                .map_err(VolError::io)?
+            {
+                let (k, v) = row.map_err(VolError::io)?;
+                let (_, mac) = k.value();
+                let rec = store::open_dirent(&self.sealer, ino, &mac, v.value())?;
+                entries.insert(rec.name, rec.ino);
+            }
+            // Uncommitted changes win over what the database says.
+            for ((parent, name), change) in &st.dirent_changes {
+                if *parent == ino {
+                    match change {
+                        Some(child) => entries.insert(name.clone(), *child),
+                        None => entries.remove(name),
+                    };
+                }
+            }
+            st.dirs.insert(ino, entries);
+        }
+        Ok(st.dirs.get_mut(&ino).expect("just inserted"))
+    }
+
+    fn load_extents<'s>(
+        &self,
+        st: &'s mut State,
+        ino: u64,
+    ) -> VResult<&'s mut BTreeMap<u64, Extent>> {
+        if !st.extents.contains_key(&ino) {
+            let db = self.engine.meta().database();
+            let txn = db.begin_read().map_err(VolError::io)?;
+            let t = txn.open_table(EXTENTS).map_err(VolError::io)?;
+            let mut map = BTreeMap::new();
+            for row in t.range((ino, 0)..=(ino, u64::MAX)).map_err(VolError::io)? {
+                let (k, v) = row.map_err(VolError::io)?;
+                let (_, off) = k.value();
+                map.insert(off, store::open_extent(&self.sealer, ino, off, v.value())?);
+            }
+            for ((i, off), change) in &st.extent_changes {
+                if *i == ino {
+                    match change {
+                        Some(e) => map.insert(*off, *e),
+                        None => map.remove(off),
+                    };
+                }
+            }
+            st.extents.insert(ino, map);
+        }
+        Ok(st.extents.get_mut(&ino).expect("just inserted"))
+    }
+
+    fn attr_of(&self, st: &mut State, ino: u64) -> VResult<Attr> {
+        let inode = self.load_inode(st, ino)?.clone();
+        let blocks = if inode.kind == Kind::File {
+            let buffered = st.buffered.get(&ino).copied().unwrap_or(0);
+            blocks_of(Some(self.load_extents(st, ino)?), buffered)
+        } else {
+            0
+        };
+        Ok(Attr { ino, inode, blocks })
+    }
+
+    fn touch(st: &mut State, ino: u64) {
+        st.dirty_inodes.insert(ino);
+    }
+
+    fn set_dirent(st: &mut State, parent: u64, name: &[u8], child: Option<u64>) {
+        if let Some(d) = st.dirs.get_mut(&parent) {
+            match child {
+                Some(c) => d.insert(name.to_vec(), c),
+                None => d.remove(name),
+            };
+        }
+        st.dirent_changes.insert((parent, name.to_vec()), child);
+    }
+
+    fn check_name(name: &[u8]) -> VResult<()> {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return err(libc::EINVAL);
+        }
+        if name.len() > NAME_MAX {
+            return err(libc::ENAMETOOLONG);
+        }
+        Ok(())
+    }
+
+    // ---- namespace -----------------------------------------------------
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> VResult<Attr> {
+        let mut st = lock(&self.state);
+        if name.len() > NAME_MAX {
+            return err(libc::ENAMETOOLONG);
+        }
+        let child = match name {
+            b"." => parent,
+            b".." => self.load_inode(&mut st, parent)?.parent,
+            _ => *self
+                .load_dir(&mut st, parent)?
+                .get(name)
+                .ok_or(VolError::new(libc::ENOENT))?,
+        };
+        self.attr_of(&mut st, child)
+    }
+
+    pub fn getattr(&self, ino: u64) -> VResult<Attr> {
+        let mut st = lock(&self.state);
+        self.attr_of(&mut st, ino)
+    }
+
+    fn new_node(
+        &self,
+        st: &mut State,
+        parent: u64,
+        name: &[u8],
+        mut inode: Inode,
+    ) -> VResult<Attr> {
+        Self::check_name(name)?;
+        let pgid = {
+            let p = self.load_inode(st, parent)?;
+            if p.nlink == 0 {
+                return err(libc::ENOENT);
+            }
+            (p.perm & 0o2000 != 0).then_some(p.gid)
+        };
+        if self.load_dir(st, parent)?.contains_key(name) {
+            return err(libc::EEXIST);
+        }
+        // BSD/SysV rule: a setgid directory passes its group (and, to
+        // subdirectories, the setgid bit) on.
+        if let Some(g) = pgid {
+            inode.gid = g;
+            if inode.kind == Kind::Dir {
+                inode.perm |= 0o2000;
+            }
+        }
+        let ino = st.next_ino;
+        st.next_ino += 1;
+        let is_dir = inode.kind == Kind::Dir;
+        st.inodes.insert(ino, inode);
+        Self::touch(st, ino);
+        if is_dir {
+            st.dirs.insert(ino, BTreeMap::new());
+        }
+        if inode_kind_is_file(st, ino) {
+            st.extents.insert(ino, BTreeMap::new());
+        }
+        Self::set_dirent(st, parent, name, Some(ino));
+        let now = Time::now();
+        let p = self.load_inode(st, parent)?;
+        if is_dir {
+            p.nlink += 1;
+        }
+        p.mtime = now;
+        p.ctime = now;
+        Self::touch(st, parent);
+        self.attr_of(st, ino)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u32,
+        c: Caller,
+    ) -> VResult<Attr> {
+        let mut st = lock(&self.state);
+        let mut inode = Inode::new(kind, (mode & 0o7777) as u16, c.uid, c.gid, parent);
+        inode.rdev = rdev;
+        self.new_node(&mut st, parent, name, inode)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, c: Caller) -> VResult<Attr> {
+        let mut st = lock(&self.state);
+        let inode = Inode::new(Kind::Dir, (mode & 0o7777) as u16, c.uid, c.gid, parent);
+        self.new_node(&mut st, parent, name, inode)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], c: Caller) -> VResult<Attr> {
+        if target.len() > 4095 {
+            return err(libc::ENAMETOOLONG);
+        }
+        let mut st = lock(&self.state);
+        let mut inode = Inode::new(Kind::Symlink, 0o777, c.uid, c.gid, parent);
+        inode.symlink = Some(target.to_vec());
+        inode.size = target.len() as u64;
+        self.new_node(&mut st, parent, name, inode)
+    }
+
+    pub fn readlink(&self, ino: u64) -> VResult<Vec<u8>> {
+        let mut st = lock(&self.state);
+        let inode = self.load_inode(&mut st, ino)?;
+        inode.symlink.clone().ok_or(VolError::new(libc::EINVAL))
+    }
+
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> VResult<Attr> {
+        let mut st = lock(&self.state);
+        Self::check_name(name)?;
+        let inode = self.load_inode(&mut st, ino)?;
+        if inode.kind == Kind::Dir {
+            return err(libc::EPERM);
+        }
+        if inode.nlink >= u32::MAX - 1 {
+            return err(libc::EMLINK);
+        }
+        if self.load_dir(&mut st, parent)?.contains_key(name) {
+            return err(libc::EEXIST);
+        }
+        let now = Time::now();
+        let inode = self.load_inode(&mut st, ino)?;
+        inode.nlink += 1;
+        inode.ctime = now;
+        Self::touch(&mut st, ino);
+        Self::set_dirent(&mut st, parent, name, Some(ino));
+        let p = self.load_inode(&mut st, parent)?;
+        p.mtime = now;
+        p.ctime = now;
+        Self::touch(&mut st, parent);
+        self.attr_of(&mut st, ino)
+    }
+
+    /// Drops one link of `ino`; frees it when unlinked and not open.
+    fn drop_link(&self, st: &mut State, ino: u64) -> VResult<()> {
+        let now = Time::now();
+        let inode = self.load_inode(st, ino)?;
+        inode.ctime = now;
+        if inode.kind == Kind::Dir {
+            inode.nlink = 0;
+        } else {
+            inode.nlink = inode.nlink.saturating_sub(1);
+        }
+        let gone = inode.nlink == 0;
+        Self::touch(st, ino);
+        if gone && st.open_counts.get(&ino).copied().unwrap_or(0) == 0 {
+            self.free_inode(st, ino)?;
+        }
+        Ok(())
+    }
+
+    fn free_inode(&self, st: &mut State, ino: u64) -> VResult<()> {
+        let extents = std::mem::take(self.load_extents(st, ino)?);
+        let refs: Vec<ChunkRef> = extents
+            .values()
+            .map(|e| ChunkRef {
+                fingerprint: e.fingerprint,
+                len: e.len,
+            })
+            .collect();
+        self.engine.release(&refs)?;
+        for off in extents.keys() {
+            st.extent_changes.insert((ino, *off), None);
+        }
+        st.extents.remove(&ino);
+        st.buffers.remove(&ino);
+        st.buffered.remove(&ino);
+        st.inodes.remove(&ino);
+        st.dirs.remove(&ino);
+        st.dirty_inodes.remove(&ino);
+        st.removed_inodes.insert(ino);
+        Ok(())
+    }
+
+    fn remove_orphans(&self, st: &mut State) -> VResult<()> {
+        let db = self.engine.meta().database();
+        let txn = db.begin_read().map_err(VolError::io)?;
+        let t = txn.open_table(INODES).map_err(VolError::io)?;
+        let mut orphans = Vec::new();
+        for row in t.iter().map_err(VolError::io)? {
+            let (k, v) = row.map_err(VolError::io)?;
+            let inode = store::open_inode(&self.sealer, k.value(), v.value())?;
+            if inode.nlink == 0 {
+                orphans.push(k.value());
+            }
+        }
+        drop(t);
+        drop(txn);
+        for ino in orphans {
+            self.free_inode(st, ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> VResult<()> {
+        let mut st = lock(&self.state);
+        let child = *self
+            .load_dir(&mut st, parent)?
+            .get(name)
+            .ok_or(VolError::new(libc::ENOENT))?;
+        if self.load_inode(&mut st, child)?.kind == Kind::Dir {
+            return err(libc::EISDIR);
+        }
+        Self::set_dirent(&mut st, parent, name, None);
+        let now = Time::now();
+        let p = self.load_inode(&mut st, parent)?;
+        p.mtime = now;
+        p.ctime = now;
+        Self::touch(&mut st, parent);
+        self.drop_link(&mut st, child)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> VResult<()> {
+        let mut st = lock(&self.state);
+        if name == b"." {
+            return err(libc::EINVAL);
+        }
+        if name == b".." {
+            return err(libc::ENOTEMPTY);
+        }
+        let child = *self
+            .load_dir(&mut st, parent)?
+            .get(name)
+            .ok_or(VolError::new(libc::ENOENT))?;
+        if self.load_inode(&mut st, child)?.kind != Kind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if !self.load_dir(&mut st, child)?.is_empty() {
+            return err(libc::ENOTEMPTY);
+        }
+        Self::set_dirent(&mut st, parent, name, None);
+        let now = Time::now();
+        let p = self.load_inode(&mut st, parent)?;
+        p.nlink = p.nlink.saturating_sub(1);
+        p.mtime = now;
+        p.ctime = now;
+        Self::touch(&mut st, parent);
+        self.drop_link(&mut st, child)
+    }
+
+    /// True when `dir` is `ancestor` or lies below it.
+    fn is_within(&self, st: &mut State, mut dir: u64, ancestor: u64) -> VResult<bool> {
+        loop {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT {
+                return Ok(false);
+            }
+            dir = self.load_inode(st, dir)?.parent;
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        mode: RenameMode,
+    ) -> VResult<()> {
+        let mut st = lock(&self.state);
+        Self::check_name(newname)?;
+        let src = *self
+            .load_dir(&mut st, parent)?
+            .get(name)
+            .ok_or(VolError::new(libc::ENOENT))?;
+        let dst = self.load_dir(&mut st, newparent)?.get(newname).copied();
+        let src_dir = self.load_inode(&mut st, src)?.kind == Kind::Dir;
+        if src_dir && self.is_within(&mut st, newparent, src)? {
+            return err(libc::EINVAL);
+        }
+        let now = Time::now();
+        match (mode, dst) {
+            (RenameMode::NoReplace, Some(_)) => return err(libc::EEXIST),
+            (RenameMode::Exchange, None) => return err(libc::ENOENT),
+            (RenameMode::Exchange, Some(d)) => {
+                let dst_dir = self.load_inode(&mut st, d)?.kind == Kind::Dir;
+                if dst_dir && self.is_within(&mut st, parent, d)? {
+                    return err(libc::EINVAL);
+                }
+                Self::set_dirent(&mut st, parent, name, Some(d));
+                Self::set_dirent(&mut st, newparent, newname, Some(src));
+                for (ino, is_dir, new_parent) in [(src, src_dir, newparent), (d, dst_dir, parent)] {
+                    let i = self.load_inode(&mut st, ino)?;
+                    i.ctime = now;
+                    if is_dir {
+                        i.parent = new_parent;
+                    }
+                    Self::touch(&mut st, ino);
+                }
+                if src_dir != dst_dir && parent != newparent {
+                    let (gain, lose) = if src_dir {
+                        (newparent, parent)
+                    } else {
+                        (parent, newparent)
+                    };
+                    self.load_inode(&mut st, gain)?.nlink += 1;
+                    let l = self.load_inode(&mut st, lose)?;
+                    l.nlink = l.nlink.saturating_sub(1);
+                }
+                for p in [parent, newparent] {
+                    let pi = self.load_inode(&mut st, p)?;
+                    pi.mtime = now;
+                    pi.ctime = now;
+                    Self::touch(&mut st, p);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        if dst == Some(src) {
+            return Ok(()); // same file under both names: nothing to do
+        }
+        if let Some(d) = dst {
+            let dst_dir = self.load_inode(&mut st, d)?.kind == Kind::Dir;
+            match (src_dir, dst_dir) {
+                (true, false) => return err(libc::ENOTDIR),
+                (false, true) => return err(libc::EISDIR),
+                (true, true) if !self.load_dir(&mut st, d)?.is_empty() => {
+                    return err(libc::ENOTEMPTY)
+                }
+                _ => {}
+            }
+            if dst_dir {
+                let np = self.load_inode(&mut st, newparent)?;
+                np.nlink = np.nlink.saturating_sub(1);
+            }
+            self.drop_link(&mut st, d)?;
+        }
+        Self::set_dirent(&mut st, parent, name, None);
+        Self::set_dirent(&mut st, newparent, newname, Some(src));
+        {
+            let s = self.load_inode(&mut st, src)?;
+            s.ctime = now;
+            if src_dir {
+                s.parent = newparent;
+            }
+        }
+        Self::touch(&mut st, src);
+        if src_dir && parent != newparent {
+            let p = self.load_inode(&mut st, parent)?;
+            p.nlink = p.nlink.saturating_sub(1);
+            self.load_inode(&mut st, newparent)?.nlink += 1;
+        }
+        for p in [parent, newparent] {
+            let pi = self.load_inode(&mut st, p)?;
+            pi.mtime = now;
+            pi.ctime = now;
+            Self::touch(&mut st, p);
+        }
+        Ok(())
+    }
+
+    /// The entries of a directory, "." and ".." first (a snapshot: readdir
+    /// serves it by index, so concurrent changes never repeat or skip a
+    /// stable entry).
+    pub fn read_dir(&self, ino: u64) -> VResult<Vec<(u64, Kind, Vec<u8>)>> {
+        let mut st = lock(&self.state);
+        let parent = self.load_inode(&mut st, ino)?.parent;
+        let entries: Vec<(Vec<u8>, u64)> = self
+            .load_dir(&mut st, ino)?
+            .iter()
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        let mut out = vec![
+            (ino, Kind::Dir, b".".to_vec()),
+            (parent, Kind::Dir, b"..".to_vec()),
+        ];
+        for (name, child) in entries {
+            let kind = self.load_inode(&mut st, child)?.kind;
+            out.push((child, kind, name));
+        }
+        Ok(out)
+    }
+
+    // ---- attributes ----------------------------------------------------
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr, c: Caller) -> VResult<Attr> {
+        let mut st = lock(&self.state);
+        if let Some(size) = set.size {
+            if self.load_inode(&mut st, ino)?.kind == Kind::Dir {
+                return err(libc::EISDIR);
+            }
+            self.truncate(&mut st, ino, size)?;
+        }
+        let now = Time::now();
+        let inode = self.load_inode(&mut st, ino)?;
+        let owner = c.uid == 0 || c.uid == inode.uid;
+        if let Some(mode) = set.mode {
+            if !owner {
+                return err(libc::EPERM);
+            }
+            let mut perm = (mode & 0o7777) as u16;
+            if c.uid != 0 && c.gid != inode.gid {
+                perm &= !0o2000;
+            }
+            inode.perm = perm;
+            inode.ctime = now;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            let uid_change = set.uid.is_some_and(|u| u != inode.uid);
+            if c.uid != 0 && (uid_change || !owner) {
+                return err(libc::EPERM);
+            }
+            if let Some(u) = set.uid {
+                inode.uid = u;
+            }
+            if let Some(g) = set.gid {
+                inode.gid = g;
+            }
+            if inode.kind != Kind::Dir {
+                inode.perm &= !0o6000;
+            }
+            inode.ctime = now;
+        }
+        if let Some(a) = set.atime {
+            inode.atime = a.unwrap_or(now);
+            inode.ctime = now;
+        }
+        if let Some(m) = set.mtime {
+            inode.mtime = m.unwrap_or(now);
+            inode.ctime = now;
+        }
+        if let Some(ct) = set.ctime {
+            inode.ctime = ct;
+        }
+        Self::touch(&mut st, ino);
+        self.attr_of(&mut st, ino)
+    }
+
+    // ---- xattrs ----------------------------------------------------------
+
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> VResult<()> {
+        if name.is_empty() || name.len() > 255 {
+            return err(libc::ERANGE);
+        }
+        if value.len() > XATTR_MAX {
+            return err(libc::E2BIG);
+        }
+        let mut st = lock(&self.state);
+        let inode = self.load_inode(&mut st, ino)?;
+        let exists = inode.xattrs.contains_key(name);
+        if create && exists {
+            return err(libc::EEXIST);
+        }
+        if replace && !exists {
+            return err(libc::ENODATA);
+        }
+        inode.xattrs.insert(name.to_vec(), value.to_vec());
+        inode.ctime = Time::now();
+        Self::touch(&mut st, ino);
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> VResult<Vec<u8>> {
+        let mut st = lock(&self.state);
+        self.load_inode(&mut st, ino)?
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(VolError::new(libc::ENODATA))
+    }
+
+    pub fn listxattr(&self, ino: u64) -> VResult<Vec<u8>> {
+        let mut st = lock(&self.state);
+        let mut out = Vec::new();
+        for k in self.load_inode(&mut st, ino)?.xattrs.keys() {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> VResult<()> {
+        let mut st = lock(&self.state);
+        let inode = self.load_inode(&mut st, ino)?;
+        inode
+            .xattrs
+            .remove(name)
+            .ok_or(VolError::new(libc::ENODATA))?;
+        inode.ctime = Time::now();
+        Self::touch(&mut st, ino);
+        Ok(())
+    }
+}
+
+fn inode_kind_is_file(st: &State, ino: u64) -> bool {
+    st.inodes.get(&ino).is_some_and(|i| i.kind == Kind::File)
+}
+
+mod data;
+pub use data::StatFs;

@@ -1,0 +1,218 @@
+//! The volume (POSIX semantics without FUSE), in process: namespace
+//! operations, data with holes and overwrites, open-unlinked files,
+//! persistence across a reopen, and no plaintext names or data at rest.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datastore::volume::{Caller, Kind, RenameMode, SetAttr, Volume, ROOT};
+
+const META_KEY: [u8; 32] = [0x33; 32];
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+fn open(dir: &std::path::Path, create: bool) -> Volume {
+    let e = if create {
+        new_engine(dir)
+    } else {
+        open_engine(dir)
+    };
+    Volume::open(Arc::new(e), &META_KEY).unwrap()
+}
+
+fn create_file(v: &Volume, parent: u64, name: &str) -> u64 {
+    v.mknod(parent, name.as_bytes(), Kind::File, 0o644, 0, ME)
+        .unwrap()
+        .ino
+}
+
+#[test]
+fn namespace_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path(), true);
+    let d = v.mkdir(ROOT, b"d", 0o755, ME).unwrap();
+    assert_eq!(v.getattr(ROOT).unwrap().inode.nlink, 3);
+    let f = create_file(&v, d.ino, "f");
+    assert_eq!(
+        v.mknod(d.ino, b"f", Kind::File, 0o644, 0, ME)
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    v.link(f, ROOT, b"hard").unwrap();
+    assert_eq!(v.getattr(f).unwrap().inode.nlink, 2);
+    v.symlink(ROOT, b"sym", b"d/f", ME).unwrap();
+    assert_eq!(
+        v.readlink(v.lookup(ROOT, b"sym").unwrap().ino).unwrap(),
+        b"d/f"
+    );
+    // rename over an existing file, then NOREPLACE and EXCHANGE
+    let g = create_file(&v, ROOT, "g");
+    v.rename(ROOT, b"hard", ROOT, b"g", RenameMode::Replace)
+        .unwrap();
+    assert!(v.getattr(g).is_err(), "replaced file is gone");
+    assert_eq!(v.lookup(ROOT, b"g").unwrap().ino, f);
+    assert_eq!(
+        v.rename(ROOT, b"g", ROOT, b"sym", RenameMode::NoReplace)
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    v.rename(ROOT, b"g", ROOT, b"sym", RenameMode::Exchange)
+        .unwrap();
+    assert_eq!(v.lookup(ROOT, b"sym").unwrap().ino, f);
+    assert_eq!(v.lookup(ROOT, b"g").unwrap().inode.kind, Kind::Symlink);
+    // directory moves: into itself is refused, across parents fixes nlink
+    let e = v.mkdir(ROOT, b"e", 0o700, ME).unwrap();
+    assert_eq!(
+        v.rename(ROOT, b"d", d.ino, b"x", RenameMode::Replace)
+            .unwrap_err()
+            .errno,
+        libc::EINVAL
+    );
+    v.rename(ROOT, b"d", e.ino, b"d", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(v.getattr(e.ino).unwrap().inode.nlink, 3);
+    assert_eq!(v.lookup(e.ino, b"..").unwrap().ino, ROOT);
+    assert_eq!(v.lookup(d.ino, b"..").unwrap().ino, e.ino);
+    assert_eq!(v.rmdir(e.ino, b"d").unwrap_err().errno, libc::ENOTEMPTY);
+    v.unlink(d.ino, b"f").unwrap();
+    v.rmdir(e.ino, b"d").unwrap();
+    assert_eq!(v.getattr(e.ino).unwrap().inode.nlink, 2);
+    let names: Vec<Vec<u8>> = v.read_dir(ROOT).unwrap().into_iter().map(|x| x.2).collect();
+    assert_eq!(
+        names,
+        vec![
+            b".".to_vec(),
+            b"..".to_vec(),
+            b"e".to_vec(),
+            b"g".to_vec(),
+            b"sym".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn data_holes_overwrites_truncate_and_persistence() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = random_bytes(9, 3 << 20);
+    let f;
+    {
+        let v = open(dir.path(), true);
+        f = create_file(&v, ROOT, "data");
+        v.open_file(f).unwrap();
+        v.write(f, 0, &big).unwrap();
+        v.fsync(f).unwrap();
+        // overwrite in the middle, write past a hole
+        v.write(f, 1_000_000, b"HELLO").unwrap();
+        v.write(f, 10 << 20, b"tail").unwrap();
+        assert_eq!(
+            v.read(f, 999_998, 9).unwrap(),
+            [
+                &big[999_998..1_000_000],
+                b"HELLO",
+                &big[1_000_005..1_000_007]
+            ]
+            .concat()
+        );
+        v.release(f).unwrap();
+        let hole = v.read(f, 5 << 20, 4096).unwrap();
+        assert!(hole.iter().all(|&b| b == 0));
+        let attr = v.getattr(f).unwrap();
+        assert_eq!(attr.inode.size, (10 << 20) + 4);
+        assert!(
+            attr.blocks * 512 < 4 << 20,
+            "the hole costs nothing: {} blocks",
+            attr.blocks
+        );
+        let t = SetAttr {
+            size: Some(1_000_003),
+            ..Default::default()
+        };
+        v.setattr(f, &t, ME).unwrap();
+        v.sync_all().unwrap();
+    }
+    let v = open(dir.path(), false);
+    let got = v.read(f, 0, 2 << 20).unwrap();
+    let mut want = big[..1_000_003].to_vec();
+    want[1_000_000..1_000_003].copy_from_slice(b"HEL");
+    assert_eq!(got, want);
+    assert!(v.engine().scrub().unwrap().is_clean());
+}
+
+#[test]
+fn unlinked_open_file_lives_until_last_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path(), true);
+    let f = create_file(&v, ROOT, "tmp");
+    v.open_file(f).unwrap();
+    v.write(f, 0, b"still here").unwrap();
+    v.unlink(ROOT, b"tmp").unwrap();
+    assert_eq!(v.lookup(ROOT, b"tmp").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(v.read(f, 0, 100).unwrap(), b"still here");
+    v.release(f).unwrap();
+    assert_eq!(v.getattr(f).unwrap_err().errno, libc::ENOENT);
+}
+
+#[test]
+fn xattrs_and_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path(), true);
+    let f = create_file(&v, ROOT, "x");
+    v.setxattr(f, b"user.a", b"1", true, false).unwrap();
+    assert_eq!(
+        v.setxattr(f, b"user.a", b"2", true, false)
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    assert_eq!(
+        v.setxattr(f, b"user.b", b"2", false, true)
+            .unwrap_err()
+            .errno,
+        libc::ENODATA
+    );
+    assert_eq!(v.getxattr(f, b"user.a").unwrap(), b"1");
+    assert_eq!(v.listxattr(f).unwrap(), b"user.a\0");
+    v.removexattr(f, b"user.a").unwrap();
+    assert_eq!(v.getxattr(f, b"user.a").unwrap_err().errno, libc::ENODATA);
+    let other = Caller {
+        uid: 1000,
+        gid: 1000,
+    };
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(v.setattr(f, &chmod, other).unwrap_err().errno, libc::EPERM);
+    assert_eq!(v.setattr(f, &chmod, ME).unwrap().inode.perm, 0o600);
+}
+
+#[test]
+fn no_plaintext_names_contents_xattrs_or_targets_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = hex::encode(random_bytes(0xabc, 12)); // 24 printable bytes
+    {
+        let v = open(dir.path(), true);
+        let d = v
+            .mkdir(ROOT, format!("dir-{marker}").as_bytes(), 0o755, ME)
+            .unwrap();
+        let f = create_file(&v, d.ino, &format!("file-{marker}"));
+        v.open_file(f).unwrap();
+        v.write(f, 0, marker.repeat(1000).as_bytes()).unwrap();
+        v.release(f).unwrap();
+        v.setxattr(f, b"user.tag", marker.as_bytes(), false, false)
+            .unwrap();
+        v.symlink(ROOT, b"link", marker.as_bytes(), ME).unwrap();
+        v.sync_all().unwrap();
+    }
+    let hits = find_bytes(dir.path(), &marker.as_bytes()[..16]);
+    assert!(hits.is_empty(), "marker found at rest: {hits:?}");
+    let v = open(dir.path(), false);
+    let d = v.lookup(ROOT, format!("dir-{marker}").as_bytes()).unwrap();
+    let f = v
+        .lookup(d.ino, format!("file-{marker}").as_bytes())
+        .unwrap();
+    assert_eq!(v.getxattr(f.ino, b"user.tag").unwrap(), marker.as_bytes());
+}
