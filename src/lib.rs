@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod engine;
+pub mod fs;
 pub mod fsutil;
 pub mod meta;
 pub mod store;

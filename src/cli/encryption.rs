@@ -126,8 +126,7 @@ fn set_fips(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {
     }
     {
         let engine = Engine::open(&cli.store, None)?;
-        let (chunks, _) = engine.index_summary()?;
-        if chunks > 0 {
+        if engine.index_summary()?.chunks > 0 {
             return Err(Failure::new(
                 Exit::Refused,
                 "this store holds data: switching FIPS mode needs re-encryption of every chunk, which this version cannot do yet",
@@ -202,4 +201,17 @@ fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// One line for `status`: what protects the data.
+pub fn encryption_summary(store: &std::path::Path) -> Result<String, Failure> {
+    let ks = open_keystore(store)?;
+    let info = ks.info();
+    Ok(format!(
+        "AES-XTS-256; FIPS mode {:?}; startup {:?}; shipping mode {}",
+        info.fips_mode,
+        info.startup,
+        if info.shipping_mode { "on" } else { "off" }
+    )
+    .to_lowercase())
 }

@@ -4,6 +4,7 @@
 mod encryption;
 pub mod exit;
 mod maintenance;
+mod mount;
 mod secrets;
 mod store;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use encryption::encryption_summary;
 use exit::{Exit, Failure};
 
 #[derive(Parser, Debug)]
@@ -47,6 +49,27 @@ pub enum Command {
     Encryption {
         #[command(subcommand)]
         command: EncryptionCommand,
+    },
+    /// Mount the store at MOUNTPOINT (creating the store on first use).
+    Mount {
+        mountpoint: PathBuf,
+        /// Stay attached (for systemd) instead of returning once mounted.
+        #[arg(long)]
+        foreground: bool,
+        /// Internal: the background parent passes the password on stdin.
+        #[arg(long, hide = true)]
+        password_stdin: bool,
+    },
+    /// Flush everything and unmount.
+    Unmount { mountpoint: PathBuf },
+    /// Unlock a running mount (password prompt, --password-file or stdin).
+    Unlock,
+    /// Flush, drop the keys, and refuse file access until unlocked again.
+    Lock,
+    /// Capacity, data reduction, lock state, encryption summary.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Check every record of every segment (CRCs; works without the key).
     Scrub {
@@ -142,6 +165,15 @@ pub fn run(cli: Cli) -> i32 {
     let result = match &cli.command {
         Command::Init { fips_mode } => store::init(&cli, *fips_mode),
         Command::Encryption { command } => encryption::run(&cli, command),
+        Command::Mount {
+            mountpoint,
+            foreground,
+            password_stdin,
+        } => mount::mount(&cli, mountpoint, *foreground, *password_stdin),
+        Command::Unmount { mountpoint } => mount::unmount(mountpoint),
+        Command::Unlock => mount::unlock(&cli),
+        Command::Lock => mount::lock(&cli),
+        Command::Status { json } => mount::status(&cli, *json),
         Command::Scrub { json } => maintenance::scrub(&cli, *json),
         Command::Gc { threshold, json } => maintenance::gc(&cli, *threshold, *json),
     };

@@ -358,14 +358,51 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
 }
 
 impl Engine {
-    /// Chunks in the index (live or awaiting GC) and live logical bytes
-    /// referenced (sum of plain length x refcount).
-    pub fn index_summary(&self) -> Result<(u64, u64)> {
-        let (mut chunks, mut logical) = (0u64, 0u64);
+    /// What the index holds: chunk counts and logical vs unique bytes.
+    pub fn index_summary(&self) -> Result<IndexSummary> {
+        let mut s = IndexSummary::default();
         self.meta.for_each_chunk(|_, e| {
-            chunks += 1;
-            logical += e.plain_len as u64 * e.refcount;
+            s.chunks += 1;
+            if e.refcount > 0 {
+                s.live_chunks += 1;
+                s.unique_bytes += e.plain_len as u64;
+                s.logical_bytes += e.plain_len as u64 * e.refcount;
+            }
         })?;
-        Ok((chunks, logical))
+        s.segments = self.meta.segments()?.len() as u64;
+        s.physical_bytes = self.segment_bytes()?;
+        Ok(s)
+    }
+}
+
+/// Capacity and data-reduction figures (for `status`).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct IndexSummary {
+    /// Index entries, live or awaiting GC.
+    pub chunks: u64,
+    pub live_chunks: u64,
+    /// Bytes as written by users (each reference counted).
+    pub logical_bytes: u64,
+    /// Bytes of distinct live chunks before compression.
+    pub unique_bytes: u64,
+    /// Bytes of segment files on disk.
+    pub physical_bytes: u64,
+    pub segments: u64,
+}
+
+impl IndexSummary {
+    pub fn dedup_ratio(&self) -> f64 {
+        ratio(self.logical_bytes, self.unique_bytes)
+    }
+    pub fn compression_ratio(&self) -> f64 {
+        ratio(self.unique_bytes, self.physical_bytes)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
     }
 }

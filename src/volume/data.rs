@@ -406,10 +406,24 @@ impl Volume {
         })
     }
 
+    /// A durable commit if anything was committed non-durably since the
+    /// last durable one (the daemon's periodic group commit).
+    pub fn commit_if_pending(&self) -> VResult<()> {
+        if self
+            .nondurable
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.commit(true)?;
+        }
+        Ok(())
+    }
+
     /// Persists every metadata change so far, sealed, in one transaction
     /// with the chunk index (durably when asked).
     pub fn commit(&self, durable: bool) -> VResult<()> {
         let mut st = lock(&self.state);
+        self.nondurable
+            .store(!durable, std::sync::atomic::Ordering::SeqCst);
         let s = &self.sealer;
         let mut inodes = Vec::new();
         for ino in st.dirty_inodes.iter() {

@@ -66,6 +66,9 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// One directory entry as `read_dir` lists it: (inode, kind, name).
+pub type DirEntry = (u64, Kind, Vec<u8>);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
     Replace,
@@ -101,6 +104,8 @@ pub struct Volume {
     sealer: MetaSealer,
     state: Mutex<State>,
     cache: Mutex<ChunkCache>,
+    /// Set when a non-durable commit happened since the last durable one.
+    nondurable: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +142,7 @@ impl Volume {
                 ..Default::default()
             }),
             cache: Mutex::new(Default::default()),
+            nondurable: Default::default(),
         };
         {
             let mut st = lock(&vol.state);
@@ -632,7 +638,7 @@ impl Volume {
     /// The entries of a directory, "." and ".." first (a snapshot: readdir
     /// serves it by index, so concurrent changes never repeat or skip a
     /// stable entry).
-    pub fn read_dir(&self, ino: u64) -> VResult<Vec<(u64, Kind, Vec<u8>)>> {
+    pub fn read_dir(&self, ino: u64) -> VResult<Vec<DirEntry>> {
         let mut st = lock(&self.state);
         let parent = self.load_inode(&mut st, ino)?.parent;
         let entries: Vec<(Vec<u8>, u64)> = self

@@ -1,0 +1,308 @@
+//! `datastore mount|unmount|unlock|lock|status`: start the daemon (in the
+//! background unless `--foreground`), and talk to it over its control
+//! socket.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use keystore::StartupMode;
+use zeroize::Zeroizing;
+
+use super::exit::{Exit, Failure};
+use super::secrets::SecretReader;
+use super::store::{load_config, open_keystore};
+use super::{print_json, Cli};
+use crate::daemon::{self, status, DaemonError, SOCKET};
+use crate::engine::Engine;
+
+fn daemon_failure(e: DaemonError) -> Failure {
+    match e {
+        DaemonError::Usage(m) => Failure::new(Exit::Usage, m),
+        DaemonError::Engine(e) => Failure::from(e),
+        DaemonError::Unlock(daemon::keys::UnlockError::Key(k)) => Failure::from(k),
+        DaemonError::Unlock(e) => Failure::new(Exit::Error, e.to_string()),
+        DaemonError::Io { .. } => Failure::new(Exit::Io, e.to_string()),
+    }
+}
+
+/// The password for a mount: none when the startup mode opens by itself;
+/// a prompt on a TTY; `--password-file`; otherwise none (mount locked).
+fn mount_password(cli: &Cli) -> Result<Option<Zeroizing<String>>, Failure> {
+    let ks = open_keystore(&cli.store)?;
+    let boot_opens = ks.startup() == StartupMode::Unlocked && !ks.in_shipping_mode();
+    if boot_opens && cli.password_file.is_none() {
+        return Ok(None);
+    }
+    if cli.password_file.is_some() || std::io::stdin().is_terminal() {
+        return SecretReader::new()
+            .read("Password", cli.password_file.as_deref(), false)
+            .map(Some);
+    }
+    Ok(None)
+}
+
+pub fn mount(
+    cli: &Cli,
+    mountpoint: &Path,
+    foreground: bool,
+    password_stdin: bool,
+) -> Result<(), Failure> {
+    if !mountpoint.is_dir() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("mount point {} is not a directory", mountpoint.display()),
+        ));
+    }
+    if !cli.store.join(crate::config::CONFIG_FILE).exists() && !password_stdin {
+        // First use of the store: create it (password prompt), then mount.
+        println!("No store at {}: creating it.", cli.store.display());
+        super::store::init(cli, super::FipsArg::Disabled)?;
+    }
+    load_config(&cli.store)?;
+    let password = if password_stdin {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Failure::new(Exit::Io, format!("cannot read password: {e}")))?;
+        while line.ends_with('\n') {
+            line.pop();
+        }
+        (!line.is_empty()).then_some(line)
+    } else {
+        mount_password(cli)?
+    };
+    if foreground {
+        return daemon::serve(&cli.store, mountpoint, password, |locked| {
+            println!("ready{}", if locked { " locked" } else { "" });
+            let _ = std::io::stdout().flush();
+        })
+        .map_err(daemon_failure);
+    }
+    // Background: re-run ourselves in the foreground, detached, and wait
+    // until it says the mount is ready (or fails).
+    let exe = std::env::current_exe().map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
+    let log_path = cli.store.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot open {}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store")
+        .arg(&cli.store)
+        .arg("mount")
+        .arg(mountpoint)
+        .arg("--foreground")
+        .arg("--password-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid in the child before exec detaches it from our session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot start the daemon: {e}")))?;
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        let line = Zeroizing::new(format!(
+            "{}\n",
+            password.as_deref().map(|s| s.as_str()).unwrap_or("")
+        ));
+        let _ = stdin.write_all(line.as_bytes());
+    }
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    let _ = out.read_line(&mut first);
+    if first.starts_with("ready") {
+        let locked = first.contains("locked");
+        println!(
+            "Mounted {} at {}{}.",
+            cli.store.display(),
+            mountpoint.display(),
+            if locked {
+                " (locked: run `datastore unlock`)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
+    let mut log_tail = String::new();
+    if let Ok(mut f) = std::fs::File::open(&log_path) {
+        let _ = f.read_to_string(&mut log_tail);
+    }
+    let last = log_tail
+        .lines()
+        .last()
+        .unwrap_or("the daemon exited")
+        .trim_start_matches("datastore: ")
+        .to_string();
+    let code = match status.code() {
+        Some(3) => Exit::WrongPassword,
+        Some(4) => Exit::NotAStore,
+        Some(6) => Exit::SelfTest,
+        Some(7) => Exit::Io,
+        Some(9) => Exit::InUse,
+        Some(2) => Exit::Usage,
+        _ => Exit::Error,
+    };
+    Err(Failure::new(code, last))
+}
+
+/// Sends one request to the store's daemon; None when no daemon runs.
+fn control(store: &Path, request: &str) -> Result<Option<String>, Failure> {
+    let path = store.join(SOCKET);
+    let mut s = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
+    s.write_all(request.as_bytes())
+        .map_err(|e| Failure::new(Exit::Io, format!("control socket: {e}")))?;
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .map_err(|e| Failure::new(Exit::Io, format!("control socket: {e}")))?;
+    let reply = reply.trim_end().to_string();
+    if let Some(ok) = reply.strip_prefix("ok ") {
+        return Ok(Some(ok.to_string()));
+    }
+    let rest = reply.strip_prefix("err ").unwrap_or(&reply);
+    let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
+    let code = match code {
+        "3" => Exit::WrongPassword,
+        "6" => Exit::SelfTest,
+        "7" => Exit::Io,
+        "2" => Exit::Usage,
+        _ => Exit::Error,
+    };
+    Err(Failure::new(code, msg.to_string()))
+}
+
+fn no_daemon(store: &Path) -> Failure {
+    Failure::new(
+        Exit::NotAStore,
+        format!(
+            "no mount of {} is running (start one with `datastore mount`)",
+            store.display()
+        ),
+    )
+}
+
+pub fn unlock(cli: &Cli) -> Result<(), Failure> {
+    load_config(&cli.store)?;
+    if !cli.store.join(SOCKET).exists() {
+        return Err(no_daemon(&cli.store));
+    }
+    let pw = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
+    let request = Zeroizing::new(format!("unlock\n{}\n", pw.as_str()));
+    let r = control(&cli.store, &request)?.ok_or_else(|| no_daemon(&cli.store))?;
+    println!("Store {r}.");
+    Ok(())
+}
+
+pub fn lock(cli: &Cli) -> Result<(), Failure> {
+    load_config(&cli.store)?;
+    let r = control(&cli.store, "lock\n")?.ok_or_else(|| no_daemon(&cli.store))?;
+    println!("Store {r}.");
+    Ok(())
+}
+
+/// Finds the store behind a datastore mount point in /proc/self/mountinfo.
+fn store_of_mount(mountpoint: &Path) -> Option<PathBuf> {
+    let want = std::fs::canonicalize(mountpoint).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mp = fields.get(4)?;
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let source = fields.get(sep + 2)?;
+        if Path::new(&mp.replace("\\040", " ")) == want {
+            return source
+                .strip_prefix("datastore:")
+                .map(|s| PathBuf::from(s.replace("\\040", " ")));
+        }
+    }
+    None
+}
+
+pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
+    let Some(store) = store_of_mount(mountpoint) else {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("{} is not a datastore mount", mountpoint.display()),
+        ));
+    };
+    if control(&store, "shutdown\n")?.is_some() {
+        // The daemon syncs, unmounts and removes its socket; wait for that.
+        for _ in 0..600 {
+            if store_of_mount(mountpoint).is_none() {
+                println!("Unmounted {}.", mountpoint.display());
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        return Err(Failure::new(
+            Exit::Error,
+            "the daemon did not unmount within 60 s",
+        ));
+    }
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| Failure::new(Exit::Usage, "bad mount point"))?;
+    // SAFETY: umount with a valid C string.
+    if unsafe { libc::umount(c.as_ptr()) } != 0 {
+        return Err(Failure::new(
+            Exit::Io,
+            format!(
+                "umount {}: {}",
+                mountpoint.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    println!("Unmounted {} (no daemon answered).", mountpoint.display());
+    Ok(())
+}
+
+pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
+    load_config(&cli.store)?;
+    let st: status::Status = match control(&cli.store, "status\n")? {
+        Some(j) => {
+            serde_json::from_str(&j).map_err(|e| Failure::new(Exit::Error, e.to_string()))?
+        }
+        None => {
+            let engine = Engine::open(&cli.store, None)?;
+            status::collect(&engine, None, true)?
+        }
+    };
+    if json {
+        return print_json(&st);
+    }
+    println!(
+        "Mounted:         {}",
+        st.mountpoint.as_deref().unwrap_or("no")
+    );
+    println!(
+        "Lock state:      {}",
+        if st.locked { "locked" } else { "unlocked" }
+    );
+    println!("Logical bytes:   {}", st.logical_bytes);
+    println!("Physical bytes:  {}", st.physical_bytes);
+    println!("Dedup ratio:     {:.2}x", st.dedup_ratio);
+    println!("Compression:     {:.2}x", st.compression_ratio);
+    println!("Data reduction:  {:.2}x", st.total_reduction);
+    println!("Chunks:          {}", st.chunks);
+    println!("Segments:        {}", st.segments);
+    println!("Encryption:      {}", st.encryption);
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The control socket: one request per connection, a command line, then
+//! (for unlock) one password line; the answer is `ok ...` or
+//! `err <exit code> <message>` on one line, or the status as JSON.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::{keys, set_owner_only, DaemonError, Shared, SOCKET};
+use crate::cli::exit::{Exit, Failure};
+
+/// Binds the socket (replacing a stale one) and serves it on a thread.
+pub fn start(shared: Arc<Shared>) -> Result<PathBuf, DaemonError> {
+    let path = shared.store.join(SOCKET);
+    if UnixStream::connect(&path).is_ok() {
+        return Err(DaemonError::Usage(format!(
+            "a daemon already answers on {}",
+            path.display()
+        )));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|source| DaemonError::Io {
+        what: format!("bind {}", path.display()),
+        source,
+    })?;
+    set_owner_only(&path).map_err(|source| DaemonError::Io {
+        what: "chmod control socket".into(),
+        source,
+    })?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if let Err(e) = handle(&shared, conn) {
+                eprintln!("datastore: control request failed: {e}");
+            }
+        }
+    });
+    Ok(path)
+}
+
+fn answer(stream: &mut UnixStream, r: Result<String, Failure>) -> std::io::Result<()> {
+    match r {
+        Ok(s) => writeln!(stream, "ok {s}"),
+        Err(f) => writeln!(stream, "err {} {}", f.code as i32, f.message),
+    }
+}
+
+fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut cmd = String::new();
+    reader.read_line(&mut cmd)?;
+    match cmd.trim() {
+        "unlock" => {
+            let mut pw = Zeroizing::new(String::new());
+            reader.read_line(&mut pw)?;
+            while pw.ends_with('\n') || pw.ends_with('\r') {
+                pw.pop();
+            }
+            let r = if shared.volume().is_some() {
+                Ok("already unlocked".to_string())
+            } else {
+                match keys::unlock_with_password(&shared.store, &shared.engine, pw.as_bytes()) {
+                    Ok(v) => {
+                        *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        eprintln!("datastore: unlocked");
+                        Ok("unlocked".to_string())
+                    }
+                    Err(keys::UnlockError::Key(k)) => Err(Failure::from(k)),
+                    Err(e) => Err(Failure::new(Exit::Error, e.to_string())),
+                }
+            };
+            answer(&mut stream, r)
+        }
+        "lock" => {
+            let v = shared
+                .volume
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let r = match v {
+                None => Ok("already locked".to_string()),
+                Some(v) => match v.sync_all() {
+                    Ok(()) => {
+                        shared.engine.set_crypto(None);
+                        drop(v);
+                        eprintln!("datastore: locked");
+                        Ok("locked".to_string())
+                    }
+                    Err(e) => {
+                        *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        Err(Failure::new(
+                            Exit::Io,
+                            format!("flush before lock failed: {e}"),
+                        ))
+                    }
+                },
+            };
+            answer(&mut stream, r)
+        }
+        "status" => {
+            let locked = shared.volume().is_none();
+            let r = super::status::collect(
+                &shared.engine,
+                Some(shared.mountpoint.display().to_string()),
+                locked,
+            )
+            .map_err(Failure::from)
+            .and_then(|s| {
+                serde_json::to_string(&s).map_err(|e| Failure::new(Exit::Error, e.to_string()))
+            });
+            answer(&mut stream, r)
+        }
+        "shutdown" => {
+            shared.shutdown.store(true, Ordering::SeqCst);
+            answer(&mut stream, Ok("shutting down".into()))
+        }
+        other => answer(
+            &mut stream,
+            Err(Failure::new(
+                Exit::Usage,
+                format!("unknown control command {other:?}"),
+            )),
+        ),
+    }
+}

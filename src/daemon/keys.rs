@@ -1,0 +1,62 @@
+//! Turning a store's keystore into loaded keys: unlock (password or boot
+//! key), build the chunk crypto and the volume. The volume key itself is
+//! dropped (zeroized) as soon as the derived key schedules exist.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use keystore::{KatSet, Keystore, VolumeKey};
+
+use crate::cli::boot_key_dir;
+use crate::config::StoreConfig;
+use crate::crypto::ChunkCrypto;
+use crate::engine::Engine;
+use crate::volume::Volume;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    #[error(transparent)]
+    Key(#[from] keystore::KeystoreError),
+    #[error("{0}")]
+    Volume(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Loads keys into the engine and opens the volume.
+pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockError> {
+    let alg = engine.config().fingerprint;
+    let crypto = Arc::new(ChunkCrypto::new(vk.xts_key(), vk.fingerprint_key(), alg)?);
+    engine.set_crypto(Some(crypto));
+    match Volume::open(engine.clone(), vk.metadata_key()) {
+        Ok(v) => Ok(Arc::new(v)),
+        Err(e) => {
+            engine.set_crypto(None);
+            Err(UnlockError::Volume(format!("cannot open the volume: {e}")))
+        }
+    }
+}
+
+/// Unlocks with a password (or recovery key).
+pub fn unlock_with_password(
+    store: &Path,
+    engine: &Arc<Engine>,
+    password: &[u8],
+) -> Result<Arc<Volume>, UnlockError> {
+    StoreConfig::load(store).map_err(UnlockError::Config)?;
+    let mut ks = Keystore::open(store, &boot_key_dir())?;
+    let vk = ks.unlock(password, &KatSet::embedded())?;
+    load(engine, vk)
+}
+
+/// Unlocks without a password when the startup mode allows it.
+pub fn unlock_at_boot(
+    store: &Path,
+    engine: &Arc<Engine>,
+) -> Result<Option<Arc<Volume>>, UnlockError> {
+    let ks = Keystore::open(store, &boot_key_dir())?;
+    match ks.unlock_at_boot(&KatSet::embedded())? {
+        Some(vk) => load(engine, vk).map(Some),
+        None => Ok(None),
+    }
+}

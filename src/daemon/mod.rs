@@ -1,0 +1,155 @@
+//! The mount process: opens the store (locked or unlocked), serves the FUSE
+//! session, answers the root-only control socket (unlock, lock, status,
+//! shutdown), commits durably every few seconds, and on SIGTERM/SIGINT or
+//! `datastore unmount` syncs everything and unmounts.
+//!
+//! Invariants: one daemon per store (the engine's flock); the control
+//! socket is created mode 0600 inside the store directory; a password that
+//! arrives over the socket is held in a zeroizing buffer and never logged.
+
+mod control;
+pub mod keys;
+pub mod status;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use crate::engine::Engine;
+use crate::fs::{DatastoreFs, SharedVolume};
+
+pub const SOCKET: &str = "control.sock";
+/// Durable group commit interval for changes committed non-durably.
+const COMMIT_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Unlock(#[from] keys::UnlockError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the control thread and the main loop share.
+pub struct Shared {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub engine: Arc<Engine>,
+    pub volume: SharedVolume,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub fn volume(&self) -> Option<Arc<crate::volume::Volume>> {
+        self.volume
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Serves `store` at `mountpoint` until unmounted or signalled. `ready` is
+/// called once the mount is live (the background parent waits for it).
+pub fn serve(
+    store: &Path,
+    mountpoint: &Path,
+    password: Option<Zeroizing<String>>,
+    ready: impl FnOnce(bool),
+) -> Result<(), DaemonError> {
+    if !mountpoint.is_dir() {
+        return Err(DaemonError::Usage(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    let engine = Arc::new(Engine::open(store, None)?);
+    let volume = match password {
+        Some(pw) => Some(keys::unlock_with_password(store, &engine, pw.as_bytes())?),
+        None => keys::unlock_at_boot(store, &engine)?,
+    };
+    let locked = volume.is_none();
+    let shared = Arc::new(Shared {
+        store: store.to_path_buf(),
+        mountpoint: mountpoint.to_path_buf(),
+        engine,
+        volume: Arc::new(RwLock::new(volume)),
+        shutdown: Arc::new(AtomicBool::new(false)),
+    });
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, shared.shutdown.clone())
+        .and_then(|_| {
+            signal_hook::flag::register(signal_hook::consts::SIGINT, shared.shutdown.clone())
+        })
+        .map_err(|source| DaemonError::Io {
+            what: "install signal handlers".into(),
+            source,
+        })?;
+    let socket = control::start(shared.clone())?;
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("datastore:{}", store.display())),
+        fuser::MountOption::Subtype("datastore".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(2);
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(DatastoreFs::new(shared.volume.clone()), mountpoint, &config)
+        .map_err(|source| DaemonError::Io {
+            what: format!("mount {}", mountpoint.display()),
+            source,
+        })?;
+    if locked {
+        eprintln!(
+            "datastore: mounted {} locked: run `datastore unlock`",
+            mountpoint.display()
+        );
+    }
+    ready(locked);
+
+    let mut last_commit = Instant::now();
+    while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            last_commit = Instant::now();
+            if let Some(v) = shared.volume() {
+                if let Err(e) = v.commit_if_pending() {
+                    eprintln!("datastore: periodic commit failed: {e}");
+                }
+            }
+        }
+    }
+    let result = shared.volume().map(|v| v.sync_all());
+    let unmounted = if session.guard.is_finished() {
+        session.join()
+    } else {
+        session.umount_and_join()
+    };
+    let _ = std::fs::remove_file(&socket);
+    if let Some(Err(e)) = result {
+        return Err(DaemonError::Io {
+            what: "final sync".into(),
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    unmounted.map_err(|source| DaemonError::Io {
+        what: "unmount".into(),
+        source,
+    })
+}
+
+pub(crate) fn set_owner_only(path: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}

@@ -1,0 +1,52 @@
+//! `datastore status`: capacity, data reduction, lock state and encryption
+//! summary, from a running daemon or, when none runs, from the store.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, IndexSummary};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub mounted: bool,
+    pub mountpoint: Option<String>,
+    pub locked: bool,
+    pub logical_bytes: u64,
+    pub physical_bytes: u64,
+    pub unique_bytes: u64,
+    pub dedup_ratio: f64,
+    pub compression_ratio: f64,
+    pub total_reduction: f64,
+    pub chunks: u64,
+    pub segments: u64,
+    pub encryption: String,
+}
+
+pub fn collect(
+    engine: &Engine,
+    mountpoint: Option<String>,
+    locked: bool,
+) -> Result<Status, crate::engine::EngineError> {
+    let s: IndexSummary = engine.index_summary()?;
+    let encryption = match crate::cli::encryption_summary(engine.store_dir()) {
+        Ok(e) => e,
+        Err(e) => format!("unknown ({})", e.message),
+    };
+    Ok(Status {
+        mounted: mountpoint.is_some(),
+        mountpoint,
+        locked,
+        logical_bytes: s.logical_bytes,
+        physical_bytes: s.physical_bytes,
+        unique_bytes: s.unique_bytes,
+        dedup_ratio: s.dedup_ratio(),
+        compression_ratio: s.compression_ratio(),
+        total_reduction: if s.physical_bytes == 0 {
+            1.0
+        } else {
+            s.logical_bytes as f64 / s.physical_bytes as f64
+        },
+        chunks: s.live_chunks,
+        segments: s.segments,
+        encryption,
+    })
+}

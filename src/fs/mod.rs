@@ -1,0 +1,622 @@
+//! The fuser adapter: translates FUSE requests into `Volume` calls and
+//! volume errors into errnos. Holds no filesystem logic of its own.
+//!
+//! Invariants: attribute and entry TTLs are zero, so the kernel never shows
+//! a stale nlink or ctime after link, unlink or rename; while the store is
+//! locked (no volume loaded) every request but the root's getattr fails
+//! with EACCES.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::volume::{
+    Attr, Caller, DirEntry, Kind, RenameMode, SetAttr, Time, VolError, Volume, ROOT,
+};
+
+const TTL: Duration = Duration::ZERO;
+
+/// The volume a mount serves; None while the store is locked.
+pub type SharedVolume = Arc<RwLock<Option<Arc<Volume>>>>;
+
+pub struct DatastoreFs {
+    volume: SharedVolume,
+    /// Open directory handles: the snapshot readdir serves by index.
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_fh: AtomicU64,
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    let i = &a.inode;
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: i.size,
+        blocks: a.blocks,
+        atime: i.atime.to_system(),
+        mtime: i.mtime.to_system(),
+        ctime: i.ctime.to_system(),
+        crtime: i.ctime.to_system(),
+        kind: file_type(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn errno(e: &VolError) -> Errno {
+    if let Some(cause) = &e.cause {
+        eprintln!("datastore: I/O error: {cause}");
+    }
+    Errno::from_i32(e.errno)
+}
+
+fn time_of(t: TimeOrNow) -> Option<Time> {
+    match t {
+        TimeOrNow::SpecificTime(s) => Some(Time::from_system(s)),
+        TimeOrNow::Now => None,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl DatastoreFs {
+    pub fn new(volume: SharedVolume) -> Self {
+        DatastoreFs {
+            volume,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// The loaded volume, or EACCES (logged) while the store is locked.
+    fn vol(&self) -> Result<Arc<Volume>, Errno> {
+        match self
+            .volume
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(v) => Ok(v.clone()),
+            None => {
+                eprintln!("datastore: store is locked: request refused (run `datastore unlock`)");
+                Err(Errno::EACCES)
+            }
+        }
+    }
+}
+
+macro_rules! vol_or_reply {
+    ($self:ident, $reply:ident) => {
+        match $self.vol() {
+            Ok(v) => v,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<Attr, VolError>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), VolError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for DatastoreFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Some(v) = self
+            .volume
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            if let Err(e) = v.sync_all() {
+                eprintln!("datastore: final sync failed: {e}");
+            }
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let v = vol_or_reply!(self, reply);
+        reply_entry(reply, v.lookup(parent.0, name.as_bytes()));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let v = match self.vol() {
+            Ok(v) => v,
+            Err(e) if ino.0 == ROOT => {
+                // Locked: the mount point itself still stats as a directory.
+                let now = SystemTime::now();
+                let _ = e;
+                return reply.attr(
+                    &TTL,
+                    &FileAttr {
+                        ino,
+                        size: 0,
+                        blocks: 0,
+                        atime: now,
+                        mtime: now,
+                        ctime: now,
+                        crtime: now,
+                        kind: FileType::Directory,
+                        perm: 0o700,
+                        nlink: 2,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        blksize: 4096,
+                        flags: 0,
+                    },
+                );
+            }
+            Err(e) => return reply.error(e),
+        };
+        match v.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_of),
+            mtime: mtime.map(time_of),
+            ctime: ctime.map(Time::from_system),
+        };
+        match v.setattr(ino.0, &set, caller(req)) {
+            Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let v = vol_or_reply!(self, reply);
+        match v.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        reply_entry(
+            reply,
+            v.mknod(
+                parent.0,
+                name.as_bytes(),
+                kind,
+                mode & !umask,
+                rdev,
+                caller(req),
+            ),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_entry(
+            reply,
+            v.mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req)),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.unlink(parent.0, name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.rmdir(parent.0, name.as_bytes()));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_entry(
+            reply,
+            v.symlink(
+                parent.0,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+                caller(req),
+            ),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        reply_empty(
+            reply,
+            v.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                mode,
+            ),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_entry(reply, v.link(ino.0, newparent.0, newname.as_bytes()));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let v = vol_or_reply!(self, reply);
+        match v.open_file(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        match v.read(ino.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        match v.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.flush(ino.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.release(ino.0));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.fsync(ino.0));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let v = vol_or_reply!(self, reply);
+        match v.read_dir(ino.0) {
+            Ok(entries) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, entries);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entries) = dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(*ino),
+                (i + 1) as u64,
+                file_type(*kind),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.commit(true));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let v = vol_or_reply!(self, reply);
+        match v.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        reply_empty(
+            reply,
+            v.setxattr(ino.0, name.as_bytes(), value, create, replace),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let v = vol_or_reply!(self, reply);
+        match v.getxattr(ino.0, name.as_bytes()) {
+            Ok(val) => xattr_reply(reply, size, &val),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let v = vol_or_reply!(self, reply);
+        match v.listxattr(ino.0) {
+            Ok(val) => xattr_reply(reply, size, &val),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.removexattr(ino.0, name.as_bytes()));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        let made = v.mknod(
+            parent.0,
+            name.as_bytes(),
+            Kind::File,
+            mode & !umask,
+            0,
+            caller(req),
+        );
+        match made.and_then(|a| v.open_file(a.ino).map(|_| a)) {
+            Ok(a) => reply.created(
+                &TTL,
+                &to_fuse(&a),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let v = vol_or_reply!(self, reply);
+        reply_empty(reply, v.fallocate(ino.0, offset, length, mode));
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, val: &[u8]) {
+    if size == 0 {
+        reply.size(val.len() as u32);
+    } else if (size as usize) < val.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(val);
+    }
+}
