@@ -216,3 +216,23 @@ fn no_plaintext_names_contents_xattrs_or_targets_at_rest() {
         .unwrap();
     assert_eq!(v.getxattr(f.ino, b"user.tag").unwrap(), marker.as_bytes());
 }
+
+#[test]
+fn a_crash_never_leaves_a_file_longer_than_its_stored_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let f;
+    {
+        let v = open(dir.path(), true);
+        f = create_file(&v, ROOT, "growing");
+        v.open_file(f).unwrap();
+        v.write(f, 0, b"first part").unwrap();
+        v.fsync(f).unwrap();
+        v.write(f, 10, &[7u8; 100_000]).unwrap(); // buffered only
+        let other = create_file(&v, ROOT, "other");
+        v.fsync(other).unwrap(); // a durable commit while f has a buffer
+                                 // dropped here without sync: like a crash
+    }
+    let v = open(dir.path(), false);
+    assert_eq!(v.getattr(f).unwrap().inode.size, 10);
+    assert_eq!(v.read(f, 0, 1000).unwrap(), b"first part");
+}

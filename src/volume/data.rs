@@ -165,7 +165,10 @@ impl Volume {
             if inode.kind != Kind::File {
                 return err(libc::EINVAL);
             }
+            let before = inode.size;
             inode.size = inode.size.max(end);
+            st.stored_size.entry(ino).or_insert(before);
+            let inode = self.load_inode(&mut st, ino)?;
             inode.mtime = now;
             inode.ctime = now;
         }
@@ -225,9 +228,13 @@ impl Volume {
     /// their chunks.
     pub(super) fn flush_locked(&self, st: &mut State, ino: u64) -> VResult<()> {
         let Some(buf) = st.buffers.remove(&ino) else {
+            st.stored_size.remove(&ino);
             return Ok(());
         };
         st.buffered.remove(&ino);
+        // From here on the buffer's data is in extents (or the call fails
+        // and the engine stops): the full size may be persisted.
+        st.stored_size.remove(&ino);
         if buf.is_empty() {
             return Ok(());
         }
@@ -287,6 +294,8 @@ impl Volume {
             }
             self.engine.release(&old_refs)?;
         }
+        // The inode's full size can be persisted now.
+        Self::touch(st, ino);
         Ok(())
     }
 
@@ -428,7 +437,15 @@ impl Volume {
         let mut inodes = Vec::new();
         for ino in st.dirty_inodes.iter() {
             if let Some(i) = st.inodes.get(ino) {
-                inodes.push((*ino, store::seal_inode(s, *ino, i)?));
+                let sealed = match st.stored_size.get(ino) {
+                    Some(&size) if size < i.size => {
+                        let mut stored = i.clone();
+                        stored.size = size;
+                        store::seal_inode(s, *ino, &stored)?
+                    }
+                    _ => store::seal_inode(s, *ino, i)?,
+                };
+                inodes.push((*ino, sealed));
             }
         }
         let removed: Vec<u64> = st.removed_inodes.iter().copied().collect();

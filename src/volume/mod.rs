@@ -83,6 +83,10 @@ struct State {
     extents: HashMap<u64, BTreeMap<u64, Extent>>,
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
     buffered: HashMap<u64, usize>,
+    /// For files with buffered writes: the size their stored data covers.
+    /// Commits persist this size, so a crash never leaves a file longer
+    /// than its stored data (reading zeros that were never written).
+    stored_size: HashMap<u64, u64>,
     open_counts: HashMap<u64, u32>,
     // What the next commit writes.
     dirty_inodes: HashSet<u64>,
@@ -448,6 +452,7 @@ impl Volume {
         st.extents.remove(&ino);
         st.buffers.remove(&ino);
         st.buffered.remove(&ino);
+        st.stored_size.remove(&ino);
         st.inodes.remove(&ino);
         st.dirs.remove(&ino);
         st.dirty_inodes.remove(&ino);

@@ -1,0 +1,337 @@
+//! Real mounts (root and /dev/fuse required; these tests fail, never skip,
+//! without them): a tree copied in reads back identical across a remount;
+//! no plaintext marker reaches the store; locked mounts refuse access until
+//! unlocked; a second mount of a store is refused; kill -9 of the daemon
+//! loses nothing that was fsync'ed.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const PW: &str = "mount test password 42";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the mount tests need FUSE"
+        );
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(unsafe { libc::getuid() }, 0, "the mount tests need root");
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(f.mnt()).unwrap();
+        std::fs::write(f.pw(), format!("{PW}\n")).unwrap();
+        f.ok(&["init", "--password-file", f.pw().to_str().unwrap()]);
+        f
+    }
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+    fn pw(&self) -> PathBuf {
+        self.dir.path().join("pw")
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_datastore"))
+            .args(args)
+            .env("DATASTORE_STORE", self.store())
+            .env("DATASTORE_BOOT_KEY_DIR", self.dir.path().join("boot"))
+            .env("DATASTORE_KDF_TARGET_MS", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    fn mount(&self) {
+        self.ok(&[
+            "mount",
+            self.mnt().to_str().unwrap(),
+            "--password-file",
+            self.pw().to_str().unwrap(),
+        ]);
+    }
+    fn mount_locked(&self) {
+        let out = self.ok(&["mount", self.mnt().to_str().unwrap()]);
+        assert!(out.contains("locked"), "{out}");
+    }
+    fn unmount(&self) {
+        self.ok(&["unmount", self.mnt().to_str().unwrap()]);
+    }
+    fn is_mounted(&self) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let m = self.mnt();
+        info.lines()
+            .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.is_mounted() {
+            let _ = self.run(&["unmount", self.mnt().to_str().unwrap()]);
+        }
+        if self.is_mounted() {
+            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        }
+    }
+}
+
+/// A tree with nested directories, small and large files, a symlink and
+/// a hard link.
+fn make_tree(root: &Path) {
+    for d in 0..8 {
+        let dir = root.join(format!("dir{d}")).join("sub");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..25 {
+            let len = [0, 1, 15, 4096, 70_000, 300_000][f % 6] + d * 13;
+            std::fs::write(
+                dir.join(format!("f{f}.bin")),
+                common::random_bytes((d * 100 + f) as u64, len),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(root.join("big"), common::random_bytes(7, 40 << 20)).unwrap();
+    std::os::unix::fs::symlink("dir0/sub/f1.bin", root.join("link")).unwrap();
+    std::fs::hard_link(root.join("dir1/sub/f2.bin"), root.join("hard")).unwrap();
+}
+
+fn diff(a: &Path, b: &Path) {
+    let o = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn tree_copy_reads_back_identical_across_remount() {
+    let f = Fixture::new();
+    let src = f.dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_tree(&src);
+    f.mount();
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(f.mnt().join("copy"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    diff(&src, &f.mnt().join("copy"));
+    let meta = std::fs::symlink_metadata(f.mnt().join("copy/hard")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.nlink(), 2);
+    f.unmount();
+    assert!(!f.is_mounted());
+    f.mount();
+    diff(&src, &f.mnt().join("copy"));
+    let status: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["locked"], false);
+    assert!(status["logical_bytes"].as_u64().unwrap() >= 40 << 20);
+    f.unmount();
+    let scrub = f.ok(&["scrub"]);
+    assert!(scrub.contains("Scrubbed"), "{scrub}");
+}
+
+#[test]
+fn no_marker_reaches_the_store() {
+    let f = Fixture::new();
+    f.mount();
+    let marker = hex::encode(common::random_bytes(0x5eed, 12));
+    let dir = f.mnt().join(format!("d-{marker}"));
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join(format!("f-{marker}"));
+    std::fs::write(&file, marker.repeat(500)).unwrap();
+    std::os::unix::fs::symlink(&marker, f.mnt().join("link")).unwrap();
+    let path = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.tag".as_ptr(),
+            marker.as_ptr().cast(),
+            marker.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    f.unmount();
+    let hits = common::find_bytes(&f.store(), &marker.as_bytes()[..16]);
+    assert!(hits.is_empty(), "marker at rest: {hits:?}");
+}
+
+#[test]
+fn locked_mount_refuses_until_unlocked() {
+    let f = Fixture::new();
+    f.mount();
+    std::fs::write(f.mnt().join("secret.txt"), b"contents").unwrap();
+    f.unmount();
+    f.mount_locked();
+    let err = std::fs::read(f.mnt().join("secret.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    assert_eq!(
+        std::fs::read_dir(f.mnt()).unwrap_err().raw_os_error(),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        std::fs::write(f.mnt().join("new"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EACCES)
+    );
+    let status: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["locked"], true, "status works while locked");
+    let wrong = f.dir.path().join("wrong");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    let o = f.run(&["unlock", "--password-file", wrong.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read(f.mnt().join("secret.txt"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EACCES)
+    );
+    f.ok(&["unlock", "--password-file", f.pw().to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(f.mnt().join("secret.txt")).unwrap(),
+        b"contents"
+    );
+    f.ok(&["lock"]);
+    assert_eq!(
+        std::fs::read(f.mnt().join("secret.txt"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EACCES)
+    );
+}
+
+#[test]
+fn second_mount_of_a_store_is_refused() {
+    let f = Fixture::new();
+    f.mount();
+    let other = f.dir.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+    let o = f.run(&[
+        "mount",
+        other.to_str().unwrap(),
+        "--password-file",
+        f.pw().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = f.run(&["mount", f.dir.path().join("pw").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "a file is not a mount point");
+}
+
+#[test]
+fn kill_9_keeps_every_fsynced_file() {
+    let f = Fixture::new();
+    f.mount();
+    let mnt = f.mnt();
+    // Files written and fsync'ed, then more writes and renames in flight.
+    let mut synced = Vec::new();
+    for i in 0..30u64 {
+        let p = mnt.join(format!("synced{i}"));
+        let data = common::random_bytes(i, 10_000 + (i as usize) * 37_000);
+        let mut file = std::fs::File::create(&p).unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        file.sync_all().unwrap();
+        synced.push((p, data));
+    }
+    let writer = {
+        let mnt = mnt.clone();
+        std::thread::spawn(move || {
+            for i in 0..200u64 {
+                let p = mnt.join(format!("busy{i}"));
+                if std::fs::write(&p, common::random_bytes(1000 + i, 200_000)).is_err() {
+                    break;
+                }
+                let _ = std::fs::rename(&p, mnt.join(format!("renamed{i}")));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("mount {} --foreground", mnt.display()))
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout)
+        .lines()
+        .next()
+        .expect("daemon pid")
+        .trim()
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = writer.join();
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    // Wait for the dead daemon's lock to go.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let scrub = f.run(&["scrub"]);
+    assert!(
+        scrub.status.success(),
+        "scrub after kill -9: {}",
+        String::from_utf8_lossy(&scrub.stdout)
+    );
+    f.mount();
+    for (p, data) in &synced {
+        assert!(
+            std::fs::read(p).unwrap() == *data,
+            "{} differs after kill -9",
+            p.display()
+        );
+    }
+    // Files that survived the crash hold only bytes that were written to them.
+    for e in std::fs::read_dir(&mnt).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(i) = name.strip_prefix("renamed").or(name.strip_prefix("busy")) {
+            let i: u64 = i.parse().unwrap();
+            let got = std::fs::read(e.path()).unwrap();
+            let want = common::random_bytes(1000 + i, 200_000);
+            assert!(
+                want.starts_with(&got),
+                "{name} holds bytes never written to it"
+            );
+        }
+    }
+}
