@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v gcore >/dev/null 2>&1 || need_pkgs+=(gdb)
+command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
+dpkg -s libacl1-dev >/dev/null 2>&1 || need_pkgs+=(libacl1-dev acl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "==> installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -15,9 +17,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
 if [ "$(id -u)" -ne 0 ]; then
-    echo "the tests need root (mlock of key memory, gcore of a child process)" >&2
+    echo "the tests need root (FUSE mounts, mlock of key memory, gcore of a child process)" >&2
     exit 1
 fi
+[ -e /dev/fuse ] || { echo "/dev/fuse is missing: the mount tests need FUSE" >&2; exit 1; }
+if ! command -v pjdfstest >/dev/null 2>&1; then
+    echo "==> cargo install pjdfstest"
+    cargo install pjdfstest --version 0.2.2
+fi
+# pjdfstest switches to the users nobody and tests.
+id tests >/dev/null 2>&1 || echo "tests:x:1001:1001::/nonexistent:/usr/sbin/nologin" | newusers
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
