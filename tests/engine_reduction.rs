@@ -20,6 +20,7 @@ fn same_stream_twice_adds_under_one_percent() {
     let after_second = e.segment_bytes().unwrap();
     assert_eq!(a, b);
     let added = after_second - after_first;
+    println!("second copy of 100 MiB added {added} bytes to {after_first}");
     assert!(
         (added as f64) < 0.01 * after_first as f64,
         "second copy added {added} bytes to {after_first}"
@@ -38,6 +39,7 @@ fn one_byte_inserted_at_front_stores_at_most_four_new_chunks() {
     shifted.extend_from_slice(&data);
     let recipe = e.put_bytes(&shifted).unwrap();
     let new = e.stats.snapshot().chunks_new - before;
+    println!("one byte inserted at the front: {new} new chunks");
     assert!(new <= 4, "{new} new chunks after a one-byte insert");
     e.commit(true).unwrap();
     assert_eq!(e.read_to_vec(&recipe).unwrap(), shifted);

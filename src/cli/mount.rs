@@ -236,6 +236,16 @@ fn store_of_mount(mountpoint: &Path) -> Option<PathBuf> {
     None
 }
 
+/// True when no process holds the store's lock.
+fn store_is_free(store: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = std::fs::File::open(store.join("lock")) else {
+        return true;
+    };
+    // SAFETY: flock on a valid fd; the lock is released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
     let Some(store) = store_of_mount(mountpoint) else {
         return Err(Failure::new(
@@ -244,17 +254,18 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
         ));
     };
     if control(&store, "shutdown\n")?.is_some() {
-        // The daemon syncs, unmounts and removes its socket; wait for that.
+        // The daemon syncs, unmounts and exits; return only once it has
+        // released the store, so a mount right after this one succeeds.
         for _ in 0..600 {
-            if store_of_mount(mountpoint).is_none() {
+            if store_of_mount(mountpoint).is_none() && store_is_free(&store) {
                 println!("Unmounted {}.", mountpoint.display());
                 return Ok(());
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         return Err(Failure::new(
             Exit::Error,
-            "the daemon did not unmount within 60 s",
+            "the daemon did not unmount within 30 s",
         ));
     }
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())

@@ -38,6 +38,18 @@ fn buffer_insert(buf: &mut BTreeMap<u64, Vec<u8>>, off: u64, data: &[u8]) -> isi
         buf.insert(off, data.to_vec());
         return data.len() as isize;
     }
+    if let [k] = touching[..] {
+        // Fast paths (sequential writes): inside one range, or extending it.
+        let piece = buf.get_mut(&k).expect("key from range");
+        let piece_end = k + piece.len() as u64;
+        if k <= off && off <= piece_end {
+            let at = (off - k) as usize;
+            let overlap = (piece.len() - at).min(data.len());
+            piece[at..at + overlap].copy_from_slice(&data[..overlap]);
+            piece.extend_from_slice(&data[overlap..]);
+            return (data.len() - overlap) as isize;
+        }
+    }
     let start = touching.iter().copied().min().unwrap_or(off).min(off);
     let stop = touching
         .iter()
@@ -523,5 +535,10 @@ mod tests {
         assert_eq!(b[&10], b"abc1234567xyz");
         assert_eq!(buffer_insert(&mut b, 11, b"ZZ"), 0);
         assert_eq!(b[&10], b"aZZ1234567xyz");
+        // appends extend in place; a write running past the end grows it
+        assert_eq!(buffer_insert(&mut b, 23, b"++"), 2);
+        assert_eq!(buffer_insert(&mut b, 24, b"!!!"), 2);
+        assert_eq!(b[&10], b"aZZ1234567xyz+!!!");
+        assert_eq!(b.len(), 1);
     }
 }
