@@ -23,8 +23,8 @@ use crate::engine::Engine;
 use crate::fs::{DatastoreFs, SharedVolume};
 
 pub const SOCKET: &str = "control.sock";
-/// Durable group commit interval for changes committed non-durably.
-const COMMIT_EVERY: Duration = Duration::from_secs(2);
+/// Group commit interval: changes not fsync'ed become durable this often.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

@@ -66,6 +66,9 @@ pub(crate) fn encode_record(
     rec
 }
 
+/// Streams shorter than this skip the thread pool entirely.
+const SMALL_STREAM: usize = 1 << 20;
+
 /// A batch after stage 2: what stage 3 needs, owning no input bytes.
 struct Prepared {
     fps: Vec<Fingerprint>,
@@ -106,8 +109,20 @@ impl Engine {
             stats::add_since(&self.stats.ns_chunking, t);
             b
         };
-        let mut recipe = Vec::new();
         let mut current = timed_next()?;
+        let Some(first) = &current else {
+            return Ok(Vec::new());
+        };
+        if first.data.len() < SMALL_STREAM {
+            // A small stream is one batch: do it inline. Waking the pool
+            // for it costs more than it saves (its idle workers spin on
+            // cores the FUSE threads need).
+            if timed_next()?.is_none() {
+                let prepared = self.prepare_batch(&crypto, first)?;
+                return self.append_prepared(prepared);
+            }
+        }
+        let mut recipe = Vec::new();
         let mut prepared: Option<Prepared> = None;
         while current.is_some() || prepared.is_some() {
             let to_append = prepared.take();
@@ -141,16 +156,18 @@ impl Engine {
     fn prepare_batch(&self, crypto: &ChunkCrypto, batch: &Batch<'_>) -> Result<Prepared> {
         let st = &self.stats;
         let chunk = |&(o, l): &(usize, usize)| &batch.data[o..o + l];
-        let fps: Vec<Fingerprint> = batch
-            .cuts
-            .par_iter()
-            .map(|c| {
-                let t = Instant::now();
-                let fp = crypto.fingerprinter.fingerprint(chunk(c));
-                stats::add_since(&st.ns_fingerprint, t);
-                fp
-            })
-            .collect();
+        let parallel = batch.data.len() >= SMALL_STREAM;
+        let fingerprint = |c: &(usize, usize)| {
+            let t = Instant::now();
+            let fp = crypto.fingerprinter.fingerprint(chunk(c));
+            stats::add_since(&st.ns_fingerprint, t);
+            fp
+        };
+        let fps: Vec<Fingerprint> = if parallel {
+            batch.cuts.par_iter().map(fingerprint).collect()
+        } else {
+            batch.cuts.iter().map(fingerprint).collect()
+        };
         stats::add(&st.bytes_in, batch.data.len() as u64);
         stats::add(&st.chunks_in, fps.len() as u64);
 
@@ -173,10 +190,12 @@ impl Engine {
         let fresh: Vec<usize> = (0..fps.len())
             .filter(|&i| !known[i] && seen.insert(fps[i]))
             .collect();
-        let mut records: Vec<(usize, Vec<u8>)> = fresh
-            .par_iter()
-            .map(|&i| (i, encode_record(crypto, chunk(&batch.cuts[i]), &fps[i], st)))
-            .collect();
+        let encode = |&i: &usize| (i, encode_record(crypto, chunk(&batch.cuts[i]), &fps[i], st));
+        let mut records: Vec<(usize, Vec<u8>)> = if parallel {
+            fresh.par_iter().map(encode).collect()
+        } else {
+            fresh.iter().map(encode).collect()
+        };
         records.reverse();
         Ok(Prepared {
             lens: batch.cuts.iter().map(|c| c.1 as u32).collect(),

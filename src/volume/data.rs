@@ -120,7 +120,9 @@ impl Volume {
         out: &mut [u8],
     ) -> VResult<()> {
         let end = off + out.len() as u64;
-        let chunks: Vec<VResult<Arc<Vec<u8>>>> = if extents.len() > 1 {
+        // Few chunks: decode inline (the pool's idle workers would spin on
+        // the cores the FUSE threads need).
+        let chunks: Vec<VResult<Arc<Vec<u8>>>> = if extents.len() > 4 {
             extents.par_iter().map(|(_, e)| self.chunk(e)).collect()
         } else {
             extents.iter().map(|(_, e)| self.chunk(e)).collect()
@@ -144,23 +146,20 @@ impl Volume {
         Ok(())
     }
 
-    /// Last close of a handle: buffers become chunks (non-durable commit);
-    /// an unlinked inode is freed when its last handle goes.
+    /// Last close of a handle: buffers become chunks; an unlinked inode is
+    /// freed when its last handle goes. Committed by the next group commit.
     pub fn release(&self, ino: u64) -> VResult<()> {
-        {
-            let mut st = lock(&self.state);
-            let flushed = self.flush_locked(&mut st, ino);
-            let count = st.open_counts.entry(ino).or_default();
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                st.open_counts.remove(&ino);
-                if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
-                    self.free_inode(&mut st, ino)?;
-                }
+        let mut st = lock(&self.state);
+        let flushed = self.flush_locked(&mut st, ino);
+        let count = st.open_counts.entry(ino).or_default();
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            st.open_counts.remove(&ino);
+            if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
+                self.free_inode(&mut st, ino)?;
             }
-            flushed?;
         }
-        self.commit(false)
+        flushed
     }
 
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> VResult<usize> {
@@ -378,13 +377,10 @@ impl Volume {
         }
     }
 
-    /// Buffers of `ino` become chunks; metadata committed (not durable).
+    /// Buffers of `ino` become chunks (committed by the next group commit).
     pub fn flush(&self, ino: u64) -> VResult<()> {
-        {
-            let mut st = lock(&self.state);
-            self.flush_locked(&mut st, ino)?;
-        }
-        self.commit(false)
+        let mut st = lock(&self.state);
+        self.flush_locked(&mut st, ino)
     }
 
     /// Returns once `ino`'s data and all metadata so far are durable.
@@ -427,13 +423,17 @@ impl Volume {
         })
     }
 
-    /// A durable commit if anything was committed non-durably since the
-    /// last durable one (the daemon's periodic group commit).
+    /// The daemon's group commit: a durable commit when anything changed
+    /// since the last one.
     pub fn commit_if_pending(&self) -> VResult<()> {
-        if self
-            .nondurable
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        let pending = {
+            let st = lock(&self.state);
+            !(st.dirty_inodes.is_empty()
+                && st.removed_inodes.is_empty()
+                && st.dirent_changes.is_empty()
+                && st.extent_changes.is_empty())
+        };
+        if pending {
             self.commit(true)?;
         }
         Ok(())
@@ -443,8 +443,6 @@ impl Volume {
     /// with the chunk index (durably when asked).
     pub fn commit(&self, durable: bool) -> VResult<()> {
         let mut st = lock(&self.state);
-        self.nondurable
-            .store(!durable, std::sync::atomic::Ordering::SeqCst);
         let s = &self.sealer;
         let mut inodes = Vec::new();
         for ino in st.dirty_inodes.iter() {

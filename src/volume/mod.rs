@@ -108,8 +108,6 @@ pub struct Volume {
     sealer: MetaSealer,
     state: Mutex<State>,
     cache: Mutex<ChunkCache>,
-    /// Set when a non-durable commit happened since the last durable one.
-    nondurable: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,7 +144,6 @@ impl Volume {
                 ..Default::default()
             }),
             cache: Mutex::new(Default::default()),
-            nondurable: Default::default(),
         };
         {
             let mut st = lock(&vol.state);
