@@ -9,6 +9,7 @@ need_pkgs=()
 command -v gcore >/dev/null 2>&1 || need_pkgs+=(gdb)
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 dpkg -s libacl1-dev >/dev/null 2>&1 || need_pkgs+=(libacl1-dev acl)
+[ -e /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "==> installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -207,6 +207,15 @@ fn locked_mount_refuses_until_unlocked() {
     );
     let status: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
     assert_eq!(status["locked"], true, "status works while locked");
+    let show: serde_json::Value =
+        serde_json::from_str(&f.ok(&["encryption", "show", "--json"])).unwrap();
+    assert!(
+        show["lock_state"]
+            .as_str()
+            .unwrap()
+            .contains("mounted, locked"),
+        "{show}"
+    );
     let wrong = f.dir.path().join("wrong");
     std::fs::write(&wrong, "not the password\n").unwrap();
     let o = f.run(&["unlock", "--password-file", wrong.to_str().unwrap()]);

@@ -38,7 +38,7 @@ struct Show {
     crypto_implementation: &'static str,
     self_test: keystore::SelfTestReport,
     keystore: keystore::KeystoreInfo,
-    lock_state: &'static str,
+    lock_state: String,
     memory_protection: &'static str,
 }
 
@@ -65,7 +65,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
         crypto_implementation: "RustCrypto aes (AES-NI) for XTS, ring for GCM/HMAC/SHA-256/PBKDF2/DRBG, argon2, blake3",
         self_test,
         keystore: ks.info(),
-        lock_state: "not mounted (no daemon holds keys)",
+        lock_state: lock_state(&cli.store),
         memory_protection: "key bytes and AES key schedules in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages; a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
     };
     if json {
@@ -201,6 +201,18 @@ fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// What the store's daemon says of its keys, if one runs.
+fn lock_state(store: &std::path::Path) -> String {
+    match super::mount::control(store, "status\n") {
+        Ok(Some(json)) => match serde_json::from_str::<serde_json::Value>(&json) {
+            Ok(v) if v["locked"] == true => "mounted, locked (no key loaded)".into(),
+            Ok(_) => "mounted, unlocked (keys loaded in the daemon)".into(),
+            Err(_) => "mounted, state unknown".into(),
+        },
+        _ => "not mounted (no process holds keys)".into(),
+    }
 }
 
 /// One line for `status`: what protects the data.

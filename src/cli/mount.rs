@@ -161,7 +161,7 @@ pub fn mount(
 }
 
 /// Sends one request to the store's daemon; None when no daemon runs.
-fn control(store: &Path, request: &str) -> Result<Option<String>, Failure> {
+pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Failure> {
     let path = store.join(SOCKET);
     let mut s = match UnixStream::connect(&path) {
         Ok(s) => s,

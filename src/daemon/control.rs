@@ -85,6 +85,18 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
                 Some(v) => match v.sync_all() {
                     Ok(()) => {
                         shared.engine.set_crypto(None);
+                        // Drop the kernel's cached pages of every file it
+                        // may have read, so nothing is served while locked.
+                        if let Some(n) = shared
+                            .notifier
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_ref()
+                        {
+                            for ino in v.cached_inodes() {
+                                let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
+                            }
+                        }
                         drop(v);
                         eprintln!("datastore: locked");
                         Ok("locked".to_string())

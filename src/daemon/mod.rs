@@ -49,6 +49,8 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub volume: SharedVolume,
     pub shutdown: Arc<AtomicBool>,
+    /// Set once mounted: lets `lock` drop the kernel's cached file data.
+    pub notifier: std::sync::Mutex<Option<fuser::Notifier>>,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ pub fn serve(
         engine,
         volume: Arc::new(RwLock::new(volume)),
         shutdown: Arc::new(AtomicBool::new(false)),
+        notifier: std::sync::Mutex::new(None),
     });
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shared.shutdown.clone())
         .and_then(|_| {

@@ -19,6 +19,9 @@ use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition
 
 use crate::crypto::Fingerprint;
 
+/// Page cache of the metadata database.
+const CACHE_BYTES: usize = 64 << 20;
+
 const CHUNKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("chunks");
 const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
 
@@ -122,7 +125,11 @@ impl MetaRead {
 
 impl Meta {
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB; the daemon's memory budget
+        // is far smaller (the index and metadata pages it reads are hot).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(CHUNKS)?;

@@ -164,6 +164,12 @@ impl Volume {
         &self.engine
     }
 
+    /// Inode numbers the volume has in memory (the kernel can only have
+    /// cached pages of inodes it looked up through us).
+    pub fn cached_inodes(&self) -> Vec<u64> {
+        lock(&self.state).inodes.keys().copied().collect()
+    }
+
     // ---- loading -------------------------------------------------------
 
     fn load_inode<'s>(&self, st: &'s mut State, ino: u64) -> VResult<&'s mut Inode> {

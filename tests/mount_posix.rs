@@ -1,0 +1,216 @@
+//! POSIX behaviour on a real mount beyond pjdfstest: files past 4 GiB with
+//! holes that cost nothing, 100,000 entries in one directory, mmap through
+//! the page cache, O_APPEND, and readdir that stays correct while other
+//! entries are created and removed.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Mounted {
+    dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new() -> Self {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: these tests need FUSE"
+        );
+        let m = Mounted {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(m.mnt()).unwrap();
+        std::fs::write(m.dir.path().join("pw"), "posix test password\n").unwrap();
+        m.ds(&[
+            "init",
+            "--password-file",
+            m.dir.path().join("pw").to_str().unwrap(),
+        ]);
+        m.ds(&[
+            "mount",
+            m.mnt().to_str().unwrap(),
+            "--password-file",
+            m.dir.path().join("pw").to_str().unwrap(),
+        ]);
+        m
+    }
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+    fn ds(&self, args: &[&str]) {
+        let o = Command::new(env!("CARGO_BIN_EXE_datastore"))
+            .args(args)
+            .env("DATASTORE_STORE", self.dir.path().join("store"))
+            .env("DATASTORE_BOOT_KEY_DIR", self.dir.path().join("boot"))
+            .env("DATASTORE_KDF_TARGET_MS", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_datastore"))
+            .args(["unmount", self.mnt().to_str().unwrap()])
+            .output();
+    }
+}
+
+#[test]
+fn file_past_4_gib_with_a_hole() {
+    let m = Mounted::new();
+    let p = m.mnt().join("big");
+    let data = common::random_bytes(5, 1 << 20);
+    let at = 5u64 << 30;
+    {
+        let f = std::fs::File::create(&p).unwrap();
+        f.write_all_at(&data, at).unwrap();
+        f.sync_all().unwrap();
+    }
+    let f = std::fs::File::open(&p).unwrap();
+    let meta = f.metadata().unwrap();
+    assert_eq!(meta.len(), at + data.len() as u64);
+    assert!(
+        meta.blocks() * 512 < 4 << 20,
+        "the 5 GiB hole costs nothing: {} blocks",
+        meta.blocks()
+    );
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, at).unwrap();
+    assert!(back == data);
+    let mut hole = vec![1u8; 4096];
+    f.read_exact_at(&mut hole, 3 << 30).unwrap();
+    assert!(hole.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn hundred_thousand_entries_in_one_directory() {
+    let m = Mounted::new();
+    let d = m.mnt().join("many");
+    std::fs::create_dir(&d).unwrap();
+    for i in 0..100_000 {
+        std::fs::File::create(d.join(format!("entry-{i:06}"))).unwrap();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 100_000);
+    assert_eq!(names[0], "entry-000000");
+    assert_eq!(names[99_999], "entry-099999");
+    assert!(d.join("entry-054321").exists());
+}
+
+#[test]
+fn mmap_writes_reach_the_file() {
+    let m = Mounted::new();
+    let p = m.mnt().join("mapped");
+    let len = 1 << 20;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(len as u64).unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: mapping a file we own, len bytes, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        ptr,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let pattern = common::random_bytes(77, len);
+    // SAFETY: ptr maps len writable bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(pattern.as_ptr(), ptr as *mut u8, len);
+        assert_eq!(libc::msync(ptr, len, libc::MS_SYNC), 0);
+        libc::munmap(ptr, len);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(std::fs::read(&p).unwrap() == pattern);
+}
+
+#[test]
+fn o_append_appends() {
+    let m = Mounted::new();
+    let p = m.mnt().join("log");
+    for line in ["one\n", "two\n", "three\n"] {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(0)
+        .open(&p)
+        .unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(b"four\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        "one\ntwo\nthree\nfour\n"
+    );
+}
+
+#[test]
+fn readdir_stays_correct_under_concurrent_create_and_unlink() {
+    let m = Mounted::new();
+    let d = m.mnt().join("busy");
+    std::fs::create_dir(&d).unwrap();
+    for i in 0..200 {
+        std::fs::File::create(d.join(format!("keep{i}"))).unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (d, stop) = (d.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let p = d.join(format!("tmp{}", i % 50));
+                let _ = std::fs::File::create(&p);
+                let _ = std::fs::remove_file(d.join(format!("tmp{}", (i + 25) % 50)));
+                i += 1;
+            }
+        })
+    };
+    for _ in 0..50 {
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let keep: Vec<&String> = names.iter().filter(|n| n.starts_with("keep")).collect();
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(keep.len(), 200, "a stable entry was missed or repeated");
+        assert_eq!(unique.len(), names.len(), "an entry was listed twice");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+}
