@@ -95,6 +95,13 @@ fn source_text_stored_at_most_45_percent() {
     e.commit(true).unwrap();
     let stored = e.segment_bytes().unwrap();
     let ratio = stored as f64 / text.len() as f64;
+    let st = e.stats.snapshot();
+    println!(
+        "source text, LZ4 alone: {} unique bytes stored as {} ({:.1}%)",
+        st.bytes_new,
+        st.bytes_stored_payload,
+        st.bytes_stored_payload as f64 * 100.0 / st.bytes_new as f64
+    );
     println!(
         "source text: {} bytes stored in {} ({:.1}%)",
         text.len(),

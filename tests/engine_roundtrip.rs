@@ -77,3 +77,39 @@ fn concurrent_streams_on_threads_all_read_back() {
         "dedup across threads: {st:?}"
     );
 }
+
+/// Reads of uncommitted chunks while another stream appends must not
+/// deadlock (they once took the pending and writer locks in the opposite
+/// order from the append stage). A watchdog turns a hang into a failure.
+#[test]
+fn reads_of_pending_chunks_while_appending_do_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(new_engine(dir.path()));
+    let first = random_bytes(500, 4 << 20);
+    let recipe = e.put_bytes(&first).unwrap(); // pending: not committed
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            for i in 0..6 {
+                e.put_bytes(&random_bytes(600 + i, 16 << 20)).unwrap();
+            }
+        })
+    };
+    let reader = {
+        let (e, recipe, first) = (e.clone(), recipe.clone(), first.clone());
+        std::thread::spawn(move || {
+            for _ in 0..30 {
+                assert!(e.read_to_vec(&recipe).unwrap() == first);
+            }
+        })
+    };
+    std::thread::spawn(move || {
+        writer.join().unwrap();
+        reader.join().unwrap();
+        done_tx.send(()).unwrap();
+    });
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("reads and appends deadlocked");
+}

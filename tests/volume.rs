@@ -236,3 +236,73 @@ fn a_crash_never_leaves_a_file_longer_than_its_stored_data() {
     assert_eq!(v.getattr(f).unwrap().inode.size, 10);
     assert_eq!(v.read(f, 0, 1000).unwrap(), b"first part");
 }
+
+#[test]
+fn background_flushes_race_with_writes_reads_truncates_and_unlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(open(dir.path(), true));
+    v.start_flusher();
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let v = v.clone();
+            s.spawn(move || {
+                for round in 0..20u64 {
+                    let name = format!("t{t}-{round}");
+                    let f = create_file(&v, ROOT, &name);
+                    v.open_file(f).unwrap();
+                    let data = random_bytes(t * 1000 + round, 200_000 + (round as usize) * 5_000);
+                    for (i, piece) in data.chunks(64 * 1024).enumerate() {
+                        v.write(f, (i * 64 * 1024) as u64, piece).unwrap();
+                    }
+                    v.flush(f).unwrap(); // queued for the flusher
+                                         // Reads see the data whether or not the flush has run.
+                    assert!(v.read(f, 0, data.len() as u32).unwrap() == data);
+                    match round % 3 {
+                        0 => {
+                            let cut = SetAttr {
+                                size: Some(100_000),
+                                ..Default::default()
+                            };
+                            v.setattr(f, &cut, ME).unwrap();
+                            assert!(v.read(f, 0, 200_000).unwrap() == data[..100_000]);
+                            v.release(f).unwrap();
+                        }
+                        1 => {
+                            v.unlink(ROOT, name.as_bytes()).unwrap();
+                            v.release(f).unwrap();
+                        }
+                        _ => {
+                            v.fsync(f).unwrap();
+                            v.release(f).unwrap();
+                            assert!(v.read(f, 0, data.len() as u32).unwrap() == data);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    v.sync_all().unwrap();
+    assert!(v.engine().scrub().unwrap().is_clean());
+    // Every surviving file reads back what it should after a reopen.
+    let names: Vec<(u64, Vec<u8>)> = v
+        .read_dir(ROOT)
+        .unwrap()
+        .into_iter()
+        .skip(2)
+        .map(|(i, _, n)| (i, n))
+        .collect();
+    drop(v);
+    let v = open(dir.path(), false);
+    for (ino, name) in names {
+        let name = String::from_utf8(name).unwrap();
+        let (t, round) = name[1..].split_once('-').unwrap();
+        let (t, round): (u64, u64) = (t.parse().unwrap(), round.parse().unwrap());
+        let data = random_bytes(t * 1000 + round, 200_000 + (round as usize) * 5_000);
+        let want = if round % 3 == 0 {
+            &data[..100_000]
+        } else {
+            &data[..]
+        };
+        assert!(v.read(ino, 0, 1 << 20).unwrap() == want, "{name}");
+    }
+}

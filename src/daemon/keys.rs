@@ -29,7 +29,11 @@ pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockEr
     let crypto = Arc::new(ChunkCrypto::new(vk.xts_key(), vk.fingerprint_key(), alg)?);
     engine.set_crypto(Some(crypto));
     match Volume::open(engine.clone(), vk.metadata_key()) {
-        Ok(v) => Ok(Arc::new(v)),
+        Ok(v) => {
+            let v = Arc::new(v);
+            v.start_flusher();
+            Ok(v)
+        }
         Err(e) => {
             engine.set_crypto(None);
             Err(UnlockError::Volume(format!("cannot open the volume: {e}")))

@@ -61,7 +61,10 @@ pub(crate) fn decode_record(
 impl Engine {
     /// Where a chunk's record is: pending (this session) or indexed.
     fn locate(&self, fp: &Fingerprint) -> Result<IndexEntry> {
-        if let Some(r) = lock(&self.pending).get(fp).and_then(|c| c.new_record) {
+        // Copy the location out first: the pending guard must be dropped
+        // before the writer lock is taken (lock order: writer, pending).
+        let pending = lock(&self.pending).get(fp).and_then(|c| c.new_record);
+        if let Some(r) = pending {
             lock(&self.writer)
                 .flush_through(r.segment, r.offset + r.record_len as u64)
                 .map_err(|e| self.poison(io_err("write segment")(e)))?;

@@ -10,8 +10,13 @@ use rayon::prelude::*;
 use super::error::{err, VResult, VolError};
 use super::inode::{DirentRecord, Extent, Kind, Time};
 use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
-use super::{lock, State, Volume, CACHE_CHUNKS, DIRTY_LIMIT, WINDOW_GAP};
+use super::{lock, State, Volume, CACHE_CHUNKS, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
 use crate::engine::ChunkRef;
+
+/// Extents a flush window replaces: (file offset, extent).
+type Replaced = Vec<(u64, Extent)>;
+/// A window to re-chunk: (start offset, extents it replaces, new content).
+type Window = (u64, Replaced, Vec<u8>);
 
 /// Capacity figures for statfs.
 #[derive(Debug, Clone, Copy)]
@@ -149,17 +154,18 @@ impl Volume {
     /// Last close of a handle: buffers become chunks; an unlinked inode is
     /// freed when its last handle goes. Committed by the next group commit.
     pub fn release(&self, ino: u64) -> VResult<()> {
-        let mut st = lock(&self.state);
-        let flushed = self.flush_locked(&mut st, ino);
-        let count = st.open_counts.entry(ino).or_default();
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            st.open_counts.remove(&ino);
-            if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
-                self.free_inode(&mut st, ino)?;
+        {
+            let mut st = lock(&self.state);
+            let count = st.open_counts.entry(ino).or_default();
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                st.open_counts.remove(&ino);
+                if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
+                    return self.free_inode(&mut st, ino);
+                }
             }
         }
-        flushed
+        self.schedule_flush(ino)
     }
 
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> VResult<usize> {
@@ -188,7 +194,15 @@ impl Volume {
         let total = st.buffered.entry(ino).or_default();
         *total = (*total as isize + delta).max(0) as usize;
         if *total >= DIRTY_LIMIT {
-            self.flush_locked(&mut st, ino)?;
+            // Over the volume-wide budget, the writer pays for its own
+            // flush (back-pressure); otherwise the flusher does it.
+            let all: usize = st.buffered.values().sum();
+            drop(st);
+            if all >= TOTAL_DIRTY_LIMIT {
+                self.flush_inode(ino)?;
+            } else {
+                self.schedule_flush(ino)?;
+            }
         }
         Ok(data.len())
     }
@@ -209,10 +223,12 @@ impl Volume {
             let len = (size as u64).min(fsize - off);
             let end = off + len;
             let extents = overlapping(self.load_extents(&mut st, ino)?, off, end);
-            let pieces: Vec<(u64, Vec<u8>)> = st
-                .buffers
-                .get(&ino)
-                .map(|b| {
+            // Buffer being flushed first, the current buffer over it.
+            let layers = [st.flushing.get(&ino).map(|b| &**b), st.buffers.get(&ino)];
+            let pieces: Vec<(u64, Vec<u8>)> = layers
+                .into_iter()
+                .flatten()
+                .flat_map(|b| {
                     b.range(..end)
                         .filter(|(k, v)| **k + v.len() as u64 > off)
                         .map(|(k, v)| {
@@ -220,9 +236,8 @@ impl Volume {
                             let to = end.min(k + v.len() as u64);
                             (from, v[(from - k) as usize..(to - k) as usize].to_vec())
                         })
-                        .collect()
                 })
-                .unwrap_or_default();
+                .collect();
             (extents, pieces, len)
         };
         let mut out = vec![0u8; len as usize];
@@ -234,24 +249,109 @@ impl Volume {
         Ok(out)
     }
 
+    /// Waits until no flush of `ino` is running; returns the state lock.
+    pub(super) fn lock_unflushing(&self, ino: u64) -> std::sync::MutexGuard<'_, State> {
+        let mut st = lock(&self.state);
+        while st.flushing.contains_key(&ino) {
+            st = self.flushed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st
+    }
+
     /// Turns a file's write buffer into chunks: each dirty window is widened
     /// to the extents it touches and re-chunked; replaced extents release
-    /// their chunks.
-    pub(super) fn flush_locked(&self, st: &mut State, ino: u64) -> VResult<()> {
-        let Some(buf) = st.buffers.remove(&ino) else {
-            st.stored_size.remove(&ino);
-            return Ok(());
+    /// their chunks. The chunking runs without the volume lock (other
+    /// requests go on; reads see the buffer being flushed); one flush per
+    /// file at a time.
+    pub(super) fn flush_inode(&self, ino: u64) -> VResult<()> {
+        // Phase 1, locked: take the buffer, plan the windows.
+        let (buf, plans, size) = {
+            let mut st = self.lock_unflushing(ino);
+            let Some(buf) = st.buffers.remove(&ino) else {
+                return Ok(());
+            };
+            st.buffered.remove(&ino);
+            let buf = Arc::new(buf);
+            st.flushing.insert(ino, buf.clone());
+            match self.plan_flush(&mut st, ino, &buf) {
+                Ok((plans, size)) => (buf, plans, size),
+                Err(e) => {
+                    self.end_flush(&mut st, ino, &buf, &[]);
+                    return Err(e);
+                }
+            }
         };
-        st.buffered.remove(&ino);
-        // From here on the buffer's data is in extents (or the call fails
-        // and the engine stops): the full size may be persisted.
-        st.stored_size.remove(&ino);
-        if buf.is_empty() {
+        // Phase 2, unlocked: chunk, fingerprint, compress, encrypt, store.
+        let mut stored: Vec<(u64, Replaced, Vec<ChunkRef>)> = Vec::new();
+        let mut failure = None;
+        for (lo, olds, content) in plans {
+            match self.engine.put_bytes(&content) {
+                Ok(refs) => stored.push((lo, olds, refs)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // Phase 3, locked: install the new extents.
+        let mut st = lock(&self.state);
+        let new_refs: Vec<ChunkRef> = stored
+            .iter()
+            .flat_map(|(_, _, r)| r.iter().copied())
+            .collect();
+        if let Some(e) = failure {
+            self.end_flush(&mut st, ino, &buf, &new_refs);
+            return Err(e.into());
+        }
+        st.flushing.remove(&ino);
+        self.flushed.notify_all();
+        if !st.inodes.contains_key(&ino) || st.removed_inodes.contains(&ino) {
+            // Freed meanwhile: nothing references the new chunks.
+            self.engine.release(&new_refs)?;
             return Ok(());
         }
+        for (lo, olds, refs) in stored {
+            let map = st.extents.get_mut(&ino).expect("loaded in phase 1");
+            for (o, _) in &olds {
+                map.remove(o);
+            }
+            for (o, _) in &olds {
+                st.extent_changes.insert((ino, *o), None);
+            }
+            let mut at = lo;
+            for r in refs {
+                let e = Extent {
+                    fingerprint: r.fingerprint,
+                    len: r.len,
+                };
+                st.extents.get_mut(&ino).expect("loaded").insert(at, e);
+                st.extent_changes.insert((ino, at), Some(e));
+                at += r.len as u64;
+            }
+            let old_refs: Vec<ChunkRef> = olds.iter().map(|(_, e)| chunk_ref(e)).collect();
+            self.engine.release(&old_refs)?;
+        }
+        // Stored data now covers the size the file had when the flush
+        // began; later writes may still be buffered.
+        if st.buffers.contains_key(&ino) {
+            st.stored_size.insert(ino, size);
+        } else {
+            st.stored_size.remove(&ino);
+        }
+        Self::touch(&mut st, ino);
+        Ok(())
+    }
+
+    /// The windows to re-chunk: (start, old extents replaced, new content).
+    fn plan_flush(
+        &self,
+        st: &mut State,
+        ino: u64,
+        buf: &BTreeMap<u64, Vec<u8>>,
+    ) -> VResult<(Vec<Window>, u64)> {
         let size = self.load_inode(st, ino)?.size;
         let mut windows: Vec<(u64, u64)> = Vec::new();
-        for (off, data) in &buf {
+        for (off, data) in buf {
             let end = off + data.len() as u64;
             match windows.last_mut() {
                 Some(w) if *off <= w.1 + WINDOW_GAP => w.1 = w.1.max(end),
@@ -261,6 +361,7 @@ impl Volume {
         let extents = self.load_extents(st, ino)?.clone();
         let widened: Vec<(u64, u64)> = windows
             .iter()
+            .filter(|(lo, hi)| lo < hi)
             .map(|&(lo, hi)| {
                 let lo2 = overlapping(&extents, lo, lo + 1)
                     .first()
@@ -278,6 +379,7 @@ impl Volume {
                 _ => merged.push(w),
             }
         }
+        let mut plans = Vec::new();
         for (lo, hi) in merged {
             let olds = overlapping(&extents, lo, hi);
             let mut content = vec![0u8; (hi - lo) as usize];
@@ -286,28 +388,75 @@ impl Volume {
                 let i = (off - lo) as usize;
                 content[i..i + data.len()].copy_from_slice(data);
             }
-            let refs = self.engine.put_bytes(&content)?;
-            let map = st.extents.get_mut(&ino).expect("loaded above");
-            for (o, _) in &olds {
-                map.remove(o);
-                st.extent_changes.insert((ino, *o), None);
-            }
-            let old_refs: Vec<ChunkRef> = olds.iter().map(|(_, e)| chunk_ref(e)).collect();
-            let mut at = lo;
-            for r in refs {
-                let e = Extent {
-                    fingerprint: r.fingerprint,
-                    len: r.len,
-                };
-                st.extents.get_mut(&ino).expect("loaded").insert(at, e);
-                st.extent_changes.insert((ino, at), Some(e));
-                at += r.len as u64;
-            }
-            self.engine.release(&old_refs)?;
+            plans.push((lo, olds, content));
         }
-        // The inode's full size can be persisted now.
-        Self::touch(st, ino);
-        Ok(())
+        Ok((plans, size))
+    }
+
+    /// A flush that failed: its buffer goes back under any newer writes
+    /// (nothing the user wrote is dropped from memory), chunks it stored
+    /// are released, and waiters are woken.
+    fn end_flush(
+        &self,
+        st: &mut State,
+        ino: u64,
+        buf: &Arc<BTreeMap<u64, Vec<u8>>>,
+        stored: &[ChunkRef],
+    ) {
+        st.flushing.remove(&ino);
+        self.flushed.notify_all();
+        let _ = self.engine.release(stored);
+        if !st.inodes.contains_key(&ino) {
+            return;
+        }
+        let newer = st.buffers.remove(&ino).unwrap_or_default();
+        let mut merged = (**buf).clone();
+        for (off, data) in &newer {
+            buffer_insert(&mut merged, *off, data);
+        }
+        let total = merged.values().map(|v| v.len()).sum();
+        st.buffers.insert(ino, merged);
+        st.buffered.insert(ino, total);
+    }
+
+    /// Queues a flush of `ino` for the flusher thread (or flushes now when
+    /// the volume has none, as in tests and tools).
+    pub(super) fn schedule_flush(&self, ino: u64) -> VResult<()> {
+        if !lock(&self.state).buffers.contains_key(&ino) {
+            return Ok(()); // nothing buffered (e.g. a file created and closed)
+        }
+        let sender = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match sender {
+            Some(tx) => {
+                if lock(&self.state).flush_queued.insert(ino) && tx.send(ino).is_err() {
+                    lock(&self.state).flush_queued.remove(&ino);
+                    return self.flush_inode(ino);
+                }
+                Ok(())
+            }
+            None => self.flush_inode(ino),
+        }
+    }
+
+    /// Starts the thread that turns closed files' buffers into chunks, so
+    /// FUSE request threads never hash or encrypt on release.
+    pub fn start_flusher(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let weak = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            while let Ok(ino) = rx.recv() {
+                let Some(v) = weak.upgrade() else { break };
+                lock(&v.state).flush_queued.remove(&ino);
+                if let Err(e) = v.flush_inode(ino) {
+                    eprintln!("datastore: background flush failed: {e}");
+                }
+            }
+        });
+        *self.flusher.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     }
 
     pub(super) fn truncate(&self, st: &mut State, ino: u64, size: u64) -> VResult<()> {
@@ -317,7 +466,19 @@ impl Volume {
         if self.load_inode(st, ino)?.kind != Kind::File {
             return err(libc::EINVAL);
         }
-        self.flush_locked(st, ino)?;
+        // (The caller waited for any flush of this file to finish.)
+        if let Some(buf) = st.buffers.get_mut(&ino) {
+            buf.retain(|off, _| *off < size);
+            if let Some((off, piece)) = buf.iter_mut().next_back() {
+                let keep = (size - off).min(piece.len() as u64) as usize;
+                piece.truncate(keep);
+            }
+            let total = buf.values().map(|v| v.len()).sum();
+            st.buffered.insert(ino, total);
+        }
+        if let Some(stored) = st.stored_size.get_mut(&ino) {
+            *stored = (*stored).min(size);
+        }
         let old = self.load_inode(st, ino)?.size;
         if size < old {
             let cut = overlapping(self.load_extents(st, ino)?, size, u64::MAX);
@@ -377,29 +538,30 @@ impl Volume {
         }
     }
 
-    /// Buffers of `ino` become chunks (committed by the next group commit).
+    /// Close of a descriptor: the file's buffer is queued for chunking
+    /// (committed by the next group commit).
     pub fn flush(&self, ino: u64) -> VResult<()> {
-        let mut st = lock(&self.state);
-        self.flush_locked(&mut st, ino)
+        self.schedule_flush(ino)
     }
 
     /// Returns once `ino`'s data and all metadata so far are durable.
     pub fn fsync(&self, ino: u64) -> VResult<()> {
-        {
-            let mut st = lock(&self.state);
-            self.flush_locked(&mut st, ino)?;
-        }
+        self.flush_inode(ino)?;
         self.commit(true)
     }
 
     /// Every buffer to chunks, then a durable commit (unmount, sync).
     pub fn sync_all(&self) -> VResult<()> {
-        {
-            let mut st = lock(&self.state);
-            let inos: Vec<u64> = st.buffers.keys().copied().collect();
-            for ino in inos {
-                self.flush_locked(&mut st, ino)?;
-            }
+        let inos: Vec<u64> = {
+            let st = lock(&self.state);
+            st.buffers
+                .keys()
+                .chain(st.flushing.keys())
+                .copied()
+                .collect()
+        };
+        for ino in inos {
+            self.flush_inode(ino)?;
         }
         self.commit(true)
     }

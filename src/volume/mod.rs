@@ -32,7 +32,9 @@ use crate::engine::{ChunkRef, Engine};
 
 pub const ROOT: u64 = 1;
 /// A file's write buffer is turned into chunks once it holds this much.
-const DIRTY_LIMIT: usize = 64 << 20;
+const DIRTY_LIMIT: usize = 32 << 20;
+/// Past this much buffered in all files, writers flush their own buffers.
+const TOTAL_DIRTY_LIMIT: usize = 256 << 20;
 /// Dirty ranges closer than this are re-chunked as one window.
 const WINDOW_GAP: u64 = 256 << 10;
 const NAME_MAX: usize = 255;
@@ -82,6 +84,10 @@ struct State {
     dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
     extents: HashMap<u64, BTreeMap<u64, Extent>>,
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
+    /// Buffers being chunked right now (reads overlay them under `buffers`).
+    flushing: HashMap<u64, Arc<BTreeMap<u64, Vec<u8>>>>,
+    /// Inodes queued for the flusher thread.
+    flush_queued: HashSet<u64>,
     buffered: HashMap<u64, usize>,
     /// For files with buffered writes: the size their stored data covers.
     /// Commits persist this size, so a crash never leaves a file longer
@@ -108,6 +114,9 @@ pub struct Volume {
     sealer: MetaSealer,
     state: Mutex<State>,
     cache: Mutex<ChunkCache>,
+    /// Signalled whenever a flush ends.
+    flushed: std::sync::Condvar,
+    flusher: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,6 +153,8 @@ impl Volume {
                 ..Default::default()
             }),
             cache: Mutex::new(Default::default()),
+            flushed: std::sync::Condvar::new(),
+            flusher: Mutex::new(None),
         };
         {
             let mut st = lock(&vol.state);
@@ -668,7 +679,11 @@ impl Volume {
     // ---- attributes ----------------------------------------------------
 
     pub fn setattr(&self, ino: u64, set: &SetAttr, c: Caller) -> VResult<Attr> {
-        let mut st = lock(&self.state);
+        let mut st = if set.size.is_some() {
+            self.lock_unflushing(ino)
+        } else {
+            lock(&self.state)
+        };
         if let Some(size) = set.size {
             if self.load_inode(&mut st, ino)?.kind == Kind::Dir {
                 return err(libc::EISDIR);
