@@ -4,8 +4,10 @@
 //! unmounted, remounted and compared again. Logical vs physical bytes are
 //! printed (run with --nocapture to see them).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
@@ -35,22 +37,7 @@ fn linux_tree_extracts_and_diffs_identical_across_remount() {
     std::fs::create_dir(&plain).unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "linux tree password\n").unwrap();
-    let ds = |args: &[&str]| -> String {
-        let o = Command::new(env!("CARGO_BIN_EXE_datastore"))
-            .args(args)
-            .env("DATASTORE_STORE", &store)
-            .env("DATASTORE_BOOT_KEY_DIR", dir.path().join("boot"))
-            .env("DATASTORE_KDF_TARGET_MS", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let ds = |args: &[&str]| common::datastore_ok(dir.path(), &store, args);
     ds(&["init", "--password-file", pw.to_str().unwrap()]);
     let mount = || {
         ds(&[

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const PW: &str = "mount test password 42";
 
@@ -42,14 +42,7 @@ impl Fixture {
         self.dir.path().join("pw")
     }
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_datastore"))
-            .args(args)
-            .env("DATASTORE_STORE", self.store())
-            .env("DATASTORE_BOOT_KEY_DIR", self.dir.path().join("boot"))
-            .env("DATASTORE_KDF_TARGET_MS", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        common::datastore(self.dir.path(), &self.store(), args)
     }
     fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);

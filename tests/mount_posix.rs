@@ -8,7 +8,7 @@ mod common;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 struct Mounted {
     dir: tempfile::TempDir,
@@ -42,19 +42,7 @@ impl Mounted {
         self.dir.path().join("mnt")
     }
     fn ds(&self, args: &[&str]) {
-        let o = Command::new(env!("CARGO_BIN_EXE_datastore"))
-            .args(args)
-            .env("DATASTORE_STORE", self.dir.path().join("store"))
-            .env("DATASTORE_BOOT_KEY_DIR", self.dir.path().join("boot"))
-            .env("DATASTORE_KDF_TARGET_MS", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        common::datastore_ok(self.dir.path(), &self.dir.path().join("store"), args);
     }
 }
 

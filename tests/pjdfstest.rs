@@ -4,6 +4,8 @@
 //! pjdfstest skips need a second filesystem (EXDEV, EROFS) or a link-count
 //! limit setting (see docs/PJDFSTEST.md).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -24,19 +26,7 @@ fn pjdfstest_passes_on_a_mount() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pjdfstest password 123\n").unwrap();
     let ds = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_datastore"))
-            .args(args)
-            .env("DATASTORE_STORE", &store)
-            .env("DATASTORE_BOOT_KEY_DIR", dir.path().join("boot"))
-            .env("DATASTORE_KDF_TARGET_MS", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        common::datastore_ok(dir.path(), &store, args);
     };
     ds(&["init", "--password-file", pw.to_str().unwrap()]);
     ds(&[

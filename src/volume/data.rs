@@ -89,6 +89,22 @@ fn overlapping(extents: &BTreeMap<u64, Extent>, off: u64, end: u64) -> Vec<(u64,
     v
 }
 
+/// Records `refs` as the file's extents from offset `at` on (each takes
+/// over the reference the put gave it).
+fn install_extents(st: &mut State, ino: u64, mut at: u64, refs: &[ChunkRef]) {
+    for r in refs {
+        let e = Extent {
+            fingerprint: r.fingerprint,
+            len: r.len,
+        };
+        if let Some(map) = st.extents.get_mut(&ino) {
+            map.insert(at, e);
+        }
+        st.extent_changes.insert((ino, at), Some(e));
+        at += r.len as u64;
+    }
+}
+
 fn chunk_ref(e: &Extent) -> ChunkRef {
     ChunkRef {
         fingerprint: e.fingerprint,
@@ -318,16 +334,7 @@ impl Volume {
             for (o, _) in &olds {
                 st.extent_changes.insert((ino, *o), None);
             }
-            let mut at = lo;
-            for r in refs {
-                let e = Extent {
-                    fingerprint: r.fingerprint,
-                    len: r.len,
-                };
-                st.extents.get_mut(&ino).expect("loaded").insert(at, e);
-                st.extent_changes.insert((ino, at), Some(e));
-                at += r.len as u64;
-            }
+            install_extents(&mut st, ino, lo, &refs);
             let old_refs: Vec<ChunkRef> = olds.iter().map(|(_, e)| chunk_ref(e)).collect();
             self.engine.release(&old_refs)?;
         }
@@ -488,16 +495,7 @@ impl Volume {
                     // The extent straddling the new end keeps its prefix.
                     let data = self.chunk(e)?;
                     let refs = self.engine.put_bytes(&data[..(size - o) as usize])?;
-                    let mut at = *o;
-                    for r in refs {
-                        let ne = Extent {
-                            fingerprint: r.fingerprint,
-                            len: r.len,
-                        };
-                        st.extents.get_mut(&ino).expect("loaded").insert(at, ne);
-                        st.extent_changes.insert((ino, at), Some(ne));
-                        at += r.len as u64;
-                    }
+                    install_extents(st, ino, *o, &refs);
                 } else {
                     st.extents.get_mut(&ino).expect("loaded").remove(o);
                     st.extent_changes.insert((ino, *o), None);

@@ -85,3 +85,27 @@ pub fn find_bytes(dir: &Path, needle: &[u8]) -> Vec<(String, usize)> {
     }
     hits
 }
+
+/// Runs the `datastore` binary on `store`, with boot keys under `home` and
+/// a fast KDF, no stdin. Panics with its stderr when it fails.
+pub fn datastore_ok(home: &Path, store: &Path, args: &[&str]) -> String {
+    let o = datastore(home, store, args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs the `datastore` binary (see `datastore_ok`) and returns its output.
+pub fn datastore(home: &Path, store: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_datastore"))
+        .args(args)
+        .env("DATASTORE_STORE", store)
+        .env("DATASTORE_BOOT_KEY_DIR", home.join("boot"))
+        .env("DATASTORE_KDF_TARGET_MS", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
