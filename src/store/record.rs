@@ -71,17 +71,6 @@ impl std::fmt::Display for HeaderError {
     }
 }
 
-/// Builds a full record from an already encrypted payload.
-pub fn encode(header: &RecordHeader, ciphertext: &[u8], out: &mut Vec<u8>) {
-    debug_assert_eq!(ciphertext.len(), header.cipher_len as usize);
-    let start = out.len();
-    out.resize(start + HEADER_LEN, 0);
-    out.extend_from_slice(ciphertext);
-    seal_in_place(header, &mut out[start..]);
-    let crc = crc32c::crc32c(ciphertext);
-    out.extend_from_slice(&crc.to_le_bytes());
-}
-
 /// Fills in the header of `record` (HEADER_LEN bytes of space followed by
 /// the ciphertext) and appends nothing: the caller appends the trailer from
 /// `body_crc`. Used to build records without copying the payload.
@@ -175,8 +164,11 @@ mod tests {
             cipher_len: 40,
             fingerprint: [9; 32],
         };
-        let mut out = Vec::new();
-        encode(&h, &[1u8; 40], &mut out);
+        let mut out = vec![0u8; HEADER_LEN];
+        out.extend_from_slice(&[1u8; 40]);
+        seal_in_place(&h, &mut out);
+        let crc = crc32c::crc32c(&out[HEADER_LEN..]);
+        out.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(out.len() as u64, h.record_len());
         assert_eq!(parse_header(&out).unwrap(), h);
         assert!(check_body(&h, &out));
