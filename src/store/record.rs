@@ -72,8 +72,8 @@ impl std::fmt::Display for HeaderError {
 }
 
 /// Fills in the header of `record` (HEADER_LEN bytes of space followed by
-/// the ciphertext) and appends nothing: the caller appends the trailer from
-/// `body_crc`. Used to build records without copying the payload.
+/// the ciphertext); the caller writes the trailer (CRC32C of the
+/// ciphertext). Lets records be built in one buffer without copying.
 pub fn seal_in_place(header: &RecordHeader, record: &mut [u8]) {
     let h = &mut record[..HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
