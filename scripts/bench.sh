@@ -1,80 +1,252 @@
 #!/usr/bin/env bash
-# Benchmarks.
-#   scripts/bench.sh engine        the chunk engine alone (1 GiB per workload;
-#                                  DATASTORE_BENCH_MIB, DATASTORE_BENCH_DIR)
-#   scripts/bench.sh fio [SIZE]    fio on a datastore mount vs a bindfs
-#                                  passthrough of the same disk (SIZE default 4g):
-#                                  sequential write (1 MiB, unique data,
-#                                  end_fsync), cold sequential read, 4 KiB
-#                                  random read and write (2 jobs, iodepth 1)
-# Scratch lives in $BENCH_DIR (default /var/tmp/datastore-bench) and is
-# removed, and everything mounted is unmounted, even on failure.
+# Side-by-side benchmarks: datastore against the tools users would pick
+# instead, on the same disk and the same data, in one run.
+#
+#   scripts/bench.sh [quick]   the default, about 10 minutes: fio 2 GiB,
+#                              random I/O 10 s per run
+#   scripts/bench.sh full      fio 8 GiB, random I/O 30 s, plus the engine's
+#                              own benchmark (cargo bench)
+#   scripts/bench.sh engine    the chunk engine alone (cargo bench)
+#
+# Candidates: the plain disk (a directory), bindfs (FUSE passthrough),
+# gocryptfs (encrypted FUSE) and datastore (a local store); restic and
+# borg (lz4) for data reduction. Prints one markdown table of absolute
+# figures, the ratios datastore/peer and the targets of issue #8.
+#
+# Installs what it needs from Debian (fio bindfs gocryptfs restic
+# borgbackup fuse3 linux-source-6.1) and downloads five botocore sdists
+# from PyPI for the "versions" set. Scratch lives in $BENCH_DIR (default
+# /var/tmp/datastore-bench) and is removed at the end; extracted inputs are
+# kept in $BENCH_CACHE (default /var/tmp/datastore-bench-cache). Everything
+# mounted is unmounted, even on failure. The table is also written to
+# $BENCH_CACHE/last-table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:-engine}
+mode=${1:-quick}
+case "$mode" in
+    quick) size=2g random_s=10 ;;
+    full) size=8g random_s=30 ;;
+    engine) exec cargo bench --bench engine ;;
+    *) echo "usage: scripts/bench.sh [quick|full|engine]" >&2; exit 2 ;;
+esac
 
 need() {
     local missing=()
     for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
+need fio bindfs gocryptfs restic borgbackup fuse3 linux-source-6.1 python3
+cargo build --release --bin datastore
+
+base=${BENCH_DIR:-/var/tmp/datastore-bench}
+cache=${BENCH_CACHE:-/var/tmp/datastore-bench-cache}
+results=$cache/results.tsv
+mkdir -p "$cache"
+: >"$results"
+export DATASTORE_BOOT_KEY_DIR=$base/boot-keys DATASTORE_KDF_TARGET_MS=200
+export RESTIC_PASSWORD="bench password 1234567" BORG_PASSPHRASE="bench password 1234567"
+export RESTIC_CACHE_DIR=$base/restic-cache BORG_BASE_DIR=$base/borg-home
+mounts=()
+
+cleanup() {
+    set +e
+    for m in "${mounts[@]}"; do
+        if mountpoint -q "$m"; then
+            "$bin" unmount "$m" >/dev/null 2>&1 || fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
+        fi
+    done
+    rm -rf "$base"
+}
+trap cleanup EXIT
+rm -rf "$base"
+mkdir -p "$base"
+bin=$base/datastore # a copy: a rebuild during the run does not change it
+cp target/release/datastore "$bin"
+echo "bench password 1234567" >"$base/pw"
+
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; echo "  $1 $2: $3"; }
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(round($(now) - $1, 2))"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+bytes_of() { du -sb "$1" | cut -f1; }
+
+# --- inputs -----------------------------------------------------------------
+linux=$cache/linux-source-6.1
+if [ ! -d "$linux" ]; then
+    echo "==> extracting the Linux 6.1 tree"
+    tar xJf /usr/src/linux-source-6.1.tar.xz -C "$cache"
+fi
+versions=$cache/versions
+if [ ! -f "$versions/.complete" ]; then
+    echo "==> downloading five botocore sdists (the versions set)"
+    rm -rf "$versions" && mkdir -p "$versions/sdists" "$versions/tree"
+    for v in 1.31.0 1.31.1 1.31.2 1.31.3 1.31.4; do
+        pip download -q --no-deps --no-binary :all: "botocore==$v" -d "$versions/sdists" >/dev/null
+        tar xzf "$versions/sdists/botocore-$v.tar.gz" -C "$versions/tree"
+    done
+    touch "$versions/.complete"
+fi
+linux_bytes=$(du -sb --apparent-size "$linux" | cut -f1)
+versions_bytes=$(du -sb --apparent-size "$versions/tree" | cut -f1)
+record input linux_bytes "$linux_bytes"
+record input versions_bytes "$versions_bytes"
+
+# --- candidates ---------------------------------------------------------------
+# mount_candidate NAME DIR: makes DIR a fresh, empty target of that kind.
+mount_candidate() {
+    local name=$1 dir=$2
+    mkdir -p "$dir"
+    case "$name" in
+        disk) ;;
+        bindfs)
+            mkdir -p "$dir.raw"
+            bindfs "$dir.raw" "$dir"
+            mounts+=("$dir")
+            ;;
+        gocryptfs)
+            mkdir -p "$dir.cipher"
+            gocryptfs -init -q -extpass "cat $base/pw" "$dir.cipher" >/dev/null 2>&1
+            gocryptfs -q -extpass "cat $base/pw" "$dir.cipher" "$dir" 2>/dev/null
+            mounts+=("$dir")
+            ;;
+        datastore)
+            DATASTORE_STORE=$dir.store "$bin" init --password-file "$base/pw" >/dev/null
+            DATASTORE_STORE=$dir.store "$bin" mount "$dir" --password-file "$base/pw" >/dev/null
+            mounts+=("$dir")
+            ;;
+    esac
+}
+# backing NAME DIR: where the candidate's bytes land on disk.
+backing() {
+    case "$1" in
+        disk) echo "$2" ;; bindfs) echo "$2.raw" ;;
+        gocryptfs) echo "$2.cipher" ;; datastore) echo "$2.store" ;;
+    esac
+}
+# settle NAME DIR: makes everything written so far durable (datastore:
+# unmount, which flushes and commits; the others: sync the disk).
+settle() {
+    if [ "$1" = datastore ]; then
+        DATASTORE_STORE=$2.store "$bin" unmount "$2" >/dev/null
+    else
+        sync
+    fi
+}
+daemon_pid() { pgrep -f -- "--store $1.store mount" | head -1; }
+peak_rss_mib() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status"; }
 
 fio_run() { # name dir rw bs size extra...
-    local name=$1 dir=$2 rw=$3 bs=$4 size=$5; shift 5
-    fio --name="$name" --directory="$dir" --rw="$rw" --bs="$bs" --size="$size" \
+    local name=$1 dir=$2 rw=$3 bs=$4 sz=$5
+    shift 5
+    fio --name="$name" --directory="$dir" --rw="$rw" --bs="$bs" --size="$sz" \
         --ioengine=psync --fallocate=none --output-format=json "$@" 2>/dev/null
 }
+bw_mbs() { python3 -c 'import json,sys; t=json.load(sys.stdin)["jobs"]; print(round(sum(x["read"]["bw_bytes"]+x["write"]["bw_bytes"] for x in t)/1e6,1))'; }
+iops() { python3 -c 'import json,sys; t=json.load(sys.stdin)["jobs"]; print(round(sum(x["read"]["iops"]+x["write"]["iops"] for x in t)))'; }
 
-bw_mbs() { python3 -c 'import json,sys; j=json.load(sys.stdin); t=j["jobs"]; r=sum(x["read"]["bw_bytes"] for x in t); w=sum(x["write"]["bw_bytes"] for x in t); print(round((r+w)/1e6,1))'; }
-iops() { python3 -c 'import json,sys; j=json.load(sys.stdin); t=j["jobs"]; print(round(sum(x["read"]["iops"]+x["write"]["iops"] for x in t)))'; }
+small_files() { # dir: 20,000 files of 1 KiB in 100 directories
+    python3 - "$1" <<'EOF'
+import os, sys
+root = sys.argv[1]
+for d in range(100):
+    p = os.path.join(root, "d%03d" % d)
+    os.mkdir(p)
+    for f in range(200):
+        with open(os.path.join(p, "f%03d" % f), "wb") as fh:
+            fh.write(os.urandom(16) * 64)
+EOF
+}
 
-case "$what" in
-    engine)
-        cargo bench --bench engine
-        ;;
-    fio)
-        size=${2:-4g}
-        need fio bindfs fuse3
-        cargo build --release --bin datastore
-        bin=$PWD/target/release/datastore
-        base=${BENCH_DIR:-/var/tmp/datastore-bench}
-        rm -rf "$base"; mkdir -p "$base"/{raw,bindfs,mnt}
-        export DATASTORE_STORE=$base/store DATASTORE_BOOT_KEY_DIR=$base/boot DATASTORE_KDF_TARGET_MS=200
-        cleanup() {
-            "$bin" unmount "$base/mnt" >/dev/null 2>&1 || umount -l "$base/mnt" 2>/dev/null || true
-            umount "$base/bindfs" 2>/dev/null || true
-            rm -rf "$base"
-        }
-        trap cleanup EXIT
-        echo "bench password 1234567" > "$base/pw"
-        "$bin" init --password-file "$base/pw" >/dev/null
-        "$bin" mount "$base/mnt" --password-file "$base/pw" >/dev/null
-        bindfs "$base/raw" "$base/bindfs"
-        declare -A res
-        for target in datastore bindfs; do
-            dir=$base/mnt; [ $target = bindfs ] && dir=$base/bindfs
-            res[$target,seqwrite]=$(fio_run seqw "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)
-            sync; echo 3 > /proc/sys/vm/drop_caches
-            res[$target,seqread]=$(fio_run seqr "$dir" read 1m "$size" | bw_mbs)
-            rm -f "$dir"/seq*
-            res[$target,randwrite]=$(fio_run randw "$dir" randwrite 4k 256m --numjobs=2 --time_based=1 --runtime=20 --refill_buffers=1 | iops)
-            res[$target,randread]=$(fio_run randr "$dir" randread 4k 256m --numjobs=2 --time_based=1 --runtime=20 | iops)
-            rm -f "$dir"/rand*
-        done
-        peak=$(grep VmHWM /proc/$(pgrep -f "mount $base/mnt --foreground" | head -1)/status | awk '{print $2/1024 " MiB"}')
-        echo
-        echo "| fio ($size) | datastore | bindfs | ratio |"
-        echo "|---|---|---|---|"
-        for k in seqwrite seqread; do
-            echo "| $k MB/s | ${res[datastore,$k]} | ${res[bindfs,$k]} | $(python3 -c "print(round(${res[datastore,$k]}/${res[bindfs,$k]},2))") |"
-        done
-        for k in randwrite randread; do
-            echo "| $k 4k IOPS | ${res[datastore,$k]} | ${res[bindfs,$k]} | $(python3 -c "print(round(${res[datastore,$k]}/max(1,${res[bindfs,$k]}),2))") |"
-        done
-        echo "daemon peak RSS: $peak"
-        ;;
-    *) echo "usage: scripts/bench.sh engine | fio [SIZE]" >&2; exit 2 ;;
-esac
+# --- 1. fio and small files on each mount ---------------------------------------
+for name in disk bindfs gocryptfs datastore; do
+    echo "==> $name: fio ($size) and 20,000 small files"
+    dir=$base/io-$name
+    mount_candidate "$name" "$dir"
+    record "$name" seqwrite_mbs "$(fio_run seq "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)"
+    drop_caches
+    record "$name" seqread_mbs "$(fio_run seq "$dir" read 1m "$size" | bw_mbs)"
+    rm -f "$dir"/seq*
+    fio_run dup1 "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 --randrepeat=1 --randseed=7 >/dev/null
+    record "$name" dupwrite_mbs "$(fio_run dup2 "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 --randrepeat=1 --randseed=7 | bw_mbs)"
+    rm -f "$dir"/dup*
+    record "$name" randwrite_iops "$(fio_run rand "$dir" randwrite 4k 256m --numjobs=2 --time_based=1 --runtime="$random_s" --refill_buffers=1 | iops)"
+    drop_caches
+    record "$name" randread_iops "$(fio_run rand "$dir" randread 4k 256m --numjobs=2 --time_based=1 --runtime="$random_s" | iops)"
+    rm -f "$dir"/rand*
+    drop_caches
+    t=$(now); small_files "$dir"; record "$name" small_create_s "$(since "$t")"
+    drop_caches
+    t=$(now); ls -lR "$dir" >/dev/null; record "$name" small_stat_s "$(since "$t")"
+    t=$(now); rm -rf "${dir:?}"/d*; record "$name" small_delete_s "$(since "$t")"
+    if [ "$name" = datastore ]; then
+        record datastore io_peak_rss_mib "$(peak_rss_mib "$(daemon_pid "$dir")")"
+    fi
+done
+
+# --- 2. the Linux tree copied onto each candidate -------------------------------
+cp -al "$linux" "$base/linux-second-copy"
+for name in disk bindfs gocryptfs datastore; do
+    echo "==> $name: cp -a of the Linux 6.1 tree"
+    dir=$base/tree-$name
+    mount_candidate "$name" "$dir"
+    t=$(now)
+    cp -a "$linux" "$dir/linux"
+    record "$name" tree_copy_s "$(since "$t")"
+    [ "$name" = datastore ] && rss=$(peak_rss_mib "$(daemon_pid "$dir")")
+    settle "$name" "$dir"
+    record "$name" tree_durable_s "$(since "$t")"
+    record "$name" tree_once_bytes "$(bytes_of "$(backing "$name" "$dir")")"
+    if [ "$name" = datastore ]; then
+        DATASTORE_STORE=$dir.store "$bin" mount "$dir" --password-file "$base/pw" >/dev/null
+        t=$(now)
+        cp -a "$base/linux-second-copy" "$dir/linux2"
+        settle datastore "$dir"
+        record datastore tree_twice_s "$(since "$t")"
+        record datastore tree_twice_bytes "$(bytes_of "$dir.store")"
+        record datastore tree_peak_rss_mib "$rss"
+    fi
+done
+
+# --- 3. data reduction against restic and borg --------------------------------
+echo "==> restic and borg: the Linux tree once, twice, and the versions set"
+for tool in restic borg; do
+    for set in tree versions; do
+        repo=$base/$tool-$set
+        if [ $tool = restic ]; then
+            restic init -q -r "$repo" >/dev/null
+            ingest() { restic backup -q -r "$repo" "$1" >/dev/null; }
+        else
+            borg init -e repokey "$repo" >/dev/null 2>&1
+            ingest() { borg create --compression lz4 "$repo::$(basename "$1")" "$1" >/dev/null 2>&1; }
+        fi
+        if [ $set = tree ]; then
+            t=$(now); ingest "$linux"; record $tool tree_copy_s "$(since "$t")"
+            record $tool tree_once_bytes "$(bytes_of "$repo")"
+            t=$(now); ingest "$base/linux-second-copy"; record $tool tree_twice_s "$(since "$t")"
+            record $tool tree_twice_bytes "$(bytes_of "$repo")"
+        else
+            t=$(now); ingest "$versions/tree"; record $tool versions_s "$(since "$t")"
+            record $tool versions_bytes "$(bytes_of "$repo")"
+        fi
+    done
+done
+dir=$base/versions-datastore
+mount_candidate datastore "$dir"
+t=$(now)
+cp -a "$versions/tree" "$dir/versions"
+settle datastore "$dir"
+record datastore versions_s "$(since "$t")"
+record datastore versions_bytes "$(bytes_of "$dir.store")"
+
+# --- 4. the engine alone (full mode) --------------------------------------------
+if [ "$mode" = full ]; then
+    echo "==> engine benchmark"
+    cargo bench --bench engine
+fi
+
+echo
+python3 scripts/bench_table.py "$results" "$mode" | tee "$cache/last-table.md"

@@ -1,10 +1,16 @@
 //! The fuser adapter: translates FUSE requests into `Volume` calls and
 //! volume errors into errnos. Holds no filesystem logic of its own.
 //!
-//! Invariants: attribute and entry TTLs are zero, so the kernel never shows
-//! a stale nlink or ctime after link, unlink or rename; while the store is
-//! locked (no volume loaded) every request but the root's getattr fails
-//! with EACCES.
+//! Invariants: this mount is the only writer of its volume (the daemon
+//! holds the store's lock), so the kernel may cache entries and attributes
+//! for `TTL`: it updates or invalidates them itself on every change made
+//! through the mount (nlink on link/unlink, ctime on rename and xattr
+//! changes, size on write/truncate/fallocate). A zero TTL doubled the wall
+//! time of a source-tree copy (one lookup per path component per syscall).
+//! While the store is locked (no volume loaded) every request but the
+//! root's getattr fails with EACCES; `lock` invalidates cached attributes
+//! and pages, so at most a name cached in the last `TTL` still resolves
+//! (and its getattr then fails).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,7 +31,8 @@ use crate::volume::{
     Attr, Caller, DirEntry, Kind, RenameMode, SetAttr, Time, VolError, Volume, ROOT,
 };
 
-const TTL: Duration = Duration::ZERO;
+/// How long the kernel may cache an entry or attributes without asking.
+const TTL: Duration = Duration::from_secs(1);
 
 /// The volume a mount serves; None while the store is locked.
 pub type SharedVolume = Arc<RwLock<Option<Arc<Volume>>>>;
