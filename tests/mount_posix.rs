@@ -202,3 +202,54 @@ fn readdir_stays_correct_under_concurrent_create_and_unlink() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn.join().unwrap();
 }
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cp_a_keeps_modes_and_acls() {
+    // cp -a creates each file 0600 and then sets its ACL: the ACL must set
+    // the mode (a plain xattr would leave every copy private, with a '+').
+    let m = Mounted::new();
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    let modes = [("public", 0o644), ("script", 0o755), ("private", 0o600)];
+    for (name, mode) in modes {
+        let p = src.path().join(name);
+        std::fs::write(&p, name).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let shared = src.path().join("shared");
+    std::fs::write(&shared, "shared").unwrap();
+    run("setfacl", &["-m", "u:1234:r", shared.to_str().unwrap()]);
+    let dst = m.mnt().join("copy");
+    run(
+        "cp",
+        &["-a", src.path().to_str().unwrap(), dst.to_str().unwrap()],
+    );
+    for (name, mode) in modes {
+        let p = dst.join(name);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().mode() & 0o7777,
+            mode,
+            "{name}"
+        );
+        let ls = run("ls", &["-l", p.to_str().unwrap()]);
+        assert!(!ls.split(' ').next().unwrap().ends_with('+'), "{ls}");
+    }
+    let shared = dst.join("shared");
+    let acl = run("getfacl", &["-cn", shared.to_str().unwrap()]);
+    assert!(acl.contains("user:1234:r--"), "{acl}");
+    assert_eq!(std::fs::metadata(&shared).unwrap().mode() & 0o777, 0o644);
+    // chmod moves the mask (the group bits of an extended ACL).
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let acl = run("getfacl", &["-cn", shared.to_str().unwrap()]);
+    assert!(acl.contains("mask::---"), "{acl}");
+    assert!(acl.contains("user:1234:r--"), "{acl}");
+}

@@ -7,10 +7,18 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use datastore::volume::{Caller, Kind, RenameMode, SetAttr, Volume, ROOT};
+use datastore::volume::{Caller, Kind, RenameMode, SetAttr, Volume, XattrFlags, ROOT};
 
 const META_KEY: [u8; 32] = [0x33; 32];
 const ME: Caller = Caller { uid: 0, gid: 0 };
+const CREATE: XattrFlags = XattrFlags {
+    create: true,
+    replace: false,
+};
+const REPLACE: XattrFlags = XattrFlags {
+    create: false,
+    replace: true,
+};
 
 fn open(dir: &std::path::Path, create: bool) -> Volume {
     let e = if create {
@@ -160,15 +168,15 @@ fn xattrs_and_modes() {
     let dir = tempfile::tempdir().unwrap();
     let v = open(dir.path(), true);
     let f = create_file(&v, ROOT, "x");
-    v.setxattr(f, b"user.a", b"1", true, false).unwrap();
+    v.setxattr(f, b"user.a", b"1", CREATE, ME).unwrap();
     assert_eq!(
-        v.setxattr(f, b"user.a", b"2", true, false)
+        v.setxattr(f, b"user.a", b"2", CREATE, ME)
             .unwrap_err()
             .errno,
         libc::EEXIST
     );
     assert_eq!(
-        v.setxattr(f, b"user.b", b"2", false, true)
+        v.setxattr(f, b"user.b", b"2", REPLACE, ME)
             .unwrap_err()
             .errno,
         libc::ENODATA
@@ -202,7 +210,7 @@ fn no_plaintext_names_contents_xattrs_or_targets_at_rest() {
         v.open_file(f).unwrap();
         v.write(f, 0, marker.repeat(1000).as_bytes()).unwrap();
         v.release(f).unwrap();
-        v.setxattr(f, b"user.tag", marker.as_bytes(), false, false)
+        v.setxattr(f, b"user.tag", marker.as_bytes(), XattrFlags::default(), ME)
             .unwrap();
         v.symlink(ROOT, b"link", marker.as_bytes(), ME).unwrap();
         v.sync_all().unwrap();

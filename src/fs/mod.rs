@@ -28,7 +28,7 @@ use fuser::{
 };
 
 use crate::volume::{
-    Attr, Caller, DirEntry, Kind, RenameMode, SetAttr, Time, VolError, Volume, ROOT,
+    Attr, Caller, DirEntry, Kind, RenameMode, SetAttr, Time, VolError, Volume, XattrFlags, ROOT,
 };
 
 /// How long the kernel may cache an entry or attributes without asking.
@@ -534,7 +534,7 @@ impl Filesystem for DatastoreFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -543,11 +543,13 @@ impl Filesystem for DatastoreFs {
         reply: ReplyEmpty,
     ) {
         let v = vol_or_reply!(self, reply);
-        let create = flags & libc::XATTR_CREATE != 0;
-        let replace = flags & libc::XATTR_REPLACE != 0;
+        let flags = XattrFlags {
+            create: flags & libc::XATTR_CREATE != 0,
+            replace: flags & libc::XATTR_REPLACE != 0,
+        };
         reply_empty(
             reply,
-            v.setxattr(ino.0, name.as_bytes(), value, create, replace),
+            v.setxattr(ino.0, name.as_bytes(), value, flags, caller(req)),
         );
     }
 

@@ -16,7 +16,24 @@ use crate::engine::ChunkRef;
 /// Extents a flush window replaces: (file offset, extent).
 type Replaced = Vec<(u64, Extent)>;
 /// A window to re-chunk: (start offset, extents it replaces, new content).
-type Window = (u64, Replaced, Vec<u8>);
+type Window = (u64, Replaced, Content);
+
+/// A window's new content: assembled from stored extents and buffered
+/// writes, or (the common case of a sequential write into a hole or past
+/// the end) exactly one buffered piece, used in place without a copy.
+enum Content {
+    Assembled(Vec<u8>),
+    Piece(u64),
+}
+
+impl Content {
+    fn bytes<'a>(&'a self, buf: &'a BTreeMap<u64, Vec<u8>>) -> &'a [u8] {
+        match self {
+            Content::Assembled(v) => v,
+            Content::Piece(off) => &buf[off],
+        }
+    }
+}
 
 /// Capacity figures for statfs.
 #[derive(Debug, Clone, Copy)]
@@ -210,11 +227,16 @@ impl Volume {
         let total = st.buffered.entry(ino).or_default();
         *total = (*total as isize + delta).max(0) as usize;
         if *total >= DIRTY_LIMIT {
-            // Over the volume-wide budget, the writer pays for its own
-            // flush (back-pressure); otherwise the flusher does it.
-            let all: usize = st.buffered.values().sum();
+            // Back-pressure bounds memory: a file has at most one buffer
+            // filling and one being flushed, so a writer faster than its
+            // flush waits for the previous one. Over the volume-wide budget
+            // (buffered plus flushing), the writer flushes its own buffer;
+            // otherwise the flusher does, while the writer goes on.
             drop(st);
-            if all >= TOTAL_DIRTY_LIMIT {
+            let st = self.lock_unflushing(ino);
+            let in_memory = st.buffered.values().sum::<usize>() + flushing_bytes(&st);
+            drop(st);
+            if in_memory >= TOTAL_DIRTY_LIMIT {
                 self.flush_inode(ino)?;
             } else {
                 self.schedule_flush(ino)?;
@@ -301,7 +323,7 @@ impl Volume {
         let mut stored: Vec<(u64, Replaced, Vec<ChunkRef>)> = Vec::new();
         let mut failure = None;
         for (lo, olds, content) in plans {
-            match self.engine.put_bytes(&content) {
+            match self.engine.put_bytes(content.bytes(&buf)) {
                 Ok(refs) => stored.push((lo, olds, refs)),
                 Err(e) => {
                     failure = Some(e);
@@ -389,13 +411,17 @@ impl Volume {
         let mut plans = Vec::new();
         for (lo, hi) in merged {
             let olds = overlapping(&extents, lo, hi);
+            if olds.is_empty() && buf.get(&lo).is_some_and(|p| lo + p.len() as u64 == hi) {
+                plans.push((lo, olds, Content::Piece(lo)));
+                continue;
+            }
             let mut content = vec![0u8; (hi - lo) as usize];
             self.fill_from_extents(&olds, lo, &mut content)?;
             for (off, data) in buf.range(lo..hi) {
                 let i = (off - lo) as usize;
                 content[i..i + data.len()].copy_from_slice(data);
             }
-            plans.push((lo, olds, content));
+            plans.push((lo, olds, Content::Assembled(content)));
         }
         Ok((plans, size))
     }
@@ -699,4 +725,12 @@ mod tests {
         assert_eq!(b[&10], b"aZZ1234567xyz+!!!");
         assert_eq!(b.len(), 1);
     }
+}
+
+/// Bytes held by buffers that are being flushed right now.
+fn flushing_bytes(st: &State) -> usize {
+    st.flushing
+        .values()
+        .map(|b| b.values().map(Vec::len).sum::<usize>())
+        .sum()
 }

@@ -13,6 +13,7 @@
 //! - An inode with nlink 0 lives until its last open handle is released;
 //!   at open, leftovers of a crash (nlink 0) are removed.
 
+mod acl;
 mod error;
 pub mod inode;
 mod store;
@@ -33,8 +34,9 @@ use crate::engine::{ChunkRef, Engine};
 pub const ROOT: u64 = 1;
 /// A file's write buffer is turned into chunks once it holds this much.
 const DIRTY_LIMIT: usize = 32 << 20;
-/// Past this much buffered in all files, writers flush their own buffers.
-const TOTAL_DIRTY_LIMIT: usize = 256 << 20;
+/// Past this much buffered or being flushed in all files, writers flush
+/// their own buffers (this bounds the daemon's memory).
+const TOTAL_DIRTY_LIMIT: usize = 128 << 20;
 /// Dirty ranges closer than this are re-chunked as one window.
 const WINDOW_GAP: u64 = 256 << 10;
 const NAME_MAX: usize = 255;
@@ -59,6 +61,13 @@ pub struct SetAttr {
     pub atime: Option<Option<Time>>, // Some(None) = now
     pub mtime: Option<Option<Time>>,
     pub ctime: Option<Time>,
+}
+
+/// setxattr's XATTR_CREATE and XATTR_REPLACE.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct XattrFlags {
+    pub create: bool,
+    pub replace: bool,
 }
 
 /// Who is asking (for the ownership rules the kernel does not check).
@@ -702,6 +711,9 @@ impl Volume {
                 perm &= !0o2000;
             }
             inode.perm = perm;
+            if let Some(access) = inode.xattrs.get_mut(acl::ACCESS_XATTR) {
+                *access = acl::with_mode(access, perm);
+            }
             inode.ctime = now;
         }
         if set.uid.is_some() || set.gid.is_some() {
@@ -742,8 +754,8 @@ impl Volume {
         ino: u64,
         name: &[u8],
         value: &[u8],
-        create: bool,
-        replace: bool,
+        flags: XattrFlags,
+        c: Caller,
     ) -> VResult<()> {
         if name.is_empty() || name.len() > 255 {
             return err(libc::ERANGE);
@@ -754,13 +766,33 @@ impl Volume {
         let mut st = lock(&self.state);
         let inode = self.load_inode(&mut st, ino)?;
         let exists = inode.xattrs.contains_key(name);
-        if create && exists {
+        if flags.create && exists {
             return err(libc::EEXIST);
         }
-        if replace && !exists {
+        if flags.replace && !exists {
             return err(libc::ENODATA);
         }
-        inode.xattrs.insert(name.to_vec(), value.to_vec());
+        if name == acl::ACCESS_XATTR {
+            // Sets the mode the ACL implies; an ACL that only restates the
+            // mode is not kept (as on an ACL-aware filesystem).
+            let Some(m) = acl::mode_of(value) else {
+                return err(libc::EINVAL);
+            };
+            if c.uid != 0 && c.uid != inode.uid {
+                return err(libc::EPERM);
+            }
+            inode.perm = (inode.perm & !0o777) | m.mode;
+            if c.uid != 0 && c.gid != inode.gid {
+                inode.perm &= !0o2000;
+            }
+            if m.equivalent {
+                inode.xattrs.remove(name);
+            } else {
+                inode.xattrs.insert(name.to_vec(), value.to_vec());
+            }
+        } else {
+            inode.xattrs.insert(name.to_vec(), value.to_vec());
+        }
         inode.ctime = Time::now();
         Self::touch(&mut st, ino);
         Ok(())
