@@ -704,6 +704,14 @@ impl Volume {
     }
 }
 
+/// Bytes held by buffers that are being flushed right now.
+fn flushing_bytes(st: &State) -> usize {
+    st.flushing
+        .values()
+        .map(|b| b.values().map(Vec::len).sum::<usize>())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::buffer_insert;
@@ -725,12 +733,4 @@ mod tests {
         assert_eq!(b[&10], b"aZZ1234567xyz+!!!");
         assert_eq!(b.len(), 1);
     }
-}
-
-/// Bytes held by buffers that are being flushed right now.
-fn flushing_bytes(st: &State) -> usize {
-    st.flushing
-        .values()
-        .map(|b| b.values().map(Vec::len).sum::<usize>())
-        .sum()
 }
