@@ -32,6 +32,7 @@ pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockEr
         Ok(v) => {
             let v = Arc::new(v);
             v.start_flusher();
+            v.start_readahead();
             Ok(v)
         }
         Err(e) => {

@@ -20,27 +20,30 @@ const READ_WINDOW: usize = 64;
 pub(crate) fn decode_record(
     crypto: &ChunkCrypto,
     fp: &Fingerprint,
-    rec: &[u8],
+    mut rec: Vec<u8>,
     st: &stats::Stats,
 ) -> Result<Vec<u8>> {
-    let h = record::parse_header(rec).map_err(|e| integrity(fp, e.to_string()))?;
+    let h = record::parse_header(&rec).map_err(|e| integrity(fp, e.to_string()))?;
     if &h.fingerprint != fp {
         return Err(integrity(fp, "record holds another chunk"));
     }
-    if !record::check_body(&h, rec) {
+    if !record::check_body(&h, &rec) {
         return Err(integrity(fp, "ciphertext CRC mismatch"));
     }
+    // Decrypted in place: the record's buffer becomes the plaintext.
     let t = Instant::now();
-    let mut payload = rec[HEADER_LEN..HEADER_LEN + h.cipher_len as usize].to_vec();
-    crypto.cipher.decrypt(&mut payload, fp);
-    payload.truncate(h.stored_len as usize);
+    let payload = HEADER_LEN..HEADER_LEN + h.cipher_len as usize;
+    crypto.cipher.decrypt(&mut rec[payload], fp);
     stats::add_since(&st.ns_decrypt, t);
     let t = Instant::now();
+    let stored = HEADER_LEN..HEADER_LEN + h.stored_len as usize;
     let plain = if h.compressed() {
-        lz4_flex::block::decompress(&payload, h.plain_len as usize)
+        lz4_flex::block::decompress(&rec[stored], h.plain_len as usize)
             .map_err(|e| integrity(fp, format!("decompression failed: {e}")))?
     } else {
-        payload
+        rec.truncate(stored.end);
+        rec.drain(..stored.start);
+        rec
     };
     stats::add_since(&st.ns_decompress, t);
     if plain.len() != h.plain_len as usize {
@@ -98,7 +101,7 @@ impl Engine {
                 }
             })?;
         stats::add_since(&self.stats.ns_read_io, t);
-        let plain = decode_record(crypto, fp, &rec, &self.stats)?;
+        let plain = decode_record(crypto, fp, rec, &self.stats)?;
         if plain.len() != e.plain_len as usize {
             return Err(integrity(fp, "length differs from the index"));
         }

@@ -93,7 +93,7 @@ impl Engine {
                 let bad: Vec<BadRecord> = records
                     .par_iter()
                     .filter_map(|(offset, h, bytes)| {
-                        decode_record(c, &h.fingerprint, bytes, &self.stats)
+                        decode_record(c, &h.fingerprint, bytes.to_vec(), &self.stats)
                             .err()
                             .map(|e| BadRecord {
                                 segment: id,

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::error::{err, VResult, VolError};
 use super::inode::{DirentRecord, Extent, Kind, Time};
 use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
-use super::{lock, State, Volume, CACHE_CHUNKS, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
+use super::{lock, State, Volume, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
 use crate::engine::ChunkRef;
 
 /// Extents a flush window replaces: (file offset, extent).
@@ -130,26 +130,6 @@ fn chunk_ref(e: &Extent) -> ChunkRef {
 }
 
 impl Volume {
-    fn chunk(&self, e: &Extent) -> VResult<Arc<Vec<u8>>> {
-        if let Some(c) = lock(&self.cache).0.get(&e.fingerprint) {
-            return Ok(c.clone());
-        }
-        let data = Arc::new(self.engine.read_chunk(&e.fingerprint)?);
-        if data.len() != e.len as usize {
-            return Err(VolError::io("chunk length differs from its extent"));
-        }
-        let mut cache = lock(&self.cache);
-        if cache.0.len() >= CACHE_CHUNKS {
-            if let Some(old) = cache.1.pop_front() {
-                cache.0.remove(&old);
-            }
-        }
-        if cache.0.insert(e.fingerprint, data.clone()).is_none() {
-            cache.1.push_back(e.fingerprint);
-        }
-        Ok(data)
-    }
-
     /// Copies the stored (extent) content of [off, off+out.len()) into out.
     fn fill_from_extents(
         &self,
@@ -260,7 +240,12 @@ impl Volume {
             }
             let len = (size as u64).min(fsize - off);
             let end = off + len;
-            let extents = overlapping(self.load_extents(&mut st, ino)?, off, end);
+            let map = self.load_extents(&mut st, ino)?;
+            let extents = overlapping(map, off, end);
+            if let Some((from, to)) = self.readahead_range(ino, off, end) {
+                let ahead = overlapping(map, from, to).into_iter().map(|(_, e)| e);
+                self.queue_readahead(ahead.collect());
+            }
             // Buffer being flushed first, the current buffer over it.
             let layers = [st.flushing.get(&ino).map(|b| &**b), st.buffers.get(&ino)];
             let pieces: Vec<(u64, Vec<u8>)> = layers

@@ -16,6 +16,7 @@
 mod acl;
 mod error;
 pub mod inode;
+mod readahead;
 mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,7 +42,6 @@ const TOTAL_DIRTY_LIMIT: usize = 128 << 20;
 const WINDOW_GAP: u64 = 256 << 10;
 const NAME_MAX: usize = 255;
 const XATTR_MAX: usize = 64 << 10;
-const CACHE_CHUNKS: usize = 128;
 
 /// Attributes as the FUSE edge reports them.
 #[derive(Clone, Debug)]
@@ -111,18 +111,11 @@ struct State {
     next_ino: u64,
 }
 
-/// Recently read chunks (FIFO eviction), so small sequential reads do not
-/// decrypt the same chunk again.
-type ChunkCache = (
-    HashMap<[u8; 32], Arc<Vec<u8>>>,
-    std::collections::VecDeque<[u8; 32]>,
-);
-
 pub struct Volume {
     engine: Arc<Engine>,
     sealer: MetaSealer,
     state: Mutex<State>,
-    cache: Mutex<ChunkCache>,
+    cache: readahead::ChunkCache,
     /// Signalled whenever a flush ends.
     flushed: std::sync::Condvar,
     flusher: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
@@ -161,7 +154,7 @@ impl Volume {
                 next_ino,
                 ..Default::default()
             }),
-            cache: Mutex::new(Default::default()),
+            cache: Default::default(),
             flushed: std::sync::Condvar::new(),
             flusher: Mutex::new(None),
         };

@@ -1,0 +1,152 @@
+//! The chunk cache and sequential readahead.
+//!
+//! Owns: recently decoded chunks (FIFO eviction, so small sequential reads
+//! do not decrypt the same chunk again), the set of chunks being decoded
+//! (a chunk is decoded once even when a reader and the readahead thread
+//! want it at the same time), and per-file read positions. When a file is
+//! read where its previous read ended, the chunks of the next `WINDOW`
+//! bytes are decoded into the cache on a background thread, so disk reads
+//! and decryption overlap the transfers to the kernel.
+//!
+//! Invariant: the cache only holds verified plaintext keyed by
+//! fingerprint, so a stale entry cannot exist (a chunk's content never
+//! changes); readahead only warms the cache and never answers a read.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+
+use super::{lock, Extent, VResult, Volume};
+
+/// How far ahead of a sequential reader chunks are decoded.
+const WINDOW: u64 = 8 << 20;
+/// Decoded chunks kept (at most 256 KiB each).
+const CACHE_CHUNKS: usize = 128;
+/// Read positions remembered (one per recently read file).
+const POSITIONS: usize = 1024;
+
+type Fp = [u8; 32];
+
+#[derive(Default)]
+struct Cached {
+    chunks: HashMap<Fp, Arc<Vec<u8>>>,
+    order: VecDeque<Fp>,
+    loading: HashSet<Fp>,
+}
+
+/// Per file: where the next sequential read starts, and how far ahead
+/// chunks have been queued.
+#[derive(Clone, Copy)]
+struct Position {
+    next: u64,
+    queued_to: u64,
+}
+
+#[derive(Default)]
+pub(super) struct ChunkCache {
+    cached: Mutex<Cached>,
+    loaded: Condvar,
+    positions: Mutex<HashMap<u64, Position>>,
+    queue: Mutex<Option<mpsc::Sender<Vec<Extent>>>>,
+}
+
+impl Volume {
+    /// A chunk's plaintext, from the cache or decoded (and cached).
+    pub(super) fn chunk(&self, e: &Extent) -> VResult<Arc<Vec<u8>>> {
+        let cache = &self.cache;
+        let fp = e.fingerprint;
+        {
+            let mut c = lock(&cache.cached);
+            loop {
+                if let Some(data) = c.chunks.get(&fp) {
+                    return Ok(data.clone());
+                }
+                if !c.loading.contains(&fp) {
+                    break;
+                }
+                c = cache.loaded.wait(c).unwrap_or_else(|e| e.into_inner());
+            }
+            c.loading.insert(fp);
+        }
+        let decoded = self
+            .engine
+            .read_chunk(&fp)
+            .map_err(super::VolError::from)
+            .and_then(|d| {
+                if d.len() == e.len as usize {
+                    Ok(Arc::new(d))
+                } else {
+                    Err(super::VolError::io("chunk length differs from its extent"))
+                }
+            });
+        let mut c = lock(&cache.cached);
+        c.loading.remove(&fp);
+        if let Ok(data) = &decoded {
+            if c.chunks.len() >= CACHE_CHUNKS {
+                if let Some(old) = c.order.pop_front() {
+                    c.chunks.remove(&old);
+                }
+            }
+            if c.chunks.insert(fp, data.clone()).is_none() {
+                c.order.push_back(fp);
+            }
+        }
+        cache.loaded.notify_all();
+        decoded
+    }
+
+    /// Notes a read of [off, end) of `ino`; when it continues the previous
+    /// one, returns the range whose chunks should be decoded ahead.
+    pub(super) fn readahead_range(&self, ino: u64, off: u64, end: u64) -> Option<(u64, u64)> {
+        lock(&self.cache.queue).as_ref()?;
+        let mut positions = lock(&self.cache.positions);
+        if positions.len() >= POSITIONS && !positions.contains_key(&ino) {
+            positions.clear();
+        }
+        let p = positions.entry(ino).or_insert(Position {
+            next: u64::MAX,
+            queued_to: 0,
+        });
+        let sequential = p.next == off;
+        p.next = end;
+        if !sequential {
+            p.queued_to = end;
+            return None;
+        }
+        let from = p.queued_to.max(end);
+        let to = end + WINDOW;
+        // Queue in steps of a quarter window, not on every read.
+        if to < from + WINDOW / 4 {
+            return None;
+        }
+        p.queued_to = to;
+        Some((from, to))
+    }
+
+    /// Hands extents to the readahead thread (dropped if it is gone).
+    pub(super) fn queue_readahead(&self, extents: Vec<Extent>) {
+        if extents.is_empty() {
+            return;
+        }
+        if let Some(tx) = lock(&self.cache.queue).as_ref() {
+            let _ = tx.send(extents);
+        }
+    }
+
+    /// Starts the thread that decodes readahead chunks into the cache.
+    pub fn start_readahead(self: &Arc<Self>) {
+        let (tx, rx) = mpsc::channel::<Vec<Extent>>();
+        let weak = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            while let Ok(extents) = rx.recv() {
+                let Some(v) = weak.upgrade() else { break };
+                for e in &extents {
+                    // A failure is reported to the reader that needs it.
+                    if v.chunk(e).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        *lock(&self.cache.queue) = Some(tx);
+    }
+}
