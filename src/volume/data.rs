@@ -18,19 +18,56 @@ type Replaced = Vec<(u64, Extent)>;
 /// A window to re-chunk: (start offset, extents it replaces, new content).
 type Window = (u64, Replaced, Content);
 
-/// A window's new content: assembled from stored extents and buffered
-/// writes, or (the common case of a sequential write into a hole or past
-/// the end) exactly one buffered piece, used in place without a copy.
+/// A window's new content: exactly one buffered piece, used in place (the
+/// common case of a sequential write into a hole or past the end), or
+/// assembled from stored extents and buffered writes just before it is
+/// chunked, so at most one window per flush is in memory at a time.
 enum Content {
-    Assembled(Vec<u8>),
     Piece(u64),
+    Assemble { hi: u64 },
 }
 
-impl Content {
-    fn bytes<'a>(&'a self, buf: &'a BTreeMap<u64, Vec<u8>>) -> &'a [u8] {
-        match self {
-            Content::Assembled(v) => v,
-            Content::Piece(off) => &buf[off],
+/// Windows that must be assembled are cut (at extent boundaries) to at
+/// most about this size: random writes across a large file would otherwise
+/// assemble the whole file in memory.
+const MAX_WINDOW: u64 = 16 << 20;
+
+/// Cuts [lo, hi) into windows of at most `MAX_WINDOW` (plus one extent)
+/// without splitting any of `olds` (sorted, disjoint, inside [lo, hi)).
+fn split_window(lo: u64, hi: u64, olds: &[(u64, Extent)]) -> Vec<(u64, u64)> {
+    let mut windows = Vec::new();
+    let mut start = lo;
+    let mut i = 0;
+    while hi - start > MAX_WINDOW {
+        let limit = start + MAX_WINDOW;
+        while i < olds.len() && olds[i].0 + olds[i].1.len as u64 <= limit {
+            i += 1;
+        }
+        // Inside an extent: cut at its end; in a gap: cut right there.
+        let cut = match olds.get(i) {
+            Some((o, e)) if *o < limit => o + e.len as u64,
+            _ => limit,
+        };
+        if cut >= hi {
+            break;
+        }
+        windows.push((start, cut));
+        start = cut;
+    }
+    windows.push((start, hi));
+    windows
+}
+
+/// Copies the buffered bytes that fall inside [lo, lo + out.len()) over out.
+fn overlay_buffer(buf: &BTreeMap<u64, Vec<u8>>, lo: u64, out: &mut [u8]) {
+    let hi = lo + out.len() as u64;
+    let first = buf.range(..=lo).next_back().map_or(lo, |(k, _)| *k);
+    for (k, data) in buf.range(first..hi) {
+        let from = lo.max(*k);
+        let to = hi.min(k + data.len() as u64);
+        if from < to {
+            out[(from - lo) as usize..(to - lo) as usize]
+                .copy_from_slice(&data[(from - k) as usize..(to - k) as usize]);
         }
     }
 }
@@ -207,18 +244,23 @@ impl Volume {
         let total = st.buffered.entry(ino).or_default();
         *total = (*total as isize + delta).max(0) as usize;
         if *total >= DIRTY_LIMIT {
-            // Back-pressure bounds memory: a file has at most one buffer
-            // filling and one being flushed, so a writer faster than its
-            // flush waits for the previous one. Over the volume-wide budget
-            // (buffered plus flushing), the writer flushes its own buffer;
-            // otherwise the flusher does, while the writer goes on.
-            drop(st);
-            let st = self.lock_unflushing(ino);
+            // Back-pressure bounds memory: over the volume-wide budget
+            // (buffered plus being flushed) the writer flushes its own
+            // buffer, after any flush of the file still running; otherwise
+            // the flusher does it. A sequential writer waits for its
+            // previous flush (steady 32 MiB steps, no buffer regrowth);
+            // scattered writes go on buffering (a larger buffer re-chunks
+            // the file less often).
             let in_memory = st.buffered.values().sum::<usize>() + flushing_bytes(&st);
+            let sequential = st.buffers.get(&ino).is_some_and(|b| b.len() == 1);
             drop(st);
             if in_memory >= TOTAL_DIRTY_LIMIT {
                 self.flush_inode(ino)?;
             } else {
+                if sequential {
+                    // A stream: one buffer filling while one is flushed.
+                    drop(self.lock_unflushing(ino));
+                }
                 self.schedule_flush(ino)?;
             }
         }
@@ -306,9 +348,18 @@ impl Volume {
         };
         // Phase 2, unlocked: chunk, fingerprint, compress, encrypt, store.
         let mut stored: Vec<(u64, Replaced, Vec<ChunkRef>)> = Vec::new();
-        let mut failure = None;
+        let mut failure: Option<VolError> = None;
         for (lo, olds, content) in plans {
-            match self.engine.put_bytes(content.bytes(&buf)) {
+            let put = match content {
+                Content::Piece(key) => self.engine.put_bytes(&buf[&key]).map_err(VolError::from),
+                Content::Assemble { hi } => {
+                    let mut bytes = vec![0u8; (hi - lo) as usize];
+                    self.fill_from_extents(&olds, lo, &mut bytes)
+                        .map(|()| overlay_buffer(&buf, lo, &mut bytes))
+                        .and_then(|()| self.engine.put_bytes(&bytes).map_err(VolError::from))
+                }
+            };
+            match put {
                 Ok(refs) => stored.push((lo, olds, refs)),
                 Err(e) => {
                     failure = Some(e);
@@ -324,7 +375,7 @@ impl Volume {
             .collect();
         if let Some(e) = failure {
             self.end_flush(&mut st, ino, &buf, &new_refs);
-            return Err(e.into());
+            return Err(e);
         }
         st.flushing.remove(&ino);
         self.flushed.notify_all();
@@ -396,17 +447,18 @@ impl Volume {
         let mut plans = Vec::new();
         for (lo, hi) in merged {
             let olds = overlapping(&extents, lo, hi);
-            if olds.is_empty() && buf.get(&lo).is_some_and(|p| lo + p.len() as u64 == hi) {
-                plans.push((lo, olds, Content::Piece(lo)));
-                continue;
+            for (a, b) in split_window(lo, hi, &olds) {
+                let part: Replaced = olds
+                    .iter()
+                    .filter(|(o, _)| *o >= a && *o < b)
+                    .copied()
+                    .collect();
+                let content = match buf.get(&a) {
+                    Some(p) if part.is_empty() && a + p.len() as u64 == b => Content::Piece(a),
+                    _ => Content::Assemble { hi: b },
+                };
+                plans.push((a, part, content));
             }
-            let mut content = vec![0u8; (hi - lo) as usize];
-            self.fill_from_extents(&olds, lo, &mut content)?;
-            for (off, data) in buf.range(lo..hi) {
-                let i = (off - lo) as usize;
-                content[i..i + data.len()].copy_from_slice(data);
-            }
-            plans.push((lo, olds, Content::Assembled(content)));
         }
         Ok((plans, size))
     }
@@ -699,8 +751,54 @@ fn flushing_bytes(st: &State) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::buffer_insert;
+    use super::{buffer_insert, overlay_buffer, split_window, Extent, MAX_WINDOW};
     use std::collections::BTreeMap;
+
+    fn extent(len: u32) -> Extent {
+        Extent {
+            fingerprint: [0; 32],
+            len,
+        }
+    }
+
+    #[test]
+    fn windows_are_bounded_and_never_split_an_extent() {
+        // 256 KiB extents from 1 MiB to 40 MiB, a hole, then 3 more.
+        let mut olds: Vec<(u64, Extent)> = (0..156u64)
+            .map(|i| ((1 << 20) + i * (256 << 10), extent(256 << 10)))
+            .collect();
+        for i in 0..3u64 {
+            olds.push(((80 << 20) + i * (256 << 10), extent(256 << 10)));
+        }
+        let (lo, hi) = (0, 100 << 20);
+        let windows = split_window(lo, hi, &olds);
+        assert_eq!(windows.first().unwrap().0, lo);
+        assert_eq!(windows.last().unwrap().1, hi);
+        for pair in windows.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "windows are contiguous");
+        }
+        for (a, b) in &windows {
+            assert!(b - a <= MAX_WINDOW + (256 << 10), "{a}..{b} too large");
+            for (o, e) in &olds {
+                let end = o + e.len as u64;
+                assert!(
+                    end <= *a || *o >= *b || (*o >= *a && end <= *b),
+                    "extent {o} split"
+                );
+            }
+        }
+        assert_eq!(split_window(5, 10, &[]), vec![(5, 10)]);
+    }
+
+    #[test]
+    fn buffer_overlay_clips_pieces_to_the_window() {
+        let mut b = BTreeMap::new();
+        b.insert(0u64, b"abcdef".to_vec());
+        b.insert(10u64, b"XYZ".to_vec());
+        let mut out = [b'.'; 8];
+        overlay_buffer(&b, 4, &mut out); // [4, 12)
+        assert_eq!(&out, b"ef....XY");
+    }
 
     #[test]
     fn buffer_merges_overlaps_and_neighbours() {
