@@ -169,7 +169,20 @@ impl Filesystem for DatastoreFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let v = vol_or_reply!(self, reply);
-        reply_entry(reply, v.lookup(parent.0, name.as_bytes()));
+        match v.lookup(parent.0, name.as_bytes()) {
+            // A negative entry (inode 0) the kernel may cache for `TTL`:
+            // creating a file asks first whether the name exists.
+            Err(e) if e.errno == libc::ENOENT && e.cause.is_none() => {
+                let mut none = to_fuse(&Attr {
+                    ino: 0,
+                    inode: crate::volume::Inode::new(Kind::File, 0, 0, 0, 0),
+                    blocks: 0,
+                });
+                none.ino = INodeNo(0);
+                reply.entry(&TTL, &none, Generation(0))
+            }
+            r => reply_entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
