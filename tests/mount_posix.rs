@@ -253,3 +253,39 @@ fn cp_a_keeps_modes_and_acls() {
     assert!(acl.contains("mask::---"), "{acl}");
     assert!(acl.contains("user:1234:r--"), "{acl}");
 }
+
+#[test]
+fn an_unprivileged_write_or_truncate_clears_set_id_bits() {
+    // The mount handles this itself (FUSE_HANDLE_KILLPRIV_V2); the `tests`
+    // user is created by scripts/test.sh.
+    let m = Mounted::new();
+    for (name, how) in [("written", "printf x >> "), ("truncated", "truncate -s 1 ")] {
+        let p = m.mnt().join(name);
+        std::fs::write(&p, "data").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o6777)).unwrap();
+        run(
+            "runuser",
+            &[
+                "-u",
+                "tests",
+                "--",
+                "sh",
+                "-c",
+                &format!("{how}{}", p.display()),
+            ],
+        );
+        let mode = std::fs::metadata(&p).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o777, "{name}: mode {mode:o}");
+    }
+    // Root keeps them (CAP_FSETID).
+    let p = m.mnt().join("by-root");
+    std::fs::write(&p, "data").unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o4755);
+}

@@ -42,6 +42,8 @@ const TOTAL_DIRTY_LIMIT: usize = 128 << 20;
 const WINDOW_GAP: u64 = 256 << 10;
 const NAME_MAX: usize = 255;
 const XATTR_MAX: usize = 64 << 10;
+/// File capabilities, dropped on write, truncate and chown.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
 /// Attributes as the FUSE edge reports them.
 #[derive(Clone, Debug)]
@@ -680,6 +682,31 @@ impl Volume {
 
     // ---- attributes ----------------------------------------------------
 
+    /// What a write or truncate by an unprivileged caller does to a file
+    /// (the mount handles this itself, FUSE_HANDLE_KILLPRIV_V2): clears
+    /// set-user-ID, set-group-ID when group-execute is set, and file
+    /// capabilities.
+    pub fn kill_privileges(&self, ino: u64) -> VResult<()> {
+        let mut st = lock(&self.state);
+        let inode = self.load_inode(&mut st, ino)?;
+        if Self::drop_privileges(inode) {
+            inode.ctime = Time::now();
+            Self::touch(&mut st, ino);
+        }
+        Ok(())
+    }
+
+    /// Clears an inode's privileges; true when anything changed.
+    fn drop_privileges(inode: &mut Inode) -> bool {
+        let mut kill = libc::S_ISUID as u16;
+        if inode.perm & 0o010 != 0 {
+            kill |= libc::S_ISGID as u16;
+        }
+        let had = inode.perm & kill != 0;
+        inode.perm &= !kill;
+        inode.xattrs.remove(CAPABILITY_XATTR).is_some() || had
+    }
+
     pub fn setattr(&self, ino: u64, set: &SetAttr, c: Caller) -> VResult<Attr> {
         let mut st = if set.size.is_some() {
             self.lock_unflushing(ino)
@@ -691,6 +718,9 @@ impl Volume {
                 return err(libc::EISDIR);
             }
             self.truncate(&mut st, ino, size)?;
+            if c.uid != 0 {
+                Self::drop_privileges(self.load_inode(&mut st, ino)?);
+            }
         }
         let now = Time::now();
         let inode = self.load_inode(&mut st, ino)?;
@@ -722,6 +752,7 @@ impl Volume {
             }
             if inode.kind != Kind::Dir {
                 inode.perm &= !0o6000;
+                inode.xattrs.remove(CAPABILITY_XATTR);
             }
             inode.ctime = now;
         }
