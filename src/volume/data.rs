@@ -251,7 +251,8 @@ impl Volume {
             // previous flush (steady 32 MiB steps, no buffer regrowth);
             // scattered writes go on buffering (a larger buffer re-chunks
             // the file less often).
-            let in_memory = st.buffered.values().sum::<usize>() + flushing_bytes(&st);
+            let in_memory =
+                st.buffered.values().sum::<usize>() + st.flushing_bytes.values().sum::<usize>();
             let sequential = st.buffers.get(&ino).is_some_and(|b| b.len() == 1);
             drop(st);
             if in_memory >= TOTAL_DIRTY_LIMIT {
@@ -335,9 +336,10 @@ impl Volume {
             let Some(buf) = st.buffers.remove(&ino) else {
                 return Ok(());
             };
-            st.buffered.remove(&ino);
+            let bytes = st.buffered.remove(&ino).unwrap_or(0);
             let buf = Arc::new(buf);
             st.flushing.insert(ino, buf.clone());
+            st.flushing_bytes.insert(ino, bytes);
             match self.plan_flush(&mut st, ino, &buf) {
                 Ok((plans, size)) => (buf, plans, size),
                 Err(e) => {
@@ -378,6 +380,7 @@ impl Volume {
             return Err(e);
         }
         st.flushing.remove(&ino);
+        st.flushing_bytes.remove(&ino);
         self.flushed.notify_all();
         if !st.inodes.contains_key(&ino) || st.removed_inodes.contains(&ino) {
             // Freed meanwhile: nothing references the new chunks.
@@ -474,6 +477,7 @@ impl Volume {
         stored: &[ChunkRef],
     ) {
         st.flushing.remove(&ino);
+        st.flushing_bytes.remove(&ino);
         self.flushed.notify_all();
         let _ = self.engine.release(stored);
         if !st.inodes.contains_key(&ino) {
@@ -739,14 +743,6 @@ impl Volume {
         st.extent_changes.clear();
         Ok(())
     }
-}
-
-/// Bytes held by buffers that are being flushed right now.
-fn flushing_bytes(st: &State) -> usize {
-    st.flushing
-        .values()
-        .map(|b| b.values().map(Vec::len).sum::<usize>())
-        .sum()
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ struct State {
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
     /// Buffers being chunked right now (reads overlay them under `buffers`).
     flushing: HashMap<u64, Arc<BTreeMap<u64, Vec<u8>>>>,
+    /// Bytes of each buffer in `flushing` (for the memory budget).
+    flushing_bytes: HashMap<u64, usize>,
     /// Inodes queued for the flusher thread.
     flush_queued: HashSet<u64>,
     buffered: HashMap<u64, usize>,
