@@ -278,16 +278,27 @@ fn kill_9_keeps_every_fsynced_file() {
     let writer = {
         let mnt = mnt.clone();
         std::thread::spawn(move || {
-            for i in 0..200u64 {
+            for i in 0..3000u64 {
                 let p = mnt.join(format!("busy{i}"));
                 if std::fs::write(&p, common::random_bytes(1000 + i, 200_000)).is_err() {
                     break;
                 }
                 let _ = std::fs::rename(&p, mnt.join(format!("renamed{i}")));
+                // Overwrites and unlinks drop chunk references while
+                // commits run: none may be dropped before the commit that
+                // stops referencing it.
+                let _ = std::fs::write(
+                    mnt.join("overwritten"),
+                    common::random_bytes(5000 + i, 100_000 + (i as usize % 7) * 50_000),
+                );
+                if i % 3 == 0 && i > 0 {
+                    let _ = std::fs::remove_file(mnt.join(format!("renamed{}", i - 1)));
+                }
             }
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Past two group commits (every 500 ms), with the writer still busy.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
     let pid = Command::new("pgrep")
         .arg("-f")
         .arg(format!("mount {} --foreground", mnt.display()))
@@ -314,7 +325,20 @@ fn kill_9_keeps_every_fsynced_file() {
         "scrub after kill -9: {}",
         String::from_utf8_lossy(&scrub.stdout)
     );
+    // Compacting every segment drops whatever no committed extent
+    // references: a reference released too early loses data here.
+    let gc = f.run(&["gc", "--threshold", "1"]);
+    assert!(
+        gc.status.success(),
+        "gc after kill -9: {}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
     f.mount();
+    let over = std::fs::read(mnt.join("overwritten"));
+    assert!(
+        over.is_ok() || over.as_ref().unwrap_err().kind() == std::io::ErrorKind::NotFound,
+        "overwritten file unreadable after kill -9: {over:?}"
+    );
     for (p, data) in &synced {
         assert!(
             std::fs::read(p).unwrap() == *data,

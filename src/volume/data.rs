@@ -396,8 +396,8 @@ impl Volume {
                 st.extent_changes.insert((ino, *o), None);
             }
             install_extents(&mut st, ino, lo, &refs);
-            let old_refs: Vec<ChunkRef> = olds.iter().map(|(_, e)| chunk_ref(e)).collect();
-            self.engine.release(&old_refs)?;
+            st.deferred_releases
+                .extend(olds.iter().map(|(_, e)| chunk_ref(e)));
         }
         // Stored data now covers the size the file had when the flush
         // began; later writes may still be buffered.
@@ -556,7 +556,6 @@ impl Volume {
         let old = self.load_inode(st, ino)?.size;
         if size < old {
             let cut = overlapping(self.load_extents(st, ino)?, size, u64::MAX);
-            let mut release = Vec::new();
             for (o, e) in &cut {
                 if *o < size {
                     // The extent straddling the new end keeps its prefix.
@@ -567,9 +566,8 @@ impl Volume {
                     st.extents.get_mut(&ino).expect("loaded").remove(o);
                     st.extent_changes.insert((ino, *o), None);
                 }
-                release.push(chunk_ref(e));
+                st.deferred_releases.push(chunk_ref(e));
             }
-            self.engine.release(&release)?;
         }
         let now = Time::now();
         let inode = self.load_inode(st, ino)?;
@@ -668,7 +666,13 @@ impl Volume {
 
     /// Persists every metadata change so far, sealed, in one transaction
     /// with the chunk index (durably when asked).
+    ///
+    /// Only taking the changes holds the volume lock; the engine's commit
+    /// (segment and index fsyncs) runs without it, so requests go on.
+    /// Commits run one at a time, in order. A failed commit poisons the
+    /// engine: nothing later is committed, so no change is half-written.
     pub fn commit(&self, durable: bool) -> VResult<()> {
+        let _one_at_a_time = lock(&self.commit_lock);
         let mut st = lock(&self.state);
         let s = &self.sealer;
         let mut inodes = Vec::new();
@@ -712,6 +716,15 @@ impl Volume {
             extents.push(((*ino, *off), value));
         }
         let next_ino = st.next_ino;
+        // The references these changes dropped join the engine batch this
+        // commit writes; later ones wait in the state for the next commit.
+        let releases = std::mem::take(&mut st.deferred_releases);
+        self.engine.release(&releases)?;
+        st.dirty_inodes.clear();
+        st.removed_inodes.clear();
+        st.dirent_changes.clear();
+        st.extent_changes.clear();
+        drop(st);
         self.engine.commit_with(durable, &mut |txn| {
             let mut t = txn.open_table(INODES)?;
             for (ino, v) in &inodes {
@@ -737,10 +750,6 @@ impl Volume {
             txn.open_table(VOLUME)?.insert("next_ino", next_ino)?;
             Ok(())
         })?;
-        st.dirty_inodes.clear();
-        st.removed_inodes.clear();
-        st.dirent_changes.clear();
-        st.extent_changes.clear();
         Ok(())
     }
 }

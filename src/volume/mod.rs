@@ -3,9 +3,12 @@
 //! Tested in-process; `fs` translates FUSE requests into these calls.
 //!
 //! Invariants:
-//! - One lock (`state`) orders every metadata change; engine puts and
-//!   releases made for a change happen under it, so a commit writes extents
-//!   together with (or after) the chunks they reference, in one transaction.
+//! - One lock (`state`) orders every metadata change. A chunk is put
+//!   before any extent referencing it is installed, so a commit (which
+//!   takes the changes under the lock, then writes them with the engine's
+//!   batch without it) never writes an extent without its chunk. A
+//!   reference a change drops is released in the batch of the commit that
+//!   writes that change, never earlier.
 //! - A file's content is its extents (offset -> chunk) overlaid by its
 //!   write buffer; gaps are holes and read as zeros.
 //! - Every extent holds one engine reference to its chunk; replacing or
@@ -112,6 +115,10 @@ struct State {
     removed_inodes: HashSet<u64>,
     dirent_changes: HashMap<(u64, Vec<u8>), Option<u64>>,
     extent_changes: HashMap<(u64, u64), Option<Extent>>,
+    /// Chunk references the changes above dropped: released in the engine
+    /// batch of the commit that writes those changes, never earlier (a
+    /// commit writing the old extents must not also drop their chunks).
+    deferred_releases: Vec<ChunkRef>,
     next_ino: u64,
 }
 
@@ -123,6 +130,8 @@ pub struct Volume {
     /// Signalled whenever a flush ends.
     flushed: std::sync::Condvar,
     flusher: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
+    /// Held for a whole commit, so commits are written in order.
+    commit_lock: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,6 +170,7 @@ impl Volume {
             cache: Default::default(),
             flushed: std::sync::Condvar::new(),
             flusher: Mutex::new(None),
+            commit_lock: Mutex::new(()),
         };
         {
             let mut st = lock(&vol.state);
@@ -465,7 +475,7 @@ impl Volume {
                 len: e.len,
             })
             .collect();
-        self.engine.release(&refs)?;
+        st.deferred_releases.extend(refs);
         for off in extents.keys() {
             st.extent_changes.insert((ino, *off), None);
         }
