@@ -72,6 +72,28 @@ fn overlay_buffer(buf: &BTreeMap<u64, Vec<u8>>, lo: u64, out: &mut [u8]) {
     }
 }
 
+/// A first write at least this large into an empty buffer starts it in a
+/// recycled stream buffer.
+const STREAM_WRITE: usize = 128 << 10;
+/// Stream buffers kept for reuse: a stream alternates between one filling
+/// and one being flushed.
+const SPARE_BUFFERS: usize = 1;
+
+/// Keeps the large pieces of a flushed buffer for the next stream, when
+/// no reader holds the buffer any more.
+fn recycle(st: &mut State, buf: Arc<BTreeMap<u64, Vec<u8>>>) {
+    if let Ok(map) = Arc::try_unwrap(buf) {
+        for piece in map.into_values() {
+            let size = piece.capacity();
+            if st.spare_buffers.len() < SPARE_BUFFERS
+                && (DIRTY_LIMIT..=2 * DIRTY_LIMIT).contains(&size)
+            {
+                st.spare_buffers.push(piece);
+            }
+        }
+    }
+}
+
 /// Capacity figures for statfs.
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
@@ -240,7 +262,18 @@ impl Volume {
             inode.ctime = now;
         }
         Self::touch(&mut st, ino);
-        let delta = buffer_insert(st.buffers.entry(ino).or_default(), off, data);
+        let buffer_empty = st.buffers.get(&ino).is_none_or(|b| b.is_empty());
+        let delta = if buffer_empty && data.len() >= STREAM_WRITE {
+            // Likely a stream: start it in a recycled buffer, whose pages
+            // are already mapped (fresh ones cost a fault and a clear each).
+            let mut piece = st.spare_buffers.pop().unwrap_or_default();
+            piece.clear();
+            piece.extend_from_slice(data);
+            st.buffers.entry(ino).or_default().insert(off, piece);
+            data.len() as isize
+        } else {
+            buffer_insert(st.buffers.entry(ino).or_default(), off, data)
+        };
         let total = st.buffered.entry(ino).or_default();
         *total = (*total as isize + delta).max(0) as usize;
         if *total >= DIRTY_LIMIT {
@@ -382,6 +415,7 @@ impl Volume {
         st.flushing.remove(&ino);
         st.flushing_bytes.remove(&ino);
         self.flushed.notify_all();
+        recycle(&mut st, buf);
         if !st.inodes.contains_key(&ino) || st.removed_inodes.contains(&ino) {
             // Freed meanwhile: nothing references the new chunks.
             self.engine.release(&new_refs)?;
@@ -450,17 +484,19 @@ impl Volume {
         let mut plans = Vec::new();
         for (lo, hi) in merged {
             let olds = overlapping(&extents, lo, hi);
+            if olds.is_empty() && buf.get(&lo).is_some_and(|p| lo + p.len() as u64 == hi) {
+                // One buffered piece over nothing stored: chunked in place,
+                // however large (nothing to assemble, so no need to cut).
+                plans.push((lo, olds, Content::Piece(lo)));
+                continue;
+            }
             for (a, b) in split_window(lo, hi, &olds) {
                 let part: Replaced = olds
                     .iter()
                     .filter(|(o, _)| *o >= a && *o < b)
                     .copied()
                     .collect();
-                let content = match buf.get(&a) {
-                    Some(p) if part.is_empty() && a + p.len() as u64 == b => Content::Piece(a),
-                    _ => Content::Assemble { hi: b },
-                };
-                plans.push((a, part, content));
+                plans.push((a, part, Content::Assemble { hi: b }));
             }
         }
         Ok((plans, size))

@@ -119,6 +119,8 @@ struct State {
     /// batch of the commit that writes those changes, never earlier (a
     /// commit writing the old extents must not also drop their chunks).
     deferred_releases: Vec<ChunkRef>,
+    /// Flushed stream buffers kept for reuse (see data::recycle).
+    spare_buffers: Vec<Vec<u8>>,
     next_ino: u64,
 }
 
