@@ -199,7 +199,6 @@ for name in disk bindfs gocryptfs datastore; do
     echo "==> $name: cp -a of the Linux 6.1 tree"
     dir=$base/tree-$name
     mount_candidate "$name" "$dir"
-    drop_caches
     t=$(now)
     cp -a "$linux" "$dir/linux"
     record "$name" tree_copy_s "$(since "$t")"
