@@ -113,7 +113,15 @@ fn main() {
     let dir = tempfile::tempdir_in(base).expect("bench dir");
     let xts: [u8; 64] = random_bytes(1, 64).try_into().unwrap();
     let fpk: [u8; 32] = random_bytes(2, 32).try_into().unwrap();
-    let crypto = Arc::new(ChunkCrypto::new(&xts, &fpk, FingerprintAlg::Blake3Keyed).unwrap());
+    let crypto = Arc::new(
+        ChunkCrypto::new(
+            keystore::Provider::DEFAULT,
+            &xts,
+            &fpk,
+            FingerprintAlg::Blake3Keyed,
+        )
+        .unwrap(),
+    );
     Engine::create(dir.path(), "bench", &EngineConfig::default()).unwrap();
     let e = Engine::open(dir.path(), Some(crypto)).unwrap();
     println!(

@@ -7,6 +7,10 @@
 #   scripts/bench.sh full      fio 8 GiB, random I/O 30 s, plus the engine's
 #                              own benchmark (cargo bench)
 #   scripts/bench.sh engine    the chunk engine alone (cargo bench)
+#   scripts/bench.sh fips      datastore with the default crypto provider
+#                              against FIPS mode validated (AWS-LC module):
+#                              fio 2 GiB write + cold read, three runs each,
+#                              then the provider micro-benchmarks
 #
 # Candidates: the plain disk (a directory), bindfs (FUSE passthrough),
 # gocryptfs (encrypted FUSE) and datastore (a local store); restic and
@@ -27,7 +31,8 @@ case "$mode" in
     quick) size=2g random_s=10 ;;
     full) size=8g random_s=30 ;;
     engine) exec cargo bench --bench engine ;;
-    *) echo "usage: scripts/bench.sh [quick|full|engine]" >&2; exit 2 ;;
+    fips) size=2g random_s=0 ;;
+    *) echo "usage: scripts/bench.sh [quick|full|engine|fips]" >&2; exit 2 ;;
 esac
 
 need() {
@@ -75,6 +80,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 bytes_of() { du -sb "$1" | cut -f1; }
 
 # --- inputs -----------------------------------------------------------------
+if [ "$mode" != fips ]; then
 linux=$cache/linux-source-6.1
 if [ ! -d "$linux" ]; then
     echo "==> extracting the Linux 6.1 tree"
@@ -94,6 +100,7 @@ linux_bytes=$(du -sb --apparent-size "$linux" | cut -f1)
 versions_bytes=$(du -sb --apparent-size "$versions/tree" | cut -f1)
 record input linux_bytes "$linux_bytes"
 record input versions_bytes "$versions_bytes"
+fi
 
 # --- candidates ---------------------------------------------------------------
 # mount_candidate NAME DIR: makes DIR a fresh, empty target of that kind.
@@ -113,8 +120,10 @@ mount_candidate() {
             gocryptfs -q -extpass "cat $base/pw" "$dir.cipher" "$dir" 2>/dev/null
             mounts+=("$dir")
             ;;
-        datastore)
-            DATASTORE_STORE=$dir.store "$bin" init --password-file "$base/pw" >/dev/null
+        datastore | datastore-fips)
+            local fips=disabled
+            [ "$name" = datastore-fips ] && fips=validated
+            DATASTORE_STORE=$dir.store "$bin" init --fips-mode "$fips" --password-file "$base/pw" >/dev/null
             DATASTORE_STORE=$dir.store "$bin" mount "$dir" --password-file "$base/pw" >/dev/null
             mounts+=("$dir")
             ;;
@@ -160,6 +169,38 @@ for d in range(100):
             fh.write(os.urandom(16) * 64)
 EOF
 }
+
+# --- fips mode: the default provider against the validated one ---------------
+if [ "$mode" = fips ]; then
+    for run in 1 2 3; do
+        for name in datastore datastore-fips; do
+            echo "==> $name, run $run: fio sequential write and cold read ($size)"
+            dir=$base/fips-$name-$run
+            mount_candidate "$name" "$dir"
+            drop_caches
+            record "$name" "seqwrite_mbs_$run" "$(fio_run seq "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)"
+            drop_caches
+            record "$name" "seqread_mbs_$run" "$(fio_run seq "$dir" read 1m "$size" | bw_mbs)"
+            DATASTORE_STORE=$dir.store "$bin" unmount "$dir" >/dev/null
+            rm -rf "$dir.store"
+        done
+    done
+    python3 - "$results" <<'EOF' | tee "$cache/last-fips-table.md"
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+def runs(name, what):
+    return [float(v) for n, k, v in rows if n == name and k.startswith(what)]
+print("| datastore, fio 1 MiB blocks | default provider | validated (AWS-LC FIPS) | validated / default |")
+print("|---|---:|---:|---:|")
+for what, label in [("seqwrite_mbs", "sequential write MB/s (end_fsync)"), ("seqread_mbs", "cold sequential read MB/s")]:
+    d, v = runs("datastore", what), runs("datastore-fips", what)
+    md, mv = statistics.median(d), statistics.median(v)
+    print(f"| {label}, median of {len(d)} (runs: {d} / {v}) | {md:,.0f} | {mv:,.0f} | {mv / md:.2f} |")
+EOF
+    echo
+    cargo bench --bench providers
+    exit 0
+fi
 
 # --- 1. fio and small files on each mount ---------------------------------------
 for name in disk bindfs gocryptfs datastore; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone, as root on Debian.
-# Installs what the tests need (gdb for the core-dump test), then runs
-# formatting, clippy, and every test of the workspace.
+# Installs what the tests need (gdb for the core-dump test, cmake and Go for
+# the FIPS module), then runs formatting, clippy, and every test of the
+# workspace, with default features and again without them (no FIPS module).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v gcore >/dev/null 2>&1 || need_pkgs+=(gdb)
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 dpkg -s libacl1-dev >/dev/null 2>&1 || need_pkgs+=(libacl1-dev acl)
 [ -e /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
+command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
+command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "==> installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -33,5 +36,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --profile ci -- -D warnings
+cargo clippy --workspace --all-targets --profile ci --no-default-features -- -D warnings
 echo "==> cargo test (profile ci: optimised, overflow checks on)"
 cargo test --workspace --profile ci
+echo "==> cargo test --no-default-features (a build without the FIPS module)"
+cargo test --workspace --profile ci --no-default-features --lib --test fips --test cli

@@ -183,6 +183,7 @@ fn startup_and_shipping_modes() {
     assert!(Path::new(&boot).exists(), "a new boot key was made");
 }
 
+#[cfg(feature = "fips")]
 #[test]
 fn fips_validated_switches_kdf_and_fingerprints_and_refuses_short_passwords() {
     let env = Env::new();

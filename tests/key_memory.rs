@@ -33,6 +33,7 @@ fn key_memory_child() {
     let vk = ks.unlock(password.as_bytes(), &KatSet::embedded()).unwrap();
     drop(password);
     let crypto = ChunkCrypto::new(
+        vk.provider(),
         vk.xts_key(),
         vk.fingerprint_key(),
         FingerprintAlg::Blake3Keyed,
@@ -40,7 +41,7 @@ fn key_memory_child() {
     .unwrap();
     // Use the schedules once so they are live, as in a serving daemon.
     let mut buf = vec![7u8; 4096];
-    crypto.cipher.encrypt(&mut buf, &[1u8; 32]);
+    crypto.cipher.encrypt(&mut buf, &[1u8; 32]).unwrap();
     std::fs::write(dir.join("ready"), b"1").unwrap();
     std::thread::sleep(Duration::from_secs(120));
     drop((vk, crypto));

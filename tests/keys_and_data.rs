@@ -15,6 +15,7 @@ use keystore::{FipsMode, KatSet, Keystore, SlotOptions};
 fn crypto_of(vk: &keystore::VolumeKey) -> Arc<ChunkCrypto> {
     Arc::new(
         ChunkCrypto::new(
+            vk.provider(),
             vk.xts_key(),
             vk.fingerprint_key(),
             FingerprintAlg::Blake3Keyed,

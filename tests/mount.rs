@@ -6,86 +6,11 @@
 
 mod common;
 
+use common::mounted::{diff, Fixture};
+
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const PW: &str = "mount test password 42";
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "/dev/fuse is missing: the mount tests need FUSE"
-        );
-        // SAFETY: getuid has no preconditions.
-        assert_eq!(unsafe { libc::getuid() }, 0, "the mount tests need root");
-        let f = Fixture {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir(f.mnt()).unwrap();
-        std::fs::write(f.pw(), format!("{PW}\n")).unwrap();
-        f.ok(&["init", "--password-file", f.pw().to_str().unwrap()]);
-        f
-    }
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-    fn mnt(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-    fn pw(&self) -> PathBuf {
-        self.dir.path().join("pw")
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        common::datastore(self.dir.path(), &self.store(), args)
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-    fn mount(&self) {
-        self.ok(&[
-            "mount",
-            self.mnt().to_str().unwrap(),
-            "--password-file",
-            self.pw().to_str().unwrap(),
-        ]);
-    }
-    fn mount_locked(&self) {
-        let out = self.ok(&["mount", self.mnt().to_str().unwrap()]);
-        assert!(out.contains("locked"), "{out}");
-    }
-    fn unmount(&self) {
-        self.ok(&["unmount", self.mnt().to_str().unwrap()]);
-    }
-    fn is_mounted(&self) -> bool {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let m = self.mnt();
-        info.lines()
-            .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if self.is_mounted() {
-            let _ = self.run(&["unmount", self.mnt().to_str().unwrap()]);
-        }
-        if self.is_mounted() {
-            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
 
 /// A tree with nested directories, small and large files, a symlink and
 /// a hard link.
@@ -107,24 +32,9 @@ fn make_tree(root: &Path) {
     std::fs::hard_link(root.join("dir1/sub/f2.bin"), root.join("hard")).unwrap();
 }
 
-fn diff(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .arg("-r")
-        .arg("--no-dereference")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "trees differ:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
-
 #[test]
 fn tree_copy_reads_back_identical_across_remount() {
-    let f = Fixture::new();
+    let f = Fixture::new(&[]);
     let src = f.dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     make_tree(&src);
@@ -154,7 +64,7 @@ fn tree_copy_reads_back_identical_across_remount() {
 
 #[test]
 fn no_marker_reaches_the_store() {
-    let f = Fixture::new();
+    let f = Fixture::new(&[]);
     f.mount();
     let marker = hex::encode(common::random_bytes(0x5eed, 12));
     let dir = f.mnt().join(format!("d-{marker}"));
@@ -181,7 +91,7 @@ fn no_marker_reaches_the_store() {
 
 #[test]
 fn locked_mount_refuses_until_unlocked() {
-    let f = Fixture::new();
+    let f = Fixture::new(&[]);
     f.mount();
     std::fs::write(f.mnt().join("secret.txt"), b"contents").unwrap();
     f.unmount();
@@ -240,7 +150,7 @@ fn locked_mount_refuses_until_unlocked() {
 
 #[test]
 fn second_mount_of_a_store_is_refused() {
-    let f = Fixture::new();
+    let f = Fixture::new(&[]);
     f.mount();
     let other = f.dir.path().join("mnt2");
     std::fs::create_dir(&other).unwrap();
@@ -262,7 +172,7 @@ fn second_mount_of_a_store_is_refused() {
 
 #[test]
 fn kill_9_keeps_every_fsynced_file() {
-    let f = Fixture::new();
+    let f = Fixture::new(&[]);
     f.mount();
     let mnt = f.mnt();
     // Files written and fsync'ed, then more writes and renames in flight.

@@ -19,6 +19,14 @@ pub enum KeystoreError {
     SelfTest(String),
     #[error("{0}")]
     Refused(String),
+    #[error(
+        "the FIPS module did not report the service approved: {0} (refused in validated mode)"
+    )]
+    NotApproved(String),
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(&'static str),
+    #[error("sealed data failed authentication (damaged or tampered)")]
+    Tampered,
     #[error("the system random generator failed")]
     Random,
     #[error("keystore I/O on {path}: {source}")]

@@ -6,12 +6,12 @@
 //! minimums. Every derivation counts in `derivations()`, so tests can prove
 //! that each unlock attempt paid the full cost.
 
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::KeystoreError;
+use crate::provider::{Argon2Params, Provider};
 use crate::secmem::LockedBox;
 
 /// Floors: Argon2id 19 MiB / t=2 (OWASP), PBKDF2 600,000 iterations.
@@ -73,48 +73,41 @@ impl Kdf {
         }
     }
 
-    /// Derives the 32-byte KEK into locked memory.
-    pub fn derive(&self, secret: &[u8], salt: &[u8]) -> Result<LockedBox<[u8; 32]>, KeystoreError> {
+    /// Derives the 32-byte KEK into locked memory with `provider` (the
+    /// validated provider refuses Argon2id).
+    pub fn derive(
+        &self,
+        provider: Provider,
+        secret: &[u8],
+        salt: &[u8],
+    ) -> Result<LockedBox<[u8; 32]>, KeystoreError> {
         self.validate()?;
         DERIVATIONS.with(|d| d.set(d.get() + 1));
         let mut out = LockedBox::new([0u8; 32])?;
         match *self {
             Kdf::Argon2id { m_kib, t, p } => {
-                let params = argon2::Params::new(m_kib, t, p, Some(32))
-                    .map_err(|e| KeystoreError::Corrupt(format!("argon2 parameters: {e}")))?;
-                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                    .hash_password_into(secret, salt, &mut out[..])
-                    .map_err(|e| KeystoreError::Corrupt(format!("argon2: {e}")))?;
+                provider.argon2id(Argon2Params { m_kib, t, p }, secret, salt, &mut out[..])?
             }
             Kdf::Pbkdf2Sha256 { iterations } => {
-                let n = NonZeroU32::new(iterations)
-                    .ok_or(KeystoreError::Corrupt("0 iterations".into()))?;
-                ring::pbkdf2::derive(
-                    ring::pbkdf2::PBKDF2_HMAC_SHA256,
-                    n,
-                    salt,
-                    secret,
-                    &mut out[..],
-                );
+                provider.pbkdf2_sha256(iterations, salt, secret, &mut out[..])?
             }
         }
         Ok(out)
     }
 
     /// Picks parameters so one derivation takes about `target` here.
-    pub fn calibrate(fips: bool, target: Duration) -> Result<Kdf, KeystoreError> {
+    pub fn calibrate(
+        provider: Provider,
+        fips: bool,
+        target: Duration,
+    ) -> Result<Kdf, KeystoreError> {
         let salt = [0u8; 16];
         if fips {
             let probe = 100_000u32;
             let t0 = Instant::now();
             let mut out = [0u8; 32];
-            ring::pbkdf2::derive(
-                ring::pbkdf2::PBKDF2_HMAC_SHA256,
-                NonZeroU32::new(probe).expect("nonzero"),
-                &salt,
-                b"calibration",
-                &mut out,
-            );
+            // A 16-byte probe password: inside the module's approved range.
+            provider.pbkdf2_sha256(probe, &salt, b"calibration-pass", &mut out)?;
             let per = t0.elapsed().as_secs_f64() / probe as f64;
             let n = (target.as_secs_f64() / per.max(1e-9)) as u64;
             let iterations = n.clamp(PBKDF2_MIN_ITERATIONS as u64, 50_000_000) as u32;
@@ -131,12 +124,13 @@ impl Kdf {
             let Kdf::Argon2id { m_kib, t, p } = kdf else {
                 unreachable!()
             };
-            let params = argon2::Params::new(m_kib, t, p, Some(32))
-                .map_err(|e| KeystoreError::Corrupt(format!("argon2 parameters: {e}")))?;
             let mut out = [0u8; 32];
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                .hash_password_into(b"calibration", &salt, &mut out)
-                .map_err(|e| KeystoreError::Corrupt(format!("argon2: {e}")))?;
+            provider.argon2id(
+                Argon2Params { m_kib, t, p },
+                b"calibration",
+                &salt,
+                &mut out,
+            )?;
             let took = t0.elapsed();
             if took * 2 > target {
                 return Ok(kdf);

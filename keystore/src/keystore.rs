@@ -16,8 +16,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ring::aead;
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::error::KeystoreError;
@@ -25,8 +23,9 @@ use crate::file::{
     decode_hex, destroy_file, FipsMode, KeystoreFile, Shipping, Slot, SlotKind, StartupMode,
 };
 use crate::kdf::Kdf;
+use crate::provider::{Provider, GCM_NONCE_LEN, GCM_TAG_LEN};
 use crate::secmem::{harden_process, LockedBox};
-use crate::selftest::{self, KatSet, SelfTestReport};
+use crate::selftest::{self, KatSet};
 use crate::volume::{VolumeKey, VOLUME_KEY_LEN};
 
 /// Minimum password length in FIPS mode `validated` (SP 800-132 guidance as
@@ -40,11 +39,9 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn random<const N: usize>() -> Result<[u8; N], KeystoreError> {
+fn random<const N: usize>(provider: Provider) -> Result<[u8; N], KeystoreError> {
     let mut b = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| KeystoreError::Random)?;
+    provider.fill_random(&mut b)?;
     Ok(b)
 }
 
@@ -52,8 +49,8 @@ fn random<const N: usize>() -> Result<[u8; N], KeystoreError> {
 pub struct RecoveryKey(Zeroizing<String>);
 
 impl RecoveryKey {
-    fn generate() -> Result<(Self, Zeroizing<[u8; 32]>), KeystoreError> {
-        let raw = Zeroizing::new(random::<32>()?);
+    fn generate(provider: Provider) -> Result<(Self, Zeroizing<[u8; 32]>), KeystoreError> {
+        let raw = Zeroizing::new(random::<32>(provider)?);
         let hex = Zeroizing::new(hex::encode(&raw[..]));
         let grouped: Vec<&str> = (0..16).map(|i| &hex[i * 4..i * 4 + 4]).collect();
         Ok((RecoveryKey(Zeroizing::new(grouped.join("-"))), raw))
@@ -143,7 +140,11 @@ impl Keystore {
     }
 
     fn kdf_for_new_slot(&self, opts: &SlotOptions) -> Result<Kdf, KeystoreError> {
-        Kdf::calibrate(self.file.fips_mode == FipsMode::Validated, opts.kdf_target)
+        Kdf::calibrate(
+            self.provider()?,
+            self.file.fips_mode == FipsMode::Validated,
+            opts.kdf_target,
+        )
     }
 
     fn check_password_policy(&self, password: &[u8]) -> Result<(), KeystoreError> {
@@ -168,22 +169,10 @@ impl Keystore {
         kek: &[u8; 32],
         vk: &VolumeKey,
     ) -> Result<Slot, KeystoreError> {
-        let key = LockedBox::new_with(|slot| {
-            slot.write(aead::LessSafeKey::new(
-                aead::UnboundKey::new(&aead::AES_256_GCM, kek).expect("32-byte key"),
-            ));
-        })?;
-        let nonce = random::<12>()?;
-        let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + 16])?;
-        buf[..VOLUME_KEY_LEN].copy_from_slice(vk.as_bytes());
-        let tag = key
-            .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(self.aad(id, kind, &kdf)),
-                &mut buf[..VOLUME_KEY_LEN],
-            )
-            .map_err(|_| KeystoreError::Refused("key wrap failed".into()))?;
-        buf[VOLUME_KEY_LEN..].copy_from_slice(tag.as_ref());
+        let key = LockedBox::try_new_with(|| self.provider()?.aes256_gcm(kek))?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(VOLUME_KEY_LEN + GCM_TAG_LEN));
+        buf.extend_from_slice(vk.as_bytes());
+        let nonce = key.seal_random_nonce(&self.aad(id, kind, &kdf), &mut buf)?;
         Ok(Slot {
             id,
             kind,
@@ -197,26 +186,30 @@ impl Keystore {
 
     /// Opens a slot with its KEK; Err(WrongPassword) when the tag fails.
     fn unwrap_slot(&self, slot: &Slot, kek: &[u8; 32]) -> Result<VolumeKey, KeystoreError> {
-        let key = LockedBox::new_with(|s| {
-            s.write(aead::LessSafeKey::new(
-                aead::UnboundKey::new(&aead::AES_256_GCM, kek).expect("32-byte key"),
-            ));
-        })?;
-        let nonce: [u8; 12] = decode_hex("nonce", &slot.nonce, 12)?
+        let provider = self.provider()?;
+        let key = LockedBox::try_new_with(|| provider.aes256_gcm(kek))?;
+        let nonce: [u8; GCM_NONCE_LEN] = decode_hex("nonce", &slot.nonce, GCM_NONCE_LEN)?
             .try_into()
             .expect("12");
-        let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + 16])?;
-        let wrapped = Zeroizing::new(decode_hex("wrapped", &slot.wrapped, VOLUME_KEY_LEN + 16)?);
+        let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + GCM_TAG_LEN])?;
+        let wrapped = Zeroizing::new(decode_hex(
+            "wrapped",
+            &slot.wrapped,
+            VOLUME_KEY_LEN + GCM_TAG_LEN,
+        )?);
         buf.copy_from_slice(&wrapped);
-        key.open_in_place(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(self.aad(slot.id, slot.kind, &slot.kdf)),
+        match key.open(
+            nonce,
+            &self.aad(slot.id, slot.kind, &slot.kdf),
             &mut buf[..],
-        )
-        .map_err(|_| KeystoreError::WrongPassword)?;
+        ) {
+            Ok(_) => {}
+            Err(KeystoreError::Tampered) => return Err(KeystoreError::WrongPassword),
+            Err(e) => return Err(e),
+        }
         let mut vk = LockedBox::new([0u8; VOLUME_KEY_LEN])?;
         vk.copy_from_slice(&buf[..VOLUME_KEY_LEN]);
-        Ok(VolumeKey::from_locked(vk))
+        Ok(VolumeKey::from_locked(vk, provider))
     }
 
     fn new_secret_slot(
@@ -227,8 +220,8 @@ impl Keystore {
         opts: &SlotOptions,
     ) -> Result<Slot, KeystoreError> {
         let kdf = self.kdf_for_new_slot(opts)?;
-        let salt = random::<16>()?;
-        let kek = kdf.derive(secret, &salt)?;
+        let salt = random::<16>(self.provider()?)?;
+        let kek = kdf.derive(self.provider()?, secret, &salt)?;
         let id = self.file.next_slot_id;
         self.file.next_slot_id += 1;
         self.wrap(id, kind, Some(kdf), salt, &kek, vk)
@@ -252,9 +245,7 @@ impl Keystore {
                 dir.display()
             )));
         }
-        if fips == FipsMode::Validated {
-            selftest::require(&KatSet::embedded())?;
-        }
+        let provider = Provider::for_mode(fips, &KatSet::embedded())?;
         let mut ks = Keystore {
             dir,
             boot_dir: boot_dir.to_path_buf(),
@@ -271,10 +262,10 @@ impl Keystore {
             loaded_from_backup: false,
         };
         ks.check_password_policy(password)?;
-        let vk = VolumeKey::generate()?;
+        let vk = VolumeKey::generate(provider)?;
         let slot = ks.new_secret_slot(SlotKind::Password, password, &vk, opts)?;
         ks.file.slots.push(slot);
-        let (rk, raw) = RecoveryKey::generate()?;
+        let (rk, raw) = RecoveryKey::generate(provider)?;
         let slot = ks.new_secret_slot(SlotKind::Recovery, &raw[..], &vk, opts)?;
         ks.file.slots.push(slot);
         std::fs::create_dir_all(&ks.dir).map_err(|e| KeystoreError::io(&ks.dir, e))?;
@@ -306,12 +297,20 @@ impl Keystore {
         self.file.shipping.is_some()
     }
 
-    /// Self-tests required before unwrapping in validated mode.
-    fn gate(&self, kats: &KatSet) -> Result<Option<SelfTestReport>, KeystoreError> {
-        if self.file.fips_mode == FipsMode::Validated {
-            return selftest::require(kats).map(Some);
+    /// The provider this store's FIPS mode needs (in validated mode this
+    /// brings the module up once per process, or refuses).
+    pub fn provider(&self) -> Result<Provider, KeystoreError> {
+        Provider::for_mode(self.file.fips_mode, &KatSet::embedded())
+    }
+
+    /// Before anything is unwrapped: the provider, and in validated mode
+    /// `kats` must pass through it.
+    fn gate(&self, kats: &KatSet) -> Result<Provider, KeystoreError> {
+        let provider = Provider::for_mode(self.file.fips_mode, kats)?;
+        if provider.is_validated() {
+            selftest::require(kats, provider)?;
         }
-        Ok(None)
+        Ok(provider)
     }
 
     /// Tries `secret` against every password slot (and every recovery slot
@@ -331,7 +330,7 @@ impl Keystore {
             let salt = decode_hex("salt", &slot.salt, 16)?;
             // Every slot is tried even after a match, so the time an attempt
             // takes says nothing about which slot (if any) matched.
-            let kek = kdf.derive(candidate, &salt)?;
+            let kek = kdf.derive(self.provider()?, candidate, &salt)?;
             match self.unwrap_slot(slot, &kek) {
                 Ok(vk) if found.is_none() => found = Some((slot.id, vk)),
                 Ok(_) | Err(KeystoreError::WrongPassword) => {}
@@ -399,7 +398,7 @@ impl Keystore {
         std::fs::create_dir_all(&self.boot_dir)
             .map_err(|e| KeystoreError::io(&self.boot_dir, e))?;
         set_mode(&self.boot_dir, 0o700)?;
-        let key = LockedBox::new(random::<32>()?)?;
+        let key = LockedBox::new(random::<32>(self.provider()?)?)?;
         let id = self.file.next_slot_id;
         self.file.next_slot_id += 1;
         let slot = self.wrap(id, SlotKind::Boot, None, [0u8; 16], &key, vk)?;
@@ -556,8 +555,9 @@ impl Keystore {
             )));
         }
         if mode == FipsMode::Validated {
-            selftest::require(kats)?;
+            selftest::require(kats, Provider::validated(kats)?)?;
         }
+        self.gate(kats)?;
         let (_, vk) = self.open_with_secret(password)?;
         let old = self.file.clone();
         self.file.fips_mode = mode;
@@ -569,7 +569,7 @@ impl Keystore {
         self.file.slots.clear();
         let slot = self.new_secret_slot(SlotKind::Password, password, &vk, opts)?;
         self.file.slots.push(slot);
-        let (rk, raw) = RecoveryKey::generate()?;
+        let (rk, raw) = RecoveryKey::generate(self.provider()?)?;
         let slot = self.new_secret_slot(SlotKind::Recovery, &raw[..], &vk, opts)?;
         self.file.slots.push(slot);
         if had_boot {

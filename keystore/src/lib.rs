@@ -11,6 +11,7 @@ pub mod file;
 pub mod kdf;
 #[allow(clippy::module_inception)]
 pub mod keystore;
+pub mod provider;
 pub mod secmem;
 pub mod selftest;
 pub mod volume;
@@ -19,6 +20,7 @@ pub mod xts;
 pub use error::KeystoreError;
 pub use file::{FipsMode, SlotKind, StartupMode};
 pub use keystore::{Keystore, KeystoreInfo, RecoveryKey, SlotOptions, FIPS_MIN_PASSWORD};
+pub use provider::{GcmKey, HmacKey, ModuleStatus, Provider, XtsKey};
 pub use secmem::{harden_process, locked_bytes, process_is_hardened, LockedBox};
 pub use selftest::{KatSet, SelfTestReport};
 pub use volume::VolumeKey;

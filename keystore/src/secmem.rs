@@ -50,6 +50,27 @@ impl<T> LockedBox<T> {
     pub fn new_with(
         init: impl FnOnce(&mut std::mem::MaybeUninit<T>),
     ) -> Result<Self, KeystoreError> {
+        Self::build(|slot| {
+            init(slot);
+            Ok(())
+        })
+    }
+
+    /// Like `new_with`, for values whose construction can fail (a key
+    /// object the crypto provider builds): on failure the pages are wiped
+    /// and unmapped and the error is returned.
+    pub fn try_new_with(
+        make: impl FnOnce() -> Result<T, KeystoreError>,
+    ) -> Result<Self, KeystoreError> {
+        Self::build(|slot| {
+            slot.write(make()?);
+            Ok(())
+        })
+    }
+
+    fn build(
+        init: impl FnOnce(&mut std::mem::MaybeUninit<T>) -> Result<(), KeystoreError>,
+    ) -> Result<Self, KeystoreError> {
         let size = std::mem::size_of::<T>().max(1);
         assert!(std::mem::align_of::<T>() <= page_size());
         let page = page_size();
@@ -100,10 +121,20 @@ impl<T> LockedBox<T> {
         LOCKED_BYTES.fetch_add(map_len, Ordering::Relaxed);
         let ptr = addr as *mut std::mem::MaybeUninit<T>;
         // SAFETY: the mapping is large enough and page-aligned for T.
-        init(unsafe { &mut *ptr });
+        let built = init(unsafe { &mut *ptr });
         // Whatever `init` built on the stack before moving it here (a key
         // schedule, a key copy) is still below this frame: wipe it.
         scrub_stack();
+        if let Err(e) = built {
+            // SAFETY: our own mapping; nothing was initialised in it.
+            unsafe {
+                std::ptr::write_bytes(addr as *mut u8, 0, map_len);
+                libc::munlock(addr, map_len);
+                libc::munmap(addr, map_len);
+            }
+            LOCKED_BYTES.fetch_sub(map_len, Ordering::Relaxed);
+            return Err(e);
+        }
         Ok(LockedBox {
             ptr: NonNull::new(addr as *mut T).expect("mmap returned non-null"),
             map_len,

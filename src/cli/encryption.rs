@@ -2,13 +2,15 @@
 //! remove, startup, shipping-mode. Each verb rewraps or destroys key
 //! material; none touches data.
 
-use keystore::{FipsMode, KatSet, StartupMode};
+use keystore::provider::services::ServiceCount;
+use keystore::{FipsMode, KatSet, Provider, StartupMode};
 use serde::Serialize;
 
 use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
 use super::store::{fips_of, load_config, open_keystore};
 use super::{kdf_options, print_json, Cli, EncryptionCommand, PasswordCommand, StartupArg};
+use crate::crypto::certificate::certificate_for;
 use crate::crypto::FingerprintAlg;
 use crate::engine::Engine;
 
@@ -32,25 +34,92 @@ struct Show {
     encrypted: bool,
     data_cipher: &'static str,
     fingerprint: &'static str,
+    metadata_sealing: &'static str,
     key_slot_wrap: &'static str,
     fips_mode: FipsMode,
     compliance: String,
-    crypto_implementation: &'static str,
+    crypto_implementation: String,
+    /// Validated mode: the module as it reported itself (None if it failed
+    /// to come up; `module_error` says why).
+    crypto_module: Option<keystore::ModuleStatus>,
+    module_error: Option<String>,
+    /// The certificate docs/FIPS.md ties to this exact module, or why none.
+    certificate: Option<String>,
+    /// Services used and the module's indicator verdicts.
+    services: Vec<ServiceCount>,
+    services_source: &'static str,
     self_test: keystore::SelfTestReport,
     keystore: keystore::KeystoreInfo,
     lock_state: String,
     memory_protection: &'static str,
 }
 
+/// The module status and services as the mounted daemon reports them.
+fn daemon_crypto(
+    store: &std::path::Path,
+) -> Option<(Option<keystore::ModuleStatus>, Vec<ServiceCount>)> {
+    let json = super::mount::control(store, "status\n").ok()??;
+    let st: crate::daemon::status::Status = serde_json::from_str(&json).ok()?;
+    (!st.locked).then_some((st.crypto_module, st.crypto_services))
+}
+
 fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     let cfg = load_config(&cli.store)?;
     let ks = open_keystore(&cli.store)?;
-    let self_test = keystore::selftest::run(&KatSet::embedded());
     let fips = ks.fips_mode();
-    let compliance = match (fips, self_test.passed) {
-        (FipsMode::Validated, true) => "FIPS mode: approved algorithms only (AES-XTS-256, AES-256-GCM, HMAC-SHA-256, PBKDF2-HMAC-SHA-256, OS DRBG); known-answer self-tests passed. The implementation is not a NIST-validated module: no CMVP certificate applies.".to_string(),
-        (FipsMode::Validated, false) => "FIPS mode: SELF-TESTS FAILED; unlock is refused.".to_string(),
-        (FipsMode::Disabled, _) => "FIPS mode disabled: Argon2id and keyed BLAKE3 in use.".to_string(),
+    let kats = KatSet::embedded();
+    let (provider, module_error) = match Provider::for_mode(fips, &kats) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let self_test = match provider {
+        Some(p) => keystore::selftest::run(&kats, p),
+        None => keystore::SelfTestReport {
+            passed: false,
+            at: 0,
+            results: vec![format!(
+                "not run: {}",
+                module_error.clone().unwrap_or_default()
+            )],
+        },
+    };
+    let validated = fips == FipsMode::Validated;
+    let mut crypto_module = Provider::module_status().and_then(Result::ok);
+    let (services, services_source) = match daemon_crypto(&cli.store) {
+        Some((m, s)) => {
+            crypto_module = m.or(crypto_module);
+            (s, "the mounted daemon, since it started")
+        }
+        None => (
+            keystore::provider::services::snapshot(),
+            "this command's self-test run (the store is not mounted and unlocked)",
+        ),
+    };
+    let certificate = crypto_module.as_ref().map(|m| match certificate_for(&m.name) {
+        Some(c) => format!("{c}, tied to {} in docs/FIPS.md", m.name),
+        None => format!(
+            "none claimed: no CMVP certificate is documented for {} itself (AWS-LC's v3 certificates #5314/#5298 validate AWS-LC FIPS 3.1.0); check the module's CMVP entry for this version before relying on it (docs/FIPS.md)",
+            m.name
+        ),
+    });
+    let all_approved = !services.is_empty() && services.iter().all(|c| c.not_approved == 0);
+    let compliance = match (fips, &crypto_module, self_test.passed) {
+        (FipsMode::Validated, Some(m), true) => format!(
+            "FIPS mode validated: every cryptographic service runs inside {} with FIPS mode active; module self-tests and the known-answer tests through it passed; {}",
+            m.name,
+            if all_approved {
+                "every service call so far was reported approved by the module's service indicator"
+            } else {
+                "no service call has been counted yet"
+            }
+        ),
+        (FipsMode::Validated, _, _) => format!(
+            "FIPS mode validated, but the module check FAILED: unlock is refused ({})",
+            module_error.clone().unwrap_or_else(|| "known-answer tests failed".into())
+        ),
+        (FipsMode::Disabled, _, _) => {
+            "FIPS mode disabled: Argon2id and keyed BLAKE3 in use (not a FIPS configuration).".into()
+        }
     };
     let s = Show {
         encrypted: true,
@@ -59,22 +128,65 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
             FingerprintAlg::Blake3Keyed => "keyed BLAKE3-256",
             FingerprintAlg::HmacSha256 => "HMAC-SHA-256",
         },
+        metadata_sealing: if validated {
+            "AES-256-GCM with module-generated IVs, one key per mount (KBKDF-HMAC-SHA-256 from the metadata key); names as HMAC-SHA-256"
+        } else {
+            "AES-256-GCM with counter nonces under the metadata key; names as HMAC-SHA-256"
+        },
         key_slot_wrap: "AES-256-GCM",
         fips_mode: fips,
         compliance,
-        crypto_implementation: "RustCrypto aes (AES-NI) for XTS, ring for GCM/HMAC/SHA-256/PBKDF2/DRBG, argon2, blake3",
+        crypto_implementation: provider.unwrap_or(Provider::DEFAULT).describe(),
+        crypto_module: if validated { crypto_module } else { None },
+        module_error,
+        certificate: if validated { certificate } else { None },
+        services: if validated { services } else { Vec::new() },
+        services_source,
         self_test,
         keystore: ks.info(),
         lock_state: lock_state(&cli.store),
-        memory_protection: "key bytes and AES key schedules in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages; a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
+        memory_protection: "key bytes and key objects in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages (validated mode: per-call AES-XTS contexts inside the module, cleansed when freed); a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
     };
     if json {
         return print_json(&s);
     }
+    print_show(&s);
+    Ok(())
+}
+
+fn print_show(s: &Show) {
     println!("Encryption:        on, {}", s.data_cipher);
     println!("Fingerprints:      {}", s.fingerprint);
+    println!("Metadata:          {}", s.metadata_sealing);
     println!("Key slots wrapped: {}", s.key_slot_wrap);
     println!("FIPS mode:         {:?}", s.fips_mode);
+    if let Some(m) = &s.crypto_module {
+        println!(
+            "Crypto module:     {} (FIPS mode {}; module self-tests {})",
+            m.name,
+            if m.fips_mode { "active" } else { "NOT active" },
+            if m.power_on_self_tests {
+                "passed"
+            } else {
+                "FAILED"
+            }
+        );
+    }
+    if let Some(e) = &s.module_error {
+        println!("Crypto module:     UNAVAILABLE: {e}");
+    }
+    if let Some(c) = &s.certificate {
+        println!("Certificate:       {c}");
+    }
+    if s.fips_mode == FipsMode::Validated {
+        println!("Services (from {}):", s.services_source);
+        for c in &s.services {
+            println!(
+                "  {:<42} {:>10} approved  {:>3} not approved",
+                c.service, c.approved, c.not_approved
+            );
+        }
+    }
     println!("Compliance:        {}", s.compliance);
     println!("Implementation:    {}", s.crypto_implementation);
     println!(
@@ -114,7 +226,6 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     if s.keystore.loaded_from_backup {
         println!("WARNING: keystore.json was unreadable; loaded from keystore.json.bak");
     }
-    Ok(())
 }
 
 fn set_fips(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {

@@ -40,7 +40,9 @@ fn keystore_code(e: &KeystoreError) -> Exit {
     match e {
         KeystoreError::WrongPassword => Exit::WrongPassword,
         KeystoreError::NotFound(_) => Exit::NotAStore,
-        KeystoreError::SelfTest(_) => Exit::SelfTest,
+        KeystoreError::SelfTest(_) | KeystoreError::NotApproved(_) => Exit::SelfTest,
+        KeystoreError::Tampered => Exit::Damaged,
+        KeystoreError::Crypto(_) => Exit::Error,
         KeystoreError::Io { .. } => Exit::Io,
         KeystoreError::Refused(_) | KeystoreError::WeakKey(_) => Exit::Refused,
         KeystoreError::Corrupt(_) => Exit::Damaged,

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use keystore::{FipsMode, Keystore};
-use ring::rand::SecureRandom;
+use keystore::{FipsMode, KatSet, Keystore, Provider};
 
 use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
@@ -78,11 +77,11 @@ pub fn init(cli: &Cli, fips: FipsArg) -> Result<(), Failure> {
         ));
     }
     let fips = fips_of(fips);
+    // The crypto module must come up before anything is asked or written.
+    let provider = Provider::for_mode(fips, &KatSet::embedded())?;
     let password = SecretReader::new().read("New password", cli.password_file.as_deref(), true)?;
     let mut id = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut id)
-        .map_err(|_| Failure::new(Exit::Error, "the system random generator failed"))?;
+    provider.fill_random(&mut id)?;
     let store_id = hex::encode(id);
     std::fs::create_dir_all(store)
         .map_err(|e| Failure::new(Exit::Io, format!("cannot create {}: {e}", store.display())))?;

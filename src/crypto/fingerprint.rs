@@ -1,9 +1,10 @@
 //! Keyed chunk fingerprints: BLAKE3 in keyed mode (default) or HMAC-SHA-256
-//! (FIPS mode). 32 bytes either way. Keyed, so a fingerprint tells nothing
-//! about a chunk's content to anyone without the fingerprint key; it is also
-//! the MAC that makes XTS tamper-evident (recomputed on every read).
+//! (FIPS mode), both from the store's crypto provider (the validated one
+//! refuses BLAKE3). 32 bytes either way. Keyed, so a fingerprint tells
+//! nothing about a chunk's content to anyone without the fingerprint key; it
+//! is also the MAC that makes XTS tamper-evident (recomputed on every read).
 
-use keystore::{KeystoreError, LockedBox};
+use keystore::{HmacKey, KeystoreError, LockedBox, Provider};
 use serde::{Deserialize, Serialize};
 
 pub type Fingerprint = [u8; 32];
@@ -25,8 +26,8 @@ impl FingerprintAlg {
 }
 
 enum Key {
-    Blake3(LockedBox<[u8; 32]>),
-    Hmac(LockedBox<ring::hmac::Key>),
+    Blake3(LockedBox<keystore::provider::Blake3Key>),
+    Hmac(LockedBox<HmacKey>),
 }
 
 pub struct Fingerprinter {
@@ -34,14 +35,18 @@ pub struct Fingerprinter {
 }
 
 impl Fingerprinter {
-    pub fn new(alg: FingerprintAlg, key: &[u8; 32]) -> Result<Self, KeystoreError> {
+    pub fn new(
+        provider: Provider,
+        alg: FingerprintAlg,
+        key: &[u8; 32],
+    ) -> Result<Self, KeystoreError> {
         let key = match alg {
-            FingerprintAlg::Blake3Keyed => Key::Blake3(LockedBox::new_with(|slot| {
-                slot.write(*key);
-            })?),
-            FingerprintAlg::HmacSha256 => Key::Hmac(LockedBox::new_with(|slot| {
-                slot.write(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
-            })?),
+            FingerprintAlg::Blake3Keyed => {
+                Key::Blake3(LockedBox::try_new_with(|| provider.blake3_keyed(key))?)
+            }
+            FingerprintAlg::HmacSha256 => {
+                Key::Hmac(LockedBox::try_new_with(|| provider.hmac_sha256(key))?)
+            }
         };
         Ok(Fingerprinter { key })
     }
@@ -53,15 +58,10 @@ impl Fingerprinter {
         }
     }
 
-    pub fn fingerprint(&self, data: &[u8]) -> Fingerprint {
+    pub fn fingerprint(&self, data: &[u8]) -> Result<Fingerprint, KeystoreError> {
         match &self.key {
-            Key::Blake3(k) => *blake3::keyed_hash(k, data).as_bytes(),
-            Key::Hmac(k) => {
-                let tag = ring::hmac::sign(k, data);
-                let mut out = [0u8; 32];
-                out.copy_from_slice(tag.as_ref());
-                out
-            }
+            Key::Blake3(k) => Ok(k.hash(data)),
+            Key::Hmac(k) => k.sign(&[data]),
         }
     }
 }
@@ -76,18 +76,19 @@ mod tests {
         // requires, so a 32-byte key of "Jefe" + zeros gives the same MAC.
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(b"Jefe");
-        let f = Fingerprinter::new(FingerprintAlg::HmacSha256, &key).unwrap();
+        let f = Fingerprinter::new(Provider::DEFAULT, FingerprintAlg::HmacSha256, &key).unwrap();
         assert_eq!(
-            hex::encode(f.fingerprint(b"what do ya want for nothing?")),
+            hex::encode(f.fingerprint(b"what do ya want for nothing?").unwrap()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
 
     #[test]
     fn different_keys_give_different_fingerprints() {
-        let a = Fingerprinter::new(FingerprintAlg::Blake3Keyed, &[1; 32]).unwrap();
-        let b = Fingerprinter::new(FingerprintAlg::Blake3Keyed, &[2; 32]).unwrap();
-        assert_ne!(a.fingerprint(b"x"), b.fingerprint(b"x"));
-        assert_eq!(a.fingerprint(b"x"), a.fingerprint(b"x"));
+        let new =
+            |k| Fingerprinter::new(Provider::DEFAULT, FingerprintAlg::Blake3Keyed, k).unwrap();
+        let (a, b) = (new(&[1; 32]), new(&[2; 32]));
+        assert_ne!(a.fingerprint(b"x").unwrap(), b.fingerprint(b"x").unwrap());
+        assert_eq!(a.fingerprint(b"x").unwrap(), a.fingerprint(b"x").unwrap());
     }
 }

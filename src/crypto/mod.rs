@@ -1,7 +1,11 @@
-//! Cryptography used by the chunk pipeline: keyed fingerprints and the
-//! AES-XTS-256 chunk cipher. Key material is held in `keystore::LockedBox`
-//! (locked, no-dump, zeroized pages); this module never copies it elsewhere.
+//! Cryptography used by the chunk pipeline and the volume: keyed
+//! fingerprints, the AES-XTS-256 chunk cipher and metadata sealing. Every
+//! primitive comes from the store's crypto provider (`keystore::provider`:
+//! the default one, or AWS-LC's FIPS module in validated mode); this module
+//! only decides how the store uses them (tweaks, padding, sealed forms). Key
+//! objects live in `keystore::LockedBox` (locked, no-dump, zeroized pages).
 
+pub mod certificate;
 mod chunk_cipher;
 mod fingerprint;
 pub mod seal;
@@ -9,10 +13,12 @@ pub mod seal;
 pub use chunk_cipher::{ChunkCipher, MIN_PAYLOAD};
 pub use fingerprint::{Fingerprint, FingerprintAlg, Fingerprinter};
 
-use keystore::KeystoreError;
+use keystore::{KeystoreError, Provider};
 
 /// Everything the engine needs to turn plaintext chunks into records and back.
 pub struct ChunkCrypto {
+    /// The provider every key here came from (the volume's sealer uses it too).
+    pub provider: Provider,
     pub fingerprinter: Fingerprinter,
     pub cipher: ChunkCipher,
 }
@@ -20,13 +26,15 @@ pub struct ChunkCrypto {
 impl ChunkCrypto {
     /// Builds the fingerprint key and XTS key schedules in locked memory.
     pub fn new(
+        provider: Provider,
         xts_key: &[u8; 64],
         fingerprint_key: &[u8; 32],
         alg: FingerprintAlg,
     ) -> Result<Self, KeystoreError> {
         Ok(ChunkCrypto {
-            fingerprinter: Fingerprinter::new(alg, fingerprint_key)?,
-            cipher: ChunkCipher::new(xts_key)?,
+            provider,
+            fingerprinter: Fingerprinter::new(provider, alg, fingerprint_key)?,
+            cipher: ChunkCipher::new(provider, xts_key)?,
         })
     }
 }

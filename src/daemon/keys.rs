@@ -26,7 +26,12 @@ pub enum UnlockError {
 /// Loads keys into the engine and opens the volume.
 pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockError> {
     let alg = engine.config().fingerprint;
-    let crypto = Arc::new(ChunkCrypto::new(vk.xts_key(), vk.fingerprint_key(), alg)?);
+    let crypto = Arc::new(ChunkCrypto::new(
+        vk.provider(),
+        vk.xts_key(),
+        vk.fingerprint_key(),
+        alg,
+    )?);
     engine.set_crypto(Some(crypto));
     match Volume::open(engine.clone(), vk.metadata_key()) {
         Ok(v) => {

@@ -19,6 +19,12 @@ pub struct Status {
     pub chunks: u64,
     pub segments: u64,
     pub encryption: String,
+    /// The validated crypto module as this process brought it up.
+    #[serde(default)]
+    pub crypto_module: Option<keystore::ModuleStatus>,
+    /// The module's services this process used, with the indicator's verdicts.
+    #[serde(default)]
+    pub crypto_services: Vec<keystore::provider::services::ServiceCount>,
 }
 
 pub fn collect(
@@ -48,5 +54,7 @@ pub fn collect(
         chunks: s.live_chunks,
         segments: s.segments,
         encryption,
+        crypto_module: keystore::Provider::module_status().and_then(Result::ok),
+        crypto_services: keystore::provider::services::snapshot(),
     })
 }

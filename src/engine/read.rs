@@ -33,7 +33,7 @@ pub(crate) fn decode_record(
     // Decrypted in place: the record's buffer becomes the plaintext.
     let t = Instant::now();
     let payload = HEADER_LEN..HEADER_LEN + h.cipher_len as usize;
-    crypto.cipher.decrypt(&mut rec[payload], fp);
+    crypto.cipher.decrypt(&mut rec[payload], fp)?;
     stats::add_since(&st.ns_decrypt, t);
     let t = Instant::now();
     let stored = HEADER_LEN..HEADER_LEN + h.stored_len as usize;
@@ -50,7 +50,7 @@ pub(crate) fn decode_record(
         return Err(integrity(fp, "decoded length differs from header"));
     }
     let t = Instant::now();
-    let ok = &crypto.fingerprinter.fingerprint(&plain) == fp;
+    let ok = &crypto.fingerprinter.fingerprint(&plain)? == fp;
     stats::add_since(&st.ns_verify, t);
     if !ok {
         return Err(integrity(

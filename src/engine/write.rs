@@ -26,7 +26,7 @@ pub(crate) fn encode_record(
     chunk: &[u8],
     fp: &Fingerprint,
     st: &stats::Stats,
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
     let t = Instant::now();
     let max = lz4_flex::block::get_maximum_output_size(chunk.len()).max(MIN_PAYLOAD);
     let mut rec = vec![0u8; HEADER_LEN + max + TRAILER_LEN];
@@ -48,7 +48,7 @@ pub(crate) fn encode_record(
     rec[HEADER_LEN + stored_len..HEADER_LEN + cipher_len].fill(0);
     let t = Instant::now();
     let body = &mut rec[HEADER_LEN..HEADER_LEN + cipher_len];
-    crypto.cipher.encrypt_in_place(body, fp);
+    crypto.cipher.encrypt_in_place(body, fp)?;
     let body_crc = crc32c::crc32c(body);
     stats::add_since(&st.ns_encrypt, t);
     let header = RecordHeader {
@@ -63,7 +63,7 @@ pub(crate) fn encode_record(
     rec[end..end + TRAILER_LEN].copy_from_slice(&body_crc.to_le_bytes());
     rec.truncate(end + TRAILER_LEN);
     stats::add(&st.bytes_stored_payload, stored_len as u64);
-    rec
+    Ok(rec)
 }
 
 /// Streams shorter than this skip the thread pool entirely.
@@ -164,9 +164,17 @@ impl Engine {
             fp
         };
         let fps: Vec<Fingerprint> = if parallel {
-            batch.cuts.par_iter().map(fingerprint).collect()
+            batch
+                .cuts
+                .par_iter()
+                .map(fingerprint)
+                .collect::<std::result::Result<_, _>>()?
         } else {
-            batch.cuts.iter().map(fingerprint).collect()
+            batch
+                .cuts
+                .iter()
+                .map(fingerprint)
+                .collect::<std::result::Result<_, _>>()?
         };
         stats::add(&st.bytes_in, batch.data.len() as u64);
         stats::add(&st.chunks_in, fps.len() as u64);
@@ -190,11 +198,13 @@ impl Engine {
         let fresh: Vec<usize> = (0..fps.len())
             .filter(|&i| !known[i] && seen.insert(fps[i]))
             .collect();
-        let encode = |&i: &usize| (i, encode_record(crypto, chunk(&batch.cuts[i]), &fps[i], st));
+        let encode = |&i: &usize| {
+            encode_record(crypto, chunk(&batch.cuts[i]), &fps[i], st).map(|rec| (i, rec))
+        };
         let mut records: Vec<(usize, Vec<u8>)> = if parallel {
-            fresh.par_iter().map(encode).collect()
+            fresh.par_iter().map(encode).collect::<Result<_>>()?
         } else {
-            fresh.iter().map(encode).collect()
+            fresh.iter().map(encode).collect::<Result<_>>()?
         };
         records.reverse();
         Ok(Prepared {

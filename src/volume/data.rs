@@ -728,7 +728,7 @@ impl Volume {
         let removed: Vec<u64> = st.removed_inodes.iter().copied().collect();
         let mut dirents = Vec::new();
         for ((parent, name), change) in &st.dirent_changes {
-            let mac = s.name_mac(*parent, name);
+            let mac = s.name_mac(*parent, name).map_err(store::meta_err)?;
             let value = match change {
                 Some(ino) => Some(store::seal_dirent(
                     s,

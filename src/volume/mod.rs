@@ -161,7 +161,8 @@ impl Volume {
             txn.open_table(VOLUME)?.insert("nonce_next", reserve_to)?;
             Ok(())
         })?;
-        let sealer = MetaSealer::new(metadata_key, nonce_next).map_err(VolError::io)?;
+        let sealer = MetaSealer::new(engine.crypto()?.provider, metadata_key, nonce_next)
+            .map_err(VolError::io)?;
         let vol = Volume {
             engine,
             sealer,

@@ -2,6 +2,8 @@
 //! keys, deterministic pseudo-random data, and a store-wide byte search.
 #![allow(dead_code)]
 
+pub mod mounted;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,7 +23,15 @@ pub const TEST_XTS_KEY: [u8; 64] = {
 pub const TEST_FP_KEY: [u8; 32] = [0x5a; 32];
 
 pub fn crypto() -> Arc<ChunkCrypto> {
-    Arc::new(ChunkCrypto::new(&TEST_XTS_KEY, &TEST_FP_KEY, FingerprintAlg::Blake3Keyed).unwrap())
+    Arc::new(
+        ChunkCrypto::new(
+            keystore::Provider::DEFAULT,
+            &TEST_XTS_KEY,
+            &TEST_FP_KEY,
+            FingerprintAlg::Blake3Keyed,
+        )
+        .unwrap(),
+    )
 }
 
 pub fn create_store(dir: &Path) {
@@ -100,8 +110,19 @@ pub fn datastore_ok(home: &Path, store: &Path, args: &[&str]) -> String {
 
 /// Runs the `datastore` binary (see `datastore_ok`) and returns its output.
 pub fn datastore(home: &Path, store: &Path, args: &[&str]) -> std::process::Output {
+    datastore_env(home, store, args, &[])
+}
+
+/// `datastore` with extra environment variables.
+pub fn datastore_env(
+    home: &Path,
+    store: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_datastore"))
         .args(args)
+        .envs(env.iter().copied())
         .env("DATASTORE_STORE", store)
         .env("DATASTORE_BOOT_KEY_DIR", home.join("boot"))
         .env("DATASTORE_KDF_TARGET_MS", "1")

@@ -1,0 +1,106 @@
+//! A real mount for tests: a store in a temporary directory, its mount
+//! point, the password file, and the `datastore` verbs on them. Dropping the
+//! fixture unmounts (lazily if it must), so a failed test leaves no mount.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PW: &str = "mount test password 42";
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A fresh store (`init` plus `init_args`) and an empty mount point.
+    pub fn new(init_args: &[&str]) -> Self {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the mount tests need FUSE"
+        );
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(unsafe { libc::getuid() }, 0, "the mount tests need root");
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(f.mnt()).unwrap();
+        std::fs::write(f.pw(), format!("{PW}\n")).unwrap();
+        let pw = f.pw();
+        let mut args = vec!["init", "--password-file", pw.to_str().unwrap()];
+        args.extend_from_slice(init_args);
+        f.ok(&args);
+        f
+    }
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    pub fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+    pub fn pw(&self) -> PathBuf {
+        self.dir.path().join("pw")
+    }
+    pub fn run(&self, args: &[&str]) -> Output {
+        super::datastore(self.dir.path(), &self.store(), args)
+    }
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        super::datastore_env(self.dir.path(), &self.store(), args, env)
+    }
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    pub fn mount(&self) {
+        self.ok(&[
+            "mount",
+            self.mnt().to_str().unwrap(),
+            "--password-file",
+            self.pw().to_str().unwrap(),
+        ]);
+    }
+    pub fn mount_locked(&self) {
+        let out = self.ok(&["mount", self.mnt().to_str().unwrap()]);
+        assert!(out.contains("locked"), "{out}");
+    }
+    pub fn unmount(&self) {
+        self.ok(&["unmount", self.mnt().to_str().unwrap()]);
+    }
+    pub fn is_mounted(&self) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let m = self.mnt();
+        info.lines()
+            .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.is_mounted() {
+            let _ = self.run(&["unmount", self.mnt().to_str().unwrap()]);
+        }
+        if self.is_mounted() {
+            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        }
+    }
+}
+
+/// `diff -r` of two trees (symlinks compared as links).
+pub fn diff(a: &Path, b: &Path) {
+    let o = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
