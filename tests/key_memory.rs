@@ -6,12 +6,18 @@
 //! keys of each AES-256 schedule), and the password. It also checks that the
 //! child is not dumpable and holds locked memory.
 //!
+//! The same check runs in FIPS mode validated, where the keys are used
+//! through AWS-LC's module (its per-call contexts live on the module's heap
+//! and must be gone, cleansed, once a call returns), with the metadata
+//! sealer in use too.
+//!
 //! Needs root and gdb's `gcore` (scripts/test.sh installs gdb).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use datastore::crypto::seal::{MetaSealer, NONCE_BLOCK};
 use datastore::crypto::{ChunkCrypto, FingerprintAlg};
 use keystore::{FipsMode, KatSet, Keystore, SlotOptions};
 
@@ -32,23 +38,37 @@ fn key_memory_child() {
     std::fs::remove_file(dir.join("pw")).unwrap();
     let vk = ks.unlock(password.as_bytes(), &KatSet::embedded()).unwrap();
     drop(password);
-    let crypto = ChunkCrypto::new(
-        vk.provider(),
-        vk.xts_key(),
-        vk.fingerprint_key(),
-        FingerprintAlg::Blake3Keyed,
-    )
-    .unwrap();
-    // Use the schedules once so they are live, as in a serving daemon.
+    let alg = if vk.provider().is_validated() {
+        FingerprintAlg::HmacSha256
+    } else {
+        FingerprintAlg::Blake3Keyed
+    };
+    let crypto = ChunkCrypto::new(vk.provider(), vk.xts_key(), vk.fingerprint_key(), alg).unwrap();
+    let sealer = MetaSealer::new(vk.provider(), vk.metadata_key(), NONCE_BLOCK).unwrap();
+    // Use the keys once so they are live, as in a serving daemon.
     let mut buf = vec![7u8; 4096];
     crypto.cipher.encrypt(&mut buf, &[1u8; 32]).unwrap();
+    crypto.fingerprinter.fingerprint(&buf).unwrap();
+    let sealed = sealer.seal(b"row", b"metadata").unwrap();
+    sealer.open(b"row", &sealed).unwrap();
+    sealer.name_mac(1, b"name").unwrap();
     std::fs::write(dir.join("ready"), b"1").unwrap();
     std::thread::sleep(Duration::from_secs(120));
-    drop((vk, crypto));
+    drop((vk, crypto, sealer));
 }
 
 #[test]
 fn core_dump_of_an_unlocked_process_holds_no_key_or_password() {
+    core_dump_holds_no_key_or_password(FipsMode::Disabled);
+}
+
+#[cfg(feature = "fips")]
+#[test]
+fn core_dump_in_fips_mode_validated_holds_no_key_or_password() {
+    core_dump_holds_no_key_or_password(FipsMode::Validated);
+}
+
+fn core_dump_holds_no_key_or_password(mode: FipsMode) {
     assert!(
         Command::new("gcore")
             .arg("--version")
@@ -72,7 +92,7 @@ fn core_dump_of_an_unlocked_process_holds_no_key_or_password() {
         "mem",
         &dir.path().join("boot"),
         password.as_bytes(),
-        FipsMode::Disabled,
+        mode,
         &opts(),
     )
     .unwrap();
@@ -87,6 +107,13 @@ fn core_dump_of_an_unlocked_process_holds_no_key_or_password() {
         ),
         ("fingerprint key", vk.fingerprint_key().to_vec()),
         ("metadata key", vk.metadata_key().to_vec()),
+        (
+            "metadata epoch key of the child's open (epoch 2)",
+            keystore::Provider::DEFAULT
+                .kbkdf_hmac_sha256(vk.metadata_key(), b"datastore meta epoch v1\0\0\0\x02")
+                .unwrap()
+                .to_vec(),
+        ),
         ("password", password.as_bytes().to_vec()),
     ];
     drop(vk);

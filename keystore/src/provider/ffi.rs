@@ -9,7 +9,8 @@
 //! as approved only at Final); data units of 16 bytes .. 16 MiB; K1 != K2.
 //! A fresh EVP context is made per data unit from the key held in locked
 //! memory and freed (the module cleanses it) right after, so no long-lived
-//! key schedule sits in the module's heap.
+//! key schedule sits in the module's heap; the stack the module used is
+//! wiped after every call.
 
 use std::ffi::CStr;
 use std::os::raw::c_int;
@@ -30,9 +31,13 @@ pub fn indicated<T>(
 ) -> Result<T, KeystoreError> {
     // SAFETY: plain calls into the module's per-thread indicator.
     let before = unsafe { sys::FIPS_service_indicator_before_call() };
-    let out = call()?;
+    let out = call();
     // SAFETY: as above.
     let after = unsafe { sys::FIPS_service_indicator_after_call() };
+    // The module's code may have left key schedule words in stack memory
+    // below this frame: wipe them before anything else runs here.
+    crate::secmem::scrub_stack_words::<2048>();
+    let out = out?;
     let approved = before != after;
     services::record(service, approved);
     if approved {

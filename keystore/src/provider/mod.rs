@@ -308,7 +308,7 @@ pub struct GcmKey(GcmImpl);
 enum GcmImpl {
     Soft(ring::aead::LessSafeKey),
     #[cfg(feature = "fips")]
-    Module(aws_lc_rs::aead::RandomizedNonceKey),
+    Module(module::ModuleGcm),
 }
 
 pub const GCM_NONCE_LEN: usize = 12;

@@ -3,6 +3,12 @@
 //! `ffi::indicated`, so a call the module does not report approved is an
 //! error. Key setup (HMAC/GCM contexts) is not a service on its own: the
 //! indicator counts at the operation that uses the key.
+//!
+//! Key memory: HMAC keys are aws-lc-rs values held inline (in the caller's
+//! `LockedBox`). An AES-GCM key is kept as its 32 bytes (`ModuleGcm`, also in
+//! a `LockedBox`) and the module's context, which lives on the module's
+//! heap, is built for each call and freed (cleansed by the module) at once,
+//! so no AES key schedule stays in ordinary heap memory.
 
 use std::num::NonZeroU32;
 
@@ -88,16 +94,35 @@ pub fn pbkdf2_sha256(
     ffi::pbkdf2_sha256(iterations.get(), salt, password, out)
 }
 
-pub fn gcm_key(key: &[u8; 32]) -> Result<aead::RandomizedNonceKey, KeystoreError> {
-    aead::RandomizedNonceKey::new(&aead::AES_256_GCM, key)
-        .map_err(|_| KeystoreError::Crypto("the FIPS module refused the AES-256-GCM key"))
+/// An AES-256-GCM key for the module: only its bytes are kept.
+pub struct ModuleGcm([u8; 32]);
+
+impl Drop for ModuleGcm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl ModuleGcm {
+    /// The module's context for one call (freed and cleansed on drop).
+    fn context(&self) -> Result<aead::RandomizedNonceKey, KeystoreError> {
+        aead::RandomizedNonceKey::new(&aead::AES_256_GCM, &self.0)
+            .map_err(|_| KeystoreError::Crypto("the FIPS module refused the AES-256-GCM key"))
+    }
+}
+
+pub fn gcm_key(key: &[u8; 32]) -> Result<ModuleGcm, KeystoreError> {
+    let k = ModuleGcm(*key);
+    k.context()?;
+    Ok(k)
 }
 
 pub fn gcm_seal(
-    key: &aead::RandomizedNonceKey,
+    key: &ModuleGcm,
     aad: &[u8],
     in_out: &mut Vec<u8>,
 ) -> Result<[u8; GCM_NONCE_LEN], KeystoreError> {
+    let key = key.context()?;
     indicated(Service::GcmSeal, || {
         let nonce = key
             .seal_in_place_append_tag(aead::Aad::from(aad), in_out)
@@ -107,11 +132,12 @@ pub fn gcm_seal(
 }
 
 pub fn gcm_open(
-    key: &aead::RandomizedNonceKey,
+    key: &ModuleGcm,
     nonce: [u8; GCM_NONCE_LEN],
     aad: &[u8],
     in_out: &mut [u8],
 ) -> Result<usize, KeystoreError> {
+    let key = key.context()?;
     indicated(Service::GcmOpen, || {
         key.open_in_place(
             aead::Nonce::assume_unique_for_key(nonce),
