@@ -145,7 +145,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
         self_test,
         keystore: ks.info(),
         lock_state: lock_state(&cli.store),
-        memory_protection: "key bytes and key objects in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages (validated mode: per-call AES-XTS contexts inside the module, cleansed when freed); a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
+        memory_protection: "key bytes and key objects in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages (validated mode: the module's AES-XTS and AES-GCM contexts exist only during a call and are cleansed when freed; the stack is wiped after every module call); a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
     };
     if json {
         return print_json(&s);
