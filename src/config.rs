@@ -66,6 +66,9 @@ pub struct StoreConfig {
     pub format_version: u32,
     pub store_id: String,
     pub engine: EngineConfig,
+    /// The bucket this store mirrors to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl StoreConfig {
@@ -74,6 +77,7 @@ impl StoreConfig {
             format_version: FORMAT_VERSION,
             store_id,
             engine,
+            remote: None,
         }
     }
 

@@ -10,5 +10,6 @@ pub mod engine;
 pub mod fs;
 pub mod fsutil;
 pub mod meta;
+pub mod remote;
 pub mod store;
 pub mod volume;

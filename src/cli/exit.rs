@@ -66,6 +66,7 @@ impl From<EngineError> for Failure {
             EngineError::Integrity { .. } | EngineError::NotFound(_) => Exit::Damaged,
             EngineError::Key(k) => keystore_code(k),
             EngineError::Meta(_) | EngineError::Poisoned => Exit::Error,
+            EngineError::Remote(_) => Exit::Io,
         };
         Failure::new(code, e.to_string())
     }

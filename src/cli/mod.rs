@@ -38,12 +38,45 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where a store's bucket mirror is. Credentials come from the usual AWS
+/// environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RemoteArgs {
+    /// s3://BUCKET/PREFIX: mirror the store to this bucket (write-through).
+    #[arg(long)]
+    pub remote: Option<String>,
+    /// Endpoint URL of an S3-compatible server (MinIO, Garage, Ceph RGW...).
+    #[arg(long, requires = "remote")]
+    pub endpoint: Option<String>,
+    /// Region (default: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, requires = "remote")]
+    pub region: Option<String>,
+}
+
+impl RemoteArgs {
+    pub fn config(&self) -> Option<crate::remote::RemoteConfig> {
+        self.remote.as_ref().map(|url| crate::remote::RemoteConfig {
+            url: url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new store (asks for a password twice; prints the recovery key once).
     Init {
         #[arg(long, value_enum, default_value_t = FipsArg::Disabled)]
         fips_mode: FipsArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Recreate a store from its bucket (the host or its drive was lost):
+    /// asks for the password, restores keystore, metadata and data.
+    Attach {
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Encryption settings and keys.
     Encryption {
@@ -163,7 +196,8 @@ pub fn kdf_options() -> keystore::SlotOptions {
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result = match &cli.command {
-        Command::Init { fips_mode } => store::init(&cli, *fips_mode),
+        Command::Init { fips_mode, remote } => store::init(&cli, *fips_mode, remote.config()),
+        Command::Attach { remote } => store::attach(&cli, remote.config()),
         Command::Encryption { command } => encryption::run(&cli, command),
         Command::Mount {
             mountpoint,

@@ -59,7 +59,7 @@ pub fn mount(
     if !cli.store.join(crate::config::CONFIG_FILE).exists() && !password_stdin {
         // First use of the store: create it (password prompt), then mount.
         println!("No store at {}: creating it.", cli.store.display());
-        super::store::init(cli, super::FipsArg::Disabled)?;
+        super::store::init(cli, super::FipsArg::Disabled, None)?;
     }
     load_config(&cli.store)?;
     let password = if password_stdin {
@@ -315,5 +315,17 @@ pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("Chunks:          {}", st.chunks);
     println!("Segments:        {}", st.segments);
     println!("Encryption:      {}", st.encryption);
+    if let Some(r) = &st.remote {
+        println!("Remote:          {} at {}", r.url, r.endpoint);
+        println!(
+            "Remote backlog:  {} bytes not yet in the bucket; checkpoint {}{}",
+            r.backlog_bytes,
+            r.checkpoint,
+            r.last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }

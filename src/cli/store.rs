@@ -4,6 +4,8 @@ use std::path::Path;
 
 use keystore::{FipsMode, KatSet, Keystore, Provider};
 
+use crate::remote::{Remote, RemoteConfig};
+
 use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
 use super::{boot_key_dir, kdf_options, Cli, FipsArg};
@@ -52,33 +54,17 @@ pub fn open_keystore(store: &Path) -> Result<Keystore, Failure> {
     Ok(Keystore::open(store, &boot_key_dir())?)
 }
 
-pub fn init(cli: &Cli, fips: FipsArg) -> Result<(), Failure> {
+pub fn init(cli: &Cli, fips: FipsArg, remote: Option<RemoteConfig>) -> Result<(), Failure> {
     let store = &cli.store;
-    if store.exists() && !store.is_dir() {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!("{} exists and is not a directory", store.display()),
-        ));
-    }
-    if store.join(CONFIG_FILE).exists() || Keystore::dir_of(store).exists() {
-        return Err(Failure::new(
-            Exit::Refused,
-            format!("{} already holds a store", store.display()),
-        ));
-    }
-    if store.exists()
-        && std::fs::read_dir(store)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(Failure::new(
-            Exit::Refused,
-            format!("{} is not empty", store.display()),
-        ));
-    }
+    check_new_store_dir(store)?;
     let fips = fips_of(fips);
     // The crypto module must come up before anything is asked or written.
     let provider = Provider::for_mode(fips, &KatSet::embedded())?;
+    // And the bucket must answer and hold no store yet.
+    let remote = match remote {
+        Some(cfg) => Some(empty_bucket(cfg)?),
+        None => None,
+    };
     let password = SecretReader::new().read("New password", cli.password_file.as_deref(), true)?;
     let mut id = [0u8; 16];
     provider.fill_random(&mut id)?;
@@ -101,10 +87,100 @@ pub fn init(cli: &Cli, fips: FipsArg) -> Result<(), Failure> {
         },
         ..EngineConfig::default()
     };
+    if let Some(r) = &remote {
+        // The wrapped key slots go first: the bucket is then recognisably
+        // this store's, and a lost host can be re-attached from it.
+        let ks = std::fs::read(Keystore::dir_of(store).join(keystore::file::FILE_NAME))
+            .map_err(|e| Failure::new(Exit::Io, format!("read the keystore: {e}")))?;
+        r.put("keystore", ks)
+            .map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
+    }
     // datastore.toml is written last: its presence marks a complete store.
     Engine::create(store, &store_id, &engine)?;
+    if let Some(r) = &remote {
+        let mut cfg = StoreConfig::load(store).map_err(|e| Failure::new(Exit::Io, e))?;
+        cfg.remote = Some(r.config().clone());
+        cfg.save(store)
+            .map_err(|e| Failure::new(Exit::Io, format!("cannot write datastore.toml: {e}")))?;
+    }
     println!("Created store {} (id {store_id}).", store.display());
+    if let Some(r) = &remote {
+        println!(
+            "Mirrored to {} (write-through from the first mount).",
+            r.config().url
+        );
+    }
     println!("Recovery key (shown once; keep it offline, it opens the store like a password):");
     println!("  {}", recovery.as_str());
+    Ok(())
+}
+
+/// Connects to the bucket and makes sure no store lives under the prefix.
+fn empty_bucket(cfg: RemoteConfig) -> Result<Remote, Failure> {
+    let io = |e: crate::remote::RemoteError| Failure::new(Exit::Io, e.to_string());
+    let r = Remote::connect(&cfg).map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
+    if r.get("keystore").map_err(io)?.is_some() {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{} already holds a store (use `datastore attach`)", cfg.url),
+        ));
+    }
+    Ok(r)
+}
+
+/// `datastore attach`: a store recreated from its bucket.
+pub fn attach(cli: &Cli, remote: Option<RemoteConfig>) -> Result<(), Failure> {
+    let store = &cli.store;
+    let Some(cfg) = remote else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "attach needs --remote s3://BUCKET/PREFIX",
+        ));
+    };
+    check_new_store_dir(store)?;
+    let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
+    std::fs::create_dir_all(store)
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot create {}: {e}", store.display())))?;
+    if let Err(e) = crate::remote::sync::attach(&cfg, store, &boot_key_dir(), password.as_bytes()) {
+        // Leave no half-restored store behind (nothing was there before).
+        for sub in ["keystore", "meta", "segments", CONFIG_FILE] {
+            let p = store.join(sub);
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+        return Err(match e {
+            crate::remote::RemoteError::Key(k) => k.into(),
+            crate::remote::RemoteError::Config(m) => Failure::new(Exit::NotAStore, m),
+            other => Failure::new(Exit::Io, other.to_string()),
+        });
+    }
+    println!("Attached {} from {}.", store.display(), cfg.url);
+    Ok(())
+}
+
+/// A path `init` or `attach` may create a store in: absent or an empty
+/// directory.
+fn check_new_store_dir(store: &Path) -> Result<(), Failure> {
+    if store.exists() && !store.is_dir() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("{} exists and is not a directory", store.display()),
+        ));
+    }
+    if store.join(CONFIG_FILE).exists() || Keystore::dir_of(store).exists() {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{} already holds a store", store.display()),
+        ));
+    }
+    if store.exists()
+        && std::fs::read_dir(store)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!("{} is not empty", store.display()),
+        ));
+    }
     Ok(())
 }

@@ -85,6 +85,9 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
                 Some(v) => match v.sync_all() {
                     Ok(()) => {
                         shared.engine.set_crypto(None);
+                        if let Some(r) = shared.engine.remote() {
+                            r.clear_key();
+                        }
                         // Drop the kernel's cached pages of every file it
                         // may have read, so nothing is served while locked.
                         if let Some(n) = shared

@@ -32,6 +32,7 @@ pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockEr
         vk.fingerprint_key(),
         alg,
     )?);
+    attach_remote(engine, &vk)?;
     engine.set_crypto(Some(crypto));
     match Volume::open(engine.clone(), vk.metadata_key()) {
         Ok(v) => {
@@ -45,6 +46,27 @@ pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockEr
             Err(UnlockError::Volume(format!("cannot open the volume: {e}")))
         }
     }
+}
+
+/// Connects the bucket mirror of a store that has one and loads its key,
+/// before the volume opens (its first durable commit already syncs).
+fn attach_remote(engine: &Arc<Engine>, vk: &VolumeKey) -> Result<(), UnlockError> {
+    let cfg = StoreConfig::load(engine.store_dir()).map_err(UnlockError::Config)?;
+    let Some(remote_cfg) = cfg.remote else {
+        return Ok(());
+    };
+    let remote = match engine.remote() {
+        Some(r) => r,
+        None => Arc::new(
+            crate::remote::Remote::connect(&remote_cfg)
+                .map_err(|e| UnlockError::Config(e.to_string()))?,
+        ),
+    };
+    remote
+        .set_key(vk.provider(), vk.metadata_key())
+        .map_err(|e| UnlockError::Config(e.to_string()))?;
+    engine.set_remote(Some(remote));
+    Ok(())
 }
 
 /// Unlocks with a password (or recovery key).

@@ -134,7 +134,9 @@ pub fn serve(
             }
         }
     }
-    let result = shared.volume().map(|v| v.sync_all());
+    let result = shared
+        .volume()
+        .map(|v| v.sync_all().and_then(|_| v.persist()));
     let unmounted = if session.guard.is_finished() {
         session.join()
     } else {

@@ -25,6 +25,9 @@ pub struct Status {
     /// The module's services this process used, with the indicator's verdicts.
     #[serde(default)]
     pub crypto_services: Vec<keystore::provider::services::ServiceCount>,
+    /// The bucket mirror (figures from the daemon when mounted).
+    #[serde(default)]
+    pub remote: Option<crate::remote::RemoteStatus>,
 }
 
 pub fn collect(
@@ -56,5 +59,16 @@ pub fn collect(
         encryption,
         crypto_module: keystore::Provider::module_status().and_then(Result::ok),
         crypto_services: keystore::provider::services::snapshot(),
+        remote: match engine.remote() {
+            Some(r) => Some(r.status()),
+            None => crate::config::StoreConfig::load(engine.store_dir())
+                .ok()
+                .and_then(|c| c.remote)
+                .map(|c| crate::remote::RemoteStatus {
+                    url: c.url,
+                    endpoint: c.endpoint.unwrap_or_else(|| "AWS S3".into()),
+                    ..Default::default()
+                }),
+        },
     })
 }

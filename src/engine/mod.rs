@@ -70,6 +70,8 @@ pub enum EngineError {
     Config(String),
     #[error(transparent)]
     Key(#[from] keystore::KeystoreError),
+    #[error("{0}")]
+    Remote(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -114,6 +116,8 @@ pub struct Engine {
     gc_gate: RwLock<()>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
     poisoned: AtomicBool,
+    /// The bucket mirror, once the daemon has loaded its key.
+    remote: RwLock<Option<Arc<crate::remote::Remote>>>,
     pub stats: Stats,
     _lock: File,
 }
@@ -181,6 +185,7 @@ impl Engine {
             gc_gate: RwLock::new(()),
             readers: Mutex::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
+            remote: RwLock::new(None),
             stats: Stats::default(),
             _lock: lock_file,
         })
@@ -201,6 +206,19 @@ impl Engine {
     /// Loads or drops the chunk keys (unlock / lock).
     pub fn set_crypto(&self, crypto: Option<Arc<ChunkCrypto>>) {
         *self.crypto.write().unwrap_or_else(|e| e.into_inner()) = crypto;
+    }
+
+    /// Attaches (or detaches) the bucket mirror: from then on every durable
+    /// commit returns only once the bucket has it too.
+    pub fn set_remote(&self, remote: Option<Arc<crate::remote::Remote>>) {
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = remote;
+    }
+
+    pub fn remote(&self) -> Option<Arc<crate::remote::Remote>> {
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn crypto(&self) -> Result<Arc<ChunkCrypto>> {
@@ -266,6 +284,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes every durable commit so far durable in the bucket mirror too
+    /// (no-op without one). Holds the commit lock, so the mirror reads a
+    /// stable database; a failure leaves the local store intact and is
+    /// retried by the next call.
+    pub fn sync_remote(&self) -> Result<()> {
+        let Some(remote) = self.remote() else {
+            return Ok(());
+        };
+        let _c = lock(&self.commit_lock);
+        remote
+            .sync(self)
+            .map_err(|e| EngineError::Remote(e.to_string()))
+    }
+
     /// Drops one reference per chunk of `recipe` (effective at the next commit).
     pub fn release(&self, recipe: &[ChunkRef]) -> Result<()> {
         self.check_poisoned()?;
@@ -282,7 +314,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn segment_file(&self, id: u64) -> Result<Arc<File>> {
+    pub fn segment_file(&self, id: u64) -> Result<Arc<File>> {
         let mut r = lock(&self.readers);
         if let Some(f) = r.get(&id) {
             return Ok(f.clone());

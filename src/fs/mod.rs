@@ -543,7 +543,7 @@ impl Filesystem for DatastoreFs {
         reply: ReplyEmpty,
     ) {
         let v = vol_or_reply!(self, reply);
-        reply_empty(reply, v.commit(true));
+        reply_empty(reply, v.persist());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -24,6 +24,18 @@ const CACHE_BYTES: usize = 64 << 20;
 
 const CHUNKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("chunks");
 const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
+/// Remote mirror: (segment id, start offset) -> (end offset, pack object id).
+const REMOTE_PACKS: TableDefinition<(u64, u64), (u64, [u8; 16])> =
+    TableDefinition::new("remote_packs");
+
+/// One pack object in the bucket: bytes `start..end` of a segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackRow {
+    pub segment: u64,
+    pub start: u64,
+    pub end: u64,
+    pub id: [u8; 16],
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -279,6 +291,48 @@ impl Meta {
             }
             for id in dropped_segments {
                 segs.remove(*id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every pack the remote mirror holds, by segment and offset.
+    pub fn remote_packs(&self) -> Result<Vec<PackRow>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(REMOTE_PACKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let ((segment, start), (end, id)) = (k.value(), v.value());
+            out.push(PackRow {
+                segment,
+                start,
+                end,
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records uploaded packs and forgets deleted ones, durably.
+    pub fn update_remote_packs(
+        &self,
+        add: &[PackRow],
+        remove: &[PackRow],
+    ) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(REMOTE_PACKS)?;
+            for p in add {
+                t.insert((p.segment, p.start), (p.end, p.id))?;
+            }
+            for p in remove {
+                t.remove((p.segment, p.start))?;
             }
         }
         txn.commit()?;

@@ -646,10 +646,18 @@ impl Volume {
     /// Returns once `ino`'s data and all metadata so far are durable.
     pub fn fsync(&self, ino: u64) -> VResult<()> {
         self.flush_inode(ino)?;
-        self.commit(true)
+        self.persist()
     }
 
-    /// Every buffer to chunks, then a durable commit (unmount, sync).
+    /// A durable commit, then the bucket mirror when the store has one:
+    /// what fsync, fsyncdir and unmount promise.
+    pub fn persist(&self) -> VResult<()> {
+        self.commit(true)?;
+        Ok(self.engine.sync_remote()?)
+    }
+
+    /// Every buffer to chunks, then a durable local commit (lock; unmount
+    /// follows it with `persist` for the bucket mirror).
     pub fn sync_all(&self) -> VResult<()> {
         let inos: Vec<u64> = {
             let st = lock(&self.state);

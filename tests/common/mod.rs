@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mounted;
+pub mod s3;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -9,11 +9,18 @@ pub const PW: &str = "mount test password 42";
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
+    /// Environment every `datastore` command of this fixture gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl Fixture {
     /// A fresh store (`init` plus `init_args`) and an empty mount point.
     pub fn new(init_args: &[&str]) -> Self {
+        Self::with_env(init_args, Vec::new())
+    }
+
+    /// `new`, with `env` set for every command (remote credentials).
+    pub fn with_env(init_args: &[&str], env: Vec<(String, String)>) -> Self {
         assert!(
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: the mount tests need FUSE"
@@ -22,6 +29,7 @@ impl Fixture {
         assert_eq!(unsafe { libc::getuid() }, 0, "the mount tests need root");
         let f = Fixture {
             dir: tempfile::tempdir().unwrap(),
+            env,
         };
         std::fs::create_dir(f.mnt()).unwrap();
         std::fs::write(f.pw(), format!("{PW}\n")).unwrap();
@@ -41,10 +49,16 @@ impl Fixture {
         self.dir.path().join("pw")
     }
     pub fn run(&self, args: &[&str]) -> Output {
-        super::datastore(self.dir.path(), &self.store(), args)
+        self.run_env(args, &[])
     }
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        super::datastore_env(self.dir.path(), &self.store(), args, env)
+        let mut all: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend_from_slice(env);
+        super::datastore_env(self.dir.path(), &self.store(), args, &all)
     }
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);

@@ -1,0 +1,304 @@
+//! The remote mirror: a store's encrypted chunk records and metadata kept in
+//! an S3-compatible bucket (AWS S3, MinIO, Garage, Ceph RGW, s3s-fs...)
+//! through the `object_store` crate, so the bucket alone restores the store
+//! (`datastore attach`).
+//!
+//! Bucket layout under the configured prefix (object names carry no file
+//! names, sizes or fingerprints):
+//! - `keystore`: the keystore file (wrapped key slots only, as on disk).
+//! - `config`, `head`, `ckpt/<seq>`: sealed blobs (see `blob`) of the store
+//!   config, of the number of the newest checkpoint, and of each metadata
+//!   checkpoint (the whole metadata database, which also lists the packs).
+//! - `packs/<32 hex, random>`: a byte range of one local segment file, i.e.
+//!   whole encrypted chunk records as the local store holds them.
+//!
+//! Credentials come from the usual AWS environment variables
+//! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ...); the
+//! store directory holds only the bucket URL, endpoint and region.
+//!
+//! Invariant (see `sync`): `head` names a checkpoint only after every pack
+//! that checkpoint lists is in the bucket, and a pack is deleted only after a
+//! checkpoint that no longer lists it is the head.
+
+pub mod blob;
+pub mod sync;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keystore::{GcmKey, KeystoreError, LockedBox, Provider};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+/// Where the mirror lives (kept in datastore.toml; no credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// Endpoint URL for S3-compatible servers (None: AWS).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+impl RemoteConfig {
+    /// (bucket, prefix) of the URL, or a one-line error.
+    pub fn bucket_and_prefix(&self) -> Result<(String, String), String> {
+        let rest = self
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("remote {:?} is not an s3://BUCKET/PREFIX URL", self.url))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("remote {:?} names no bucket", self.url));
+        }
+        Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    }
+
+    fn endpoint_name(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| "AWS S3".into())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("remote {op} of {object} at {endpoint} failed: {cause}")]
+    Io {
+        op: &'static str,
+        object: String,
+        endpoint: String,
+        cause: String,
+    },
+    #[error("remote: {0}")]
+    Config(String),
+    #[error("remote: the store is locked (the mirror key is not loaded)")]
+    Locked,
+    #[error(transparent)]
+    Key(#[from] KeystoreError),
+    #[error("remote: local store: {0}")]
+    Local(String),
+}
+
+/// Figures `status` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    pub url: String,
+    pub endpoint: String,
+    /// Bytes of committed local records not yet in the bucket.
+    pub backlog_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub checkpoint: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Remote {
+    cfg: RemoteConfig,
+    prefix: String,
+    s3: AmazonS3,
+    rt: tokio::runtime::Runtime,
+    key: Mutex<Option<(Provider, Arc<LockedBox<GcmKey>>)>>,
+    backlog: AtomicU64,
+    uploaded: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    checkpoint: AtomicU64,
+}
+
+/// Label of the mirror key derived from the metadata key.
+const MIRROR_LABEL: &[u8] = b"datastore remote mirror v1";
+/// Uploads in flight at once.
+pub const PARALLEL_UPLOADS: usize = 4;
+
+impl Remote {
+    /// A client for `cfg` (no request is made yet).
+    pub fn connect(cfg: &RemoteConfig) -> Result<Remote, RemoteError> {
+        let (bucket, prefix) = cfg.bucket_and_prefix().map_err(RemoteError::Config)?;
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(Duration::from_secs(60))
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_allow_http(
+                        cfg.endpoint
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("http://")),
+                    ),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(20),
+                ..RetryConfig::default()
+            });
+        if let Some(e) = &cfg.endpoint {
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+        }
+        if let Some(r) = &cfg.region {
+            b = b.with_region(r);
+        }
+        let s3 = b
+            .build()
+            .map_err(|e| RemoteError::Config(format!("{}: {e}", cfg.url)))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("remote")
+            .enable_all()
+            .build()
+            .map_err(|e| RemoteError::Local(format!("start the remote I/O runtime: {e}")))?;
+        Ok(Remote {
+            cfg: cfg.clone(),
+            prefix,
+            s3,
+            rt,
+            key: Mutex::new(None),
+            backlog: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            checkpoint: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &RemoteConfig {
+        &self.cfg
+    }
+
+    /// Loads the mirror key (derived from the metadata key) after unlock.
+    pub fn set_key(&self, provider: Provider, metadata_key: &[u8; 32]) -> Result<(), RemoteError> {
+        let key = LockedBox::try_new_with(|| {
+            let mut k = provider.kbkdf_hmac_sha256(metadata_key, MIRROR_LABEL)?;
+            let gcm = provider.aes256_gcm(&k);
+            zeroize::Zeroize::zeroize(&mut k);
+            gcm
+        })?;
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some((provider, Arc::new(key)));
+        Ok(())
+    }
+
+    /// Drops the mirror key (lock).
+    pub fn clear_key(&self) {
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn key(&self) -> Result<(Provider, Arc<LockedBox<GcmKey>>), RemoteError> {
+        self.key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(RemoteError::Locked)
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn err(&self, op: &'static str, rel: &str, e: impl std::fmt::Display) -> RemoteError {
+        RemoteError::Io {
+            op,
+            object: format!("{}/{rel}", self.cfg.url.trim_end_matches('/')),
+            endpoint: self.cfg.endpoint_name(),
+            cause: e.to_string(),
+        }
+    }
+
+    pub fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.s3.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| self.err("PUT", rel, e))
+    }
+
+    /// Uploads several objects, at most PARALLEL_UPLOADS at a time.
+    pub fn put_many(&self, objects: Vec<(String, Vec<u8>)>) -> Result<(), RemoteError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let s3 = &self.s3;
+        let work = stream::iter(objects.into_iter().map(|(rel, bytes)| {
+            let path = self.path(&rel);
+            async move {
+                s3.put(&path, PutPayload::from(bytes))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.err("PUT", &rel, e))
+            }
+        }))
+        .buffer_unordered(PARALLEL_UPLOADS)
+        .try_collect::<Vec<()>>();
+        self.rt.block_on(work).map(|_| ())
+    }
+
+    /// The object's bytes; Ok(None) when it does not exist.
+    pub fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        let path = self.path(rel);
+        let r = self.rt.block_on(async {
+            match self.s3.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        r.map(|b| b.map(|b| b.to_vec()))
+            .map_err(|e| self.err("GET", rel, e))
+    }
+
+    pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.s3.delete(&path))
+            .map_err(|e| self.err("DELETE", rel, e))
+    }
+
+    /// Names (relative to the prefix) of the objects under `rel_dir`.
+    pub fn list(&self, rel_dir: &str) -> Result<Vec<String>, RemoteError> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let dir = self.path(rel_dir);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.s3.list(Some(&dir)).try_collect())
+            .map_err(|e| self.err("LIST", rel_dir, e))?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let s = m.location.to_string();
+                s.strip_prefix(&strip).unwrap_or(&s).to_string()
+            })
+            .collect())
+    }
+
+    pub fn status(&self) -> RemoteStatus {
+        RemoteStatus {
+            url: self.cfg.url.clone(),
+            endpoint: self.cfg.endpoint_name(),
+            backlog_bytes: self.backlog.load(Ordering::Relaxed),
+            uploaded_bytes: self.uploaded.load(Ordering::Relaxed),
+            checkpoint: self.checkpoint.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    fn note_result<T>(&self, r: Result<T, RemoteError>) -> Result<T, RemoteError> {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        match &r {
+            Ok(_) => *last = None,
+            Err(e) => *last = Some(e.to_string()),
+        }
+        r
+    }
+}

@@ -1,0 +1,258 @@
+//! Write-through to the bucket and restore from it.
+//!
+//! `Remote::sync` runs after every durable local commit, under the engine's
+//! commit lock (so the metadata database does not change underneath it):
+//! 1. every committed segment byte not yet in the bucket is uploaded as
+//!    packs of at most PACK_MAX bytes (PARALLEL_UPLOADS at a time), and the
+//!    packs are recorded in the metadata database (durably);
+//! 2. the whole metadata database is uploaded as sealed checkpoint `seq`,
+//!    with the sealed config and the keystore file;
+//! 3. `head` is overwritten to name `seq` (an S3 PUT replaces atomically);
+//! 4. only then are packs of segments the local store no longer has (GC)
+//!    and checkpoints older than `seq - 1` deleted.
+//!
+//! A failure anywhere leaves the previous head and everything it names
+//! intact, keeps the backlog for the next durable commit, and is returned
+//! (the caller's fsync reports EIO). `attach` rebuilds a store from head.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use keystore::{KatSet, Keystore};
+
+use super::{blob, Remote, RemoteConfig, RemoteError};
+use crate::config::{StoreConfig, CONFIG_FILE};
+use crate::engine::Engine;
+use crate::meta::{Meta, PackRow};
+use crate::store::segment;
+
+/// Largest pack object.
+pub const PACK_MAX: u64 = 8 << 20;
+
+fn local(what: &str, e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Local(format!("{what}: {e}"))
+}
+
+fn pack_name(id: &[u8; 16]) -> String {
+    format!("packs/{}", hex::encode(id))
+}
+
+fn ckpt_name(seq: u64) -> String {
+    format!("ckpt/{seq:016x}")
+}
+
+impl Remote {
+    /// The newest checkpoint number in the bucket (0: none yet).
+    fn head(&self) -> Result<u64, RemoteError> {
+        let (_, key) = self.key()?;
+        match self.get("head")? {
+            None => Ok(0),
+            Some(b) => {
+                let plain = blob::open(&key, "head", &b)?;
+                let n: [u8; 8] = plain.as_slice().try_into().map_err(|_| {
+                    RemoteError::Config("the bucket's head object is malformed".into())
+                })?;
+                Ok(u64::from_le_bytes(n))
+            }
+        }
+    }
+
+    /// Makes everything committed locally durable in the bucket (see the
+    /// module comment). Call with the engine's commit lock held.
+    pub fn sync(&self, engine: &Engine) -> Result<(), RemoteError> {
+        let r = self.sync_inner(engine);
+        self.note_result(r)
+    }
+
+    fn sync_inner(&self, engine: &Engine) -> Result<(), RemoteError> {
+        let (provider, key) = self.key()?;
+        let meta = engine.meta();
+        let segments: HashMap<u64, u64> = meta
+            .segments()
+            .map_err(|e| local("read segments", e))?
+            .into_iter()
+            .map(|(id, committed, _)| (id, committed))
+            .collect();
+        let packs = meta.remote_packs().map_err(|e| local("read packs", e))?;
+        let mut uploaded_to: HashMap<u64, u64> = HashMap::new();
+        for p in &packs {
+            let e = uploaded_to.entry(p.segment).or_default();
+            *e = (*e).max(p.end);
+        }
+        let backlog: u64 = segments
+            .iter()
+            .map(|(id, &c)| c.saturating_sub(uploaded_to.get(id).copied().unwrap_or(0)))
+            .sum();
+        self.backlog.store(backlog, Ordering::Relaxed);
+
+        // 1. New packs.
+        let mut rows = Vec::new();
+        let mut objects = Vec::new();
+        let mut ids: Vec<_> = segments.keys().copied().collect();
+        ids.sort_unstable();
+        for seg in ids {
+            let committed = segments[&seg];
+            let mut at = uploaded_to.get(&seg).copied().unwrap_or(0);
+            if at >= committed {
+                continue;
+            }
+            let file = engine
+                .segment_file(seg)
+                .map_err(|e| local("open segment", e))?;
+            while at < committed {
+                let end = committed.min(at + PACK_MAX);
+                let bytes = segment::read_exact_at(&file, at, (end - at) as usize)
+                    .map_err(|e| local("read segment", e))?;
+                let mut id = [0u8; 16];
+                provider.fill_random(&mut id)?;
+                objects.push((pack_name(&id), bytes));
+                rows.push(PackRow {
+                    segment: seg,
+                    start: at,
+                    end,
+                    id,
+                });
+                at = end;
+            }
+        }
+        let new_bytes: u64 = rows.iter().map(|r| r.end - r.start).sum();
+        if !objects.is_empty() {
+            self.put_many(objects)?;
+            meta.update_remote_packs(&rows, &[])
+                .map_err(|e| local("record packs", e))?;
+        }
+        let dead: Vec<PackRow> = packs
+            .iter()
+            .filter(|p| !segments.contains_key(&p.segment))
+            .copied()
+            .collect();
+        if !dead.is_empty() {
+            meta.update_remote_packs(&[], &dead)
+                .map_err(|e| local("forget packs", e))?;
+        }
+
+        // 2. Checkpoint, config, keystore; 3. head.
+        let mut seq = self.checkpoint.load(Ordering::Relaxed);
+        if seq == 0 {
+            seq = self.head()?;
+        }
+        let seq = seq + 1;
+        let store = engine.store_dir();
+        let db = std::fs::read(store.join("meta").join("index.redb"))
+            .map_err(|e| local("read the metadata database", e))?;
+        let config = std::fs::read(store.join(CONFIG_FILE)).map_err(|e| local("read config", e))?;
+        let ks = std::fs::read(Keystore::dir_of(store).join(keystore::file::FILE_NAME))
+            .map_err(|e| local("read keystore", e))?;
+        let name = ckpt_name(seq);
+        self.put_many(vec![
+            (name.clone(), blob::seal(&key, &name, &db)?),
+            ("config".into(), blob::seal(&key, "config", &config)?),
+            ("keystore".into(), ks),
+        ])?;
+        self.put("head", blob::seal(&key, "head", &seq.to_le_bytes())?)?;
+        self.checkpoint.store(seq, Ordering::Relaxed);
+        self.uploaded.fetch_add(new_bytes, Ordering::Relaxed);
+        self.backlog.store(0, Ordering::Relaxed);
+
+        // 4. What the head no longer names.
+        for p in &dead {
+            self.delete(&pack_name(&p.id))?;
+        }
+        if seq >= 3 {
+            self.delete(&ckpt_name(seq - 2))?;
+        }
+        Ok(())
+    }
+}
+
+/// Recreates the store at `store` (absent or empty) from the bucket: the
+/// keystore, unlocked with `password`, then the newest checkpoint, every
+/// pack it lists, and the config last (its presence marks a complete store).
+pub fn attach(
+    cfg: &RemoteConfig,
+    store: &Path,
+    boot_dir: &Path,
+    password: &[u8],
+) -> Result<(), RemoteError> {
+    let remote = Remote::connect(cfg)?;
+    let ks_bytes = remote.get("keystore")?.ok_or_else(|| {
+        RemoteError::Config(format!("no datastore in {} (no keystore object)", cfg.url))
+    })?;
+    let ks_dir = Keystore::dir_of(store);
+    std::fs::create_dir_all(&ks_dir).map_err(|e| local("create the keystore directory", e))?;
+    std::fs::set_permissions(&ks_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| local("protect the keystore directory", e))?;
+    crate::fsutil::write_atomic(&ks_dir.join(keystore::file::FILE_NAME), &ks_bytes)
+        .map_err(|e| local("write the keystore", e))?;
+    let mut ks = Keystore::open(store, boot_dir)?;
+    let vk = ks.unlock(password, &KatSet::embedded())?;
+    remote.set_key(vk.provider(), vk.metadata_key())?;
+    drop(vk);
+    let (_, key) = remote.key()?;
+    let seq = remote.head()?;
+    if seq == 0 {
+        return Err(RemoteError::Config(format!(
+            "{} holds no checkpoint yet",
+            cfg.url
+        )));
+    }
+    let name = ckpt_name(seq);
+    let sealed = remote
+        .get(&name)?
+        .ok_or_else(|| RemoteError::Config(format!("{} lacks checkpoint {seq}", cfg.url)))?;
+    let db = blob::open(&key, &name, &sealed)?;
+    let config = remote
+        .get("config")?
+        .ok_or_else(|| RemoteError::Config(format!("{} lacks the store config", cfg.url)))?;
+    let config = blob::open(&key, "config", &config)?;
+    let meta_dir = store.join("meta");
+    std::fs::create_dir_all(&meta_dir).map_err(|e| local("create meta", e))?;
+    crate::fsutil::write_atomic(&meta_dir.join("index.redb"), &db)
+        .map_err(|e| local("write the metadata database", e))?;
+    let packs = Meta::open(&meta_dir.join("index.redb"))
+        .and_then(|m| m.remote_packs())
+        .map_err(|e| local("read the checkpoint's pack list", e))?;
+    let seg_dir = store.join("segments");
+    std::fs::create_dir_all(&seg_dir).map_err(|e| local("create segments", e))?;
+    let mut files: HashMap<u64, std::fs::File> = HashMap::new();
+    for p in &packs {
+        let bytes = remote.get(&pack_name(&p.id))?.ok_or_else(|| {
+            RemoteError::Config(format!("{} lacks a pack the checkpoint lists", cfg.url))
+        })?;
+        if bytes.len() as u64 != p.end - p.start {
+            return Err(RemoteError::Config(format!(
+                "a pack in {} has {} bytes, the checkpoint says {}",
+                cfg.url,
+                bytes.len(),
+                p.end - p.start
+            )));
+        }
+        let f = match files.entry(p.segment) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(segment::segment_path(&seg_dir, p.segment))
+                    .map_err(|e| local("create a segment", e))?,
+            ),
+        };
+        f.write_all_at(&bytes, p.start)
+            .map_err(|e| local("write a segment", e))?;
+    }
+    for f in files.values() {
+        f.sync_all().map_err(|e| local("sync a segment", e))?;
+    }
+    crate::fsutil::sync_dir(&seg_dir).map_err(|e| local("sync segments", e))?;
+    let text = String::from_utf8(config).map_err(|e| local("the store config", e))?;
+    let mut cfg_file: StoreConfig =
+        toml::from_str(&text).map_err(|e| local("the store config", e))?;
+    cfg_file.remote = Some(cfg.clone());
+    cfg_file
+        .save(store)
+        .map_err(|e| local("write datastore.toml", e))?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The bucket mirror against a real S3-compatible server (s3s-fs on
+//! loopback, started by the tests): a store whose directory is deleted is
+//! attached back from the bucket and reads identical; no plaintext marker of
+//! names, contents, xattrs or symlink targets reaches the server; deleting
+//! data and running gc shrinks the bucket without losing a live chunk; while
+//! the server is down fsync reports EIO and keeps the data, and once it is
+//! back the backlog drains.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use common::mounted::{diff, Fixture};
+use common::s3::{S3Server, BUCKET};
+
+fn mirrored(server: &S3Server, prefix: &str) -> Fixture {
+    let args = server.init_args(prefix);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Fixture::with_env(&args, server.env())
+}
+
+/// fsync of every file and directory under `root`: what an application
+/// that wants its data durable does.
+fn fsync_tree(root: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(root)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            fsync_tree(&e.path())?;
+        } else if t.is_file() {
+            std::fs::File::open(e.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(root)?.sync_all()
+}
+
+fn status(f: &Fixture) -> serde_json::Value {
+    serde_json::from_str(&f.ok(&["status", "--json"])).unwrap()
+}
+
+fn attach(f: &Fixture, server: &S3Server, prefix: &str) {
+    std::fs::remove_dir_all(f.store()).unwrap();
+    let url = format!("s3://{BUCKET}/{prefix}");
+    let pw = f.pw();
+    let endpoint = server.endpoint();
+    let out = f.ok(&[
+        "attach",
+        "--remote",
+        &url,
+        "--endpoint",
+        &endpoint,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(out.contains("Attached"), "{out}");
+}
+
+#[test]
+fn a_deleted_store_is_attached_back_from_the_bucket_identical() {
+    let server = S3Server::start();
+    let f = mirrored(&server, "host1");
+    f.mount();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tree = f.mnt().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    for part in ["src", "keystore", "docs"] {
+        let o = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(part))
+            .arg(&tree)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    std::fs::write(tree.join("big"), common::random_bytes(11, 20 << 20)).unwrap();
+    fsync_tree(&tree).unwrap();
+    let st = status(&f);
+    assert_eq!(st["remote"]["backlog_bytes"], 0, "{st}");
+    assert!(st["remote"]["checkpoint"].as_u64().unwrap() >= 1, "{st}");
+    f.unmount();
+    attach(&f, &server, "host1");
+    f.mount();
+    for part in ["src", "keystore", "docs"] {
+        diff(&repo.join(part), &tree.join(part));
+    }
+    assert_eq!(
+        std::fs::read(tree.join("big")).unwrap(),
+        common::random_bytes(11, 20 << 20)
+    );
+    f.unmount();
+}
+
+#[test]
+fn no_plaintext_marker_reaches_the_server() {
+    let server = S3Server::start();
+    let f = mirrored(&server, "secret");
+    f.mount();
+    let marker = format!("PLAINMARK{:x}", std::process::id() as u64 * 7919);
+    let dir = f.mnt().join(format!("dir-{marker}"));
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join(format!("name-{marker}"));
+    std::fs::write(&file, marker.repeat(5000)).unwrap();
+    xattr_set(&file, "user.note", marker.as_bytes());
+    symlink(format!("target-{marker}"), dir.join("link")).unwrap();
+    fsync_tree(&f.mnt()).unwrap();
+    f.unmount();
+    let hits = common::find_bytes(server.data_dir(), marker.as_bytes());
+    assert!(hits.is_empty(), "plaintext in the bucket: {hits:?}");
+    let names = walk_names(server.data_dir());
+    assert!(
+        names.iter().all(|n| !n.contains("PLAINMARK")),
+        "a marker in an object name: {names:?}"
+    );
+    assert!(server.data_bytes() > 50_000, "nothing reached the server");
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a live value buffer.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_names(&e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn gc_shrinks_the_bucket_and_keeps_every_live_chunk() {
+    let server = S3Server::start();
+    let f = mirrored(&server, "gc");
+    f.mount();
+    let (keep, drop) = (f.mnt().join("keep"), f.mnt().join("drop"));
+    std::fs::write(&keep, common::random_bytes(1, 24 << 20)).unwrap();
+    std::fs::write(&drop, common::random_bytes(2, 24 << 20)).unwrap();
+    fsync_tree(&f.mnt()).unwrap();
+    f.unmount();
+    let before = server.data_bytes();
+    f.mount();
+    std::fs::remove_file(&drop).unwrap();
+    f.unmount();
+    f.ok(&["gc", "--threshold", "1"]);
+    f.mount();
+    // The next durable point brings the bucket up to date.
+    fsync_tree(&f.mnt()).unwrap();
+    f.unmount();
+    let after = server.data_bytes();
+    assert!(
+        after + (20 << 20) < before,
+        "bucket did not shrink: {before} -> {after} bytes"
+    );
+    attach(&f, &server, "gc");
+    f.mount();
+    assert_eq!(
+        std::fs::read(&keep).unwrap(),
+        common::random_bytes(1, 24 << 20)
+    );
+    assert!(!drop.exists());
+    f.unmount();
+}
+
+#[test]
+fn an_outage_fails_fsync_keeps_the_data_and_drains_when_the_server_returns() {
+    let mut server = S3Server::start();
+    let f = mirrored(&server, "outage");
+    f.mount();
+    let early = f.mnt().join("early");
+    std::fs::write(&early, common::random_bytes(5, 3 << 20)).unwrap();
+    fsync_tree(&f.mnt()).unwrap();
+    server.stop();
+    // Reads of what is local keep working.
+    assert_eq!(
+        std::fs::read(&early).unwrap(),
+        common::random_bytes(5, 3 << 20)
+    );
+    let late = f.mnt().join("late");
+    std::fs::write(&late, common::random_bytes(6, 5 << 20)).unwrap();
+    let err = std::fs::File::open(&late).unwrap().sync_all().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let st = status(&f);
+    assert!(st["remote"]["backlog_bytes"].as_u64().unwrap() > 0, "{st}");
+    let why = st["remote"]["last_error"].as_str().unwrap();
+    assert!(why.contains(&server.endpoint()), "{why}");
+    server.resume();
+    std::fs::File::open(&late).unwrap().sync_all().unwrap();
+    let st = status(&f);
+    assert_eq!(st["remote"]["backlog_bytes"], 0, "{st}");
+    assert!(st["remote"]["last_error"].is_null(), "{st}");
+    f.unmount();
+    attach(&f, &server, "outage");
+    f.mount();
+    assert_eq!(
+        std::fs::read(&early).unwrap(),
+        common::random_bytes(5, 3 << 20)
+    );
+    assert_eq!(
+        std::fs::read(&late).unwrap(),
+        common::random_bytes(6, 5 << 20)
+    );
+    f.unmount();
+}
