@@ -11,6 +11,9 @@
 #                              against FIPS mode validated (AWS-LC module):
 #                              fio 2 GiB write + cold read, three runs each,
 #                              then the provider micro-benchmarks
+#   scripts/bench.sh remote    datastore local-only against a store mirrored
+#                              to an S3 server on loopback (s3s-fs, 256 MiB
+#                              local cache): the same fio runs
 #
 # Candidates: the plain disk (a directory), bindfs (FUSE passthrough),
 # gocryptfs (encrypted FUSE) and datastore (a local store); restic and
@@ -31,8 +34,8 @@ case "$mode" in
     quick) size=2g random_s=10 ;;
     full) size=8g random_s=30 ;;
     engine) exec cargo bench --bench engine ;;
-    fips) size=2g random_s=0 ;;
-    *) echo "usage: scripts/bench.sh [quick|full|engine|fips]" >&2; exit 2 ;;
+    fips | remote) size=2g random_s=0 ;;
+    *) echo "usage: scripts/bench.sh [quick|full|engine|fips|remote]" >&2; exit 2 ;;
 esac
 
 need() {
@@ -57,8 +60,10 @@ export RESTIC_PASSWORD="bench password 1234567" BORG_PASSPHRASE="bench password 
 export RESTIC_CACHE_DIR=$base/restic-cache BORG_BASE_DIR=$base/borg-home
 mounts=()
 
+s3_pid=
 cleanup() {
     set +e
+    [ -n "$s3_pid" ] && kill "$s3_pid"
     for m in "${mounts[@]}"; do
         if mountpoint -q "$m"; then
             "$bin" unmount "$m" >/dev/null 2>&1 || fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
@@ -80,7 +85,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 bytes_of() { du -sb "$1" | cut -f1; }
 
 # --- inputs -----------------------------------------------------------------
-if [ "$mode" != fips ]; then
+if [ "$mode" != fips ] && [ "$mode" != remote ]; then
 linux=$cache/linux-source-6.1
 if [ ! -d "$linux" ]; then
     echo "==> extracting the Linux 6.1 tree"
@@ -120,10 +125,12 @@ mount_candidate() {
             gocryptfs -q -extpass "cat $base/pw" "$dir.cipher" "$dir" 2>/dev/null
             mounts+=("$dir")
             ;;
-        datastore | datastore-fips)
-            local fips=disabled
+        datastore | datastore-fips | datastore-remote)
+            local fips=disabled extra=()
             [ "$name" = datastore-fips ] && fips=validated
-            DATASTORE_STORE=$dir.store "$bin" init --fips-mode "$fips" --password-file "$base/pw" >/dev/null
+            [ "$name" = datastore-remote ] && extra=(--remote "s3://bkt/$(basename "$dir")"
+                --endpoint "http://127.0.0.1:19014" --cache-size 256M)
+            DATASTORE_STORE=$dir.store "$bin" init --fips-mode "$fips" "${extra[@]}" --password-file "$base/pw" >/dev/null
             DATASTORE_STORE=$dir.store "$bin" mount "$dir" --password-file "$base/pw" >/dev/null
             mounts+=("$dir")
             ;;
@@ -170,12 +177,21 @@ for d in range(100):
 EOF
 }
 
-# --- fips mode: the default provider against the validated one ---------------
-if [ "$mode" = fips ]; then
+# --- fips / remote: datastore against itself in another configuration ----------
+if [ "$mode" = fips ] || [ "$mode" = remote ]; then
+    other=datastore-$mode
+    if [ "$mode" = remote ]; then
+        command -v s3s-fs >/dev/null 2>&1 || cargo install s3s-fs --version 0.14.1 --features binary --locked
+        mkdir -p "$base/s3/bkt"
+        export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+        s3s-fs --host 127.0.0.1 --port 19014 --access-key bench --secret-key bench-secret "$base/s3" >/dev/null 2>&1 &
+        s3_pid=$!
+        sleep 1
+    fi
     for run in 1 2 3; do
-        for name in datastore datastore-fips; do
+        for name in datastore "$other"; do
             echo "==> $name, run $run: fio sequential write and cold read ($size)"
-            dir=$base/fips-$name-$run
+            dir=$base/$mode-$name-$run
             mount_candidate "$name" "$dir"
             drop_caches
             record "$name" "seqwrite_mbs_$run" "$(fio_run seq "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)"
@@ -185,20 +201,23 @@ if [ "$mode" = fips ]; then
             rm -rf "$dir.store"
         done
     done
-    python3 - "$results" <<'EOF' | tee "$cache/last-fips-table.md"
+    python3 - "$results" "$other" <<'EOF' | tee "$cache/last-$mode-table.md"
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+other = sys.argv[2]
 def runs(name, what):
     return [float(v) for n, k, v in rows if n == name and k.startswith(what)]
-print("| datastore, fio 1 MiB blocks | default provider | validated (AWS-LC FIPS) | validated / default |")
+print(f"| datastore, fio 1 MiB blocks | datastore | {other} | {other} / datastore |")
 print("|---|---:|---:|---:|")
 for what, label in [("seqwrite_mbs", "sequential write MB/s (end_fsync)"), ("seqread_mbs", "cold sequential read MB/s")]:
-    d, v = runs("datastore", what), runs("datastore-fips", what)
+    d, v = runs("datastore", what), runs(other, what)
     md, mv = statistics.median(d), statistics.median(v)
     print(f"| {label}, median of {len(d)} (runs: {d} / {v}) | {md:,.0f} | {mv:,.0f} | {mv / md:.2f} |")
 EOF
-    echo
-    cargo bench --bench providers
+    if [ "$mode" = fips ]; then
+        echo
+        cargo bench --bench providers
+    fi
     exit 0
 fi
 

@@ -218,3 +218,68 @@ fn an_outage_fails_fsync_keeps_the_data_and_drains_when_the_server_returns() {
     );
     f.unmount();
 }
+
+/// Bytes of the store's local segment files.
+fn local_segment_bytes(f: &Fixture) -> u64 {
+    common::dir_bytes(&f.store().join("segments"))
+}
+
+#[test]
+fn a_64_mib_cache_serves_500_mib_from_the_bucket_within_its_limit() {
+    const LIMIT: u64 = 64 << 20;
+    const FILE: usize = 50 << 20;
+    let server = S3Server::start();
+    let mut args = server.init_args("cache");
+    args.extend(["--cache-size".to_string(), "64M".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let f = Fixture::with_env(&args, server.env());
+    f.mount();
+    // One long write, fsync'ed only at the end: the daemon uploads and
+    // evicts while the writer keeps appending (it must never evict a segment
+    // with appends a commit has not recorded yet).
+    for i in 0..10u64 {
+        let path = f.mnt().join(format!("f{i}"));
+        std::fs::write(&path, common::random_bytes(100 + i, FILE)).unwrap();
+    }
+    fsync_tree(&f.mnt()).unwrap();
+    let now = local_segment_bytes(&f);
+    assert!(now <= LIMIT, "local segments hold {now} bytes after fsync");
+    let st = status(&f);
+    assert_eq!(st["remote"]["cache_limit"], LIMIT, "{st}");
+    assert!(
+        st["remote"]["evicted_bytes"].as_u64().unwrap() > 400 << 20,
+        "{st}"
+    );
+    // f0's segments (evicted long ago) become gc candidates.
+    std::fs::remove_file(f.mnt().join("f0")).unwrap();
+    f.unmount();
+    // Offline gc cannot see evicted segments: it must leave them alone.
+    let gc: serde_json::Value =
+        serde_json::from_str(&f.ok(&["gc", "--threshold", "1", "--json"])).unwrap();
+    assert!(
+        !gc["segments_skipped_not_local"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{gc}"
+    );
+    f.mount();
+    // A durable point first: the bucket then drops what gc dropped.
+    fsync_tree(&f.mnt()).unwrap();
+    assert!(!f.mnt().join("f0").exists());
+    for i in 1..10u64 {
+        let path = f.mnt().join(format!("f{i}"));
+        assert!(
+            std::fs::read(&path).unwrap() == common::random_bytes(100 + i, FILE),
+            "f{i} differs after coming back from the bucket"
+        );
+        let now = local_segment_bytes(&f);
+        assert!(now <= LIMIT, "cache grew to {now} bytes while reading f{i}");
+    }
+    let st = status(&f);
+    assert!(
+        st["remote"]["fetched_bytes"].as_u64().unwrap() > 350 << 20,
+        "{st}"
+    );
+    f.unmount();
+}

@@ -51,6 +51,26 @@ pub struct RemoteArgs {
     /// Region (default: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1).
     #[arg(long, requires = "remote")]
     pub region: Option<String>,
+    /// Keep at most this much data locally (e.g. 64M, 20G); older data is
+    /// read back from the bucket when needed. Default: keep everything.
+    #[arg(long, requires = "remote", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+}
+
+/// "64M", "20G", "1048576" -> bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n >= 8 << 20)
+        .ok_or_else(|| format!("{s:?} is not a size of at least 8M (like 64M or 20G)"))
 }
 
 impl RemoteArgs {
@@ -59,6 +79,7 @@ impl RemoteArgs {
             url: url.clone(),
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
+            cache_bytes: self.cache_size,
         })
     }
 }

@@ -131,6 +131,18 @@ pub fn serve(
                 if let Err(e) = v.commit_if_pending() {
                     eprintln!("datastore: periodic commit failed: {e}");
                 }
+                // A bounded cache: when local data outgrows it, upload now
+                // (only what is in the bucket can be evicted).
+                if let Some(r) = shared.engine.remote() {
+                    let over = r.config().cache_bytes.is_some_and(|limit| {
+                        shared.engine.segment_bytes().is_ok_and(|b| b > limit)
+                    });
+                    if over {
+                        if let Err(e) = v.persist() {
+                            eprintln!("datastore: upload to the bucket failed: {e}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -23,6 +23,9 @@ pub struct GcReport {
     pub bytes_after: u64,
     /// Segments skipped because they hold damaged records (scrub them).
     pub segments_skipped_damaged: Vec<u64>,
+    /// Segments skipped because their file is not here (evicted to the
+    /// bucket mirror, or missing: scrub reports that).
+    pub segments_skipped_not_local: Vec<u64>,
 }
 
 impl Engine {
@@ -67,7 +70,12 @@ impl Engine {
                     b.truncate(committed as usize);
                     b
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Never drop a segment whose records we did not see:
+                    // live entries may point into it.
+                    report.segments_skipped_not_local.push(id);
+                    continue;
+                }
                 Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
             };
             let view = self.meta.read()?;

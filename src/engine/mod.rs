@@ -314,15 +314,43 @@ impl Engine {
         Ok(())
     }
 
+    /// The segment file for reading. A segment the bucket mirror's cache
+    /// evicted is fetched back from the bucket first.
     pub fn segment_file(&self, id: u64) -> Result<Arc<File>> {
-        let mut r = lock(&self.readers);
-        if let Some(f) = r.get(&id) {
+        let remote = self.remote();
+        if let Some(r) = &remote {
+            r.touch(id);
+        }
+        if let Some(f) = lock(&self.readers).get(&id) {
             return Ok(f.clone());
         }
         let path = segment::segment_path(&self.segments_dir, id);
-        let f = Arc::new(File::open(&path).map_err(io_err(format!("open {}", path.display())))?);
-        r.insert(id, f.clone());
+        let f = match (File::open(&path), &remote) {
+            (Ok(f), _) => f,
+            (Err(e), Some(r)) if e.kind() == std::io::ErrorKind::NotFound => {
+                r.fetch_segment(self, id)
+                    .map_err(|e| EngineError::Remote(e.to_string()))?;
+                File::open(&path).map_err(io_err(format!("open {}", path.display())))?
+            }
+            (Err(e), _) => return Err(io_err(format!("open {}", path.display()))(e)),
+        };
+        let f = Arc::new(f);
+        lock(&self.readers).insert(id, f.clone());
         Ok(f)
+    }
+
+    /// The segment new records are appended to (never evicted).
+    pub fn active_segment(&self) -> u64 {
+        lock(&self.writer).id()
+    }
+
+    /// Drops the cached read handle of a segment (before its file goes).
+    pub fn forget_reader(&self, id: u64) {
+        lock(&self.readers).remove(&id);
+    }
+
+    pub fn segments_dir(&self) -> &Path {
+        &self.segments_dir
     }
 
     /// Physical bytes in segment files.

@@ -21,6 +21,7 @@
 //! checkpoint that no longer lists it is the head.
 
 pub mod blob;
+pub mod cache;
 pub mod sync;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,9 @@ pub struct RemoteConfig {
     pub endpoint: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
+    /// Local cache size in bytes (None: keep everything locally).
+    #[serde(default)]
+    pub cache_bytes: Option<u64>,
 }
 
 impl RemoteConfig {
@@ -93,6 +97,11 @@ pub struct RemoteStatus {
     pub backlog_bytes: u64,
     pub uploaded_bytes: u64,
     pub checkpoint: u64,
+    /// Local segment bytes and the configured limit (None: unlimited).
+    pub cached_bytes: u64,
+    pub cache_limit: Option<u64>,
+    pub fetched_bytes: u64,
+    pub evicted_bytes: u64,
     pub last_error: Option<String>,
 }
 
@@ -106,6 +115,11 @@ pub struct Remote {
     uploaded: AtomicU64,
     last_error: Mutex<Option<String>>,
     checkpoint: AtomicU64,
+    last_read: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    fetching: Mutex<()>,
+    cached: AtomicU64,
+    fetched: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// Label of the mirror key derived from the metadata key.
@@ -159,6 +173,11 @@ impl Remote {
             uploaded: AtomicU64::new(0),
             last_error: Mutex::new(None),
             checkpoint: AtomicU64::new(0),
+            last_read: Mutex::new(Default::default()),
+            fetching: Mutex::new(()),
+            cached: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         })
     }
 
@@ -234,6 +253,24 @@ impl Remote {
         self.rt.block_on(work).map(|_| ())
     }
 
+    /// Downloads several objects (all must exist), PARALLEL_UPLOADS at a
+    /// time, in the order asked.
+    pub fn get_many(&self, names: &[String]) -> Result<Vec<Vec<u8>>, RemoteError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let s3 = &self.s3;
+        let work = stream::iter(names.iter().map(|rel| {
+            let path = self.path(rel);
+            async move {
+                let r = s3.get(&path).await.map_err(|e| self.err("GET", rel, e))?;
+                let b = r.bytes().await.map_err(|e| self.err("GET", rel, e))?;
+                Ok::<_, RemoteError>(b.to_vec())
+            }
+        }))
+        .buffered(PARALLEL_UPLOADS)
+        .try_collect::<Vec<Vec<u8>>>();
+        self.rt.block_on(work)
+    }
+
     /// The object's bytes; Ok(None) when it does not exist.
     pub fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let path = self.path(rel);
@@ -284,6 +321,10 @@ impl Remote {
             endpoint: self.cfg.endpoint_name(),
             backlog_bytes: self.backlog.load(Ordering::Relaxed),
             uploaded_bytes: self.uploaded.load(Ordering::Relaxed),
+            cached_bytes: self.cached.load(Ordering::Relaxed),
+            cache_limit: self.cfg.cache_bytes,
+            fetched_bytes: self.fetched.load(Ordering::Relaxed),
+            evicted_bytes: self.evicted.load(Ordering::Relaxed),
             checkpoint: self.checkpoint.load(Ordering::Relaxed),
             last_error: self
                 .last_error

@@ -35,7 +35,7 @@ fn local(what: &str, e: impl std::fmt::Display) -> RemoteError {
     RemoteError::Local(format!("{what}: {e}"))
 }
 
-fn pack_name(id: &[u8; 16]) -> String {
+pub(crate) fn pack_name(id: &[u8; 16]) -> String {
     format!("packs/{}", hex::encode(id))
 }
 
@@ -163,7 +163,7 @@ impl Remote {
         if seq >= 3 {
             self.delete(&ckpt_name(seq - 2))?;
         }
-        Ok(())
+        self.enforce_cache(engine, None)
     }
 }
 
@@ -251,6 +251,8 @@ pub fn attach(
     let mut cfg_file: StoreConfig =
         toml::from_str(&text).map_err(|e| local("the store config", e))?;
     cfg_file.remote = Some(cfg.clone());
+    // Attach restores every segment; the cache limit applies from the
+    // first mount on.
     cfg_file
         .save(store)
         .map_err(|e| local("write datastore.toml", e))?;
