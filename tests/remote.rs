@@ -78,6 +78,15 @@ fn a_deleted_store_is_attached_back_from_the_bucket_identical() {
     let st = status(&f);
     assert_eq!(st["remote"]["backlog_bytes"], 0, "{st}");
     assert!(st["remote"]["checkpoint"].as_u64().unwrap() >= 1, "{st}");
+    // A small change after that travels as a journal entry, not a whole
+    // new checkpoint, and attach replays it.
+    std::fs::write(tree.join("late"), b"written after the checkpoint").unwrap();
+    fsync_tree(&tree).unwrap();
+    let names = walk_names(server.data_dir());
+    assert!(
+        names.iter().any(|n| n == "jrnl"),
+        "no journal entry: {names:?}"
+    );
     f.unmount();
     attach(&f, &server, "host1");
     f.mount();
@@ -87,6 +96,10 @@ fn a_deleted_store_is_attached_back_from_the_bucket_identical() {
     assert_eq!(
         std::fs::read(tree.join("big")).unwrap(),
         common::random_bytes(11, 20 << 20)
+    );
+    assert_eq!(
+        std::fs::read(tree.join("late")).unwrap(),
+        b"written after the checkpoint"
     );
     f.unmount();
 }

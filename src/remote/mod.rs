@@ -6,9 +6,10 @@
 //! Bucket layout under the configured prefix (object names carry no file
 //! names, sizes or fingerprints):
 //! - `keystore`: the keystore file (wrapped key slots only, as on disk).
-//! - `config`, `head`, `ckpt/<seq>`: sealed blobs (see `blob`) of the store
-//!   config, of the number of the newest checkpoint, and of each metadata
-//!   checkpoint (the whole metadata database, which also lists the packs).
+//! - `config`, `head`, `ckpt/<seq>`, `jrnl/<seq>`: sealed blobs (see `blob`)
+//!   of the store config, of the newest metadata object and its base, of
+//!   metadata checkpoints (the whole metadata database, which also lists
+//!   the packs) and of journal entries (changed blocks; see `journal`).
 //! - `packs/<32 hex, random>`: a byte range of one local segment file, i.e.
 //!   whole encrypted chunk records as the local store holds them.
 //!
@@ -22,6 +23,7 @@
 
 pub mod blob;
 pub mod cache;
+pub mod journal;
 pub mod sync;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,6 +118,7 @@ pub struct Remote {
     last_error: Mutex<Option<String>>,
     checkpoint: AtomicU64,
     last_read: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    shipped: Mutex<Option<journal::Shipped>>,
     fetching: Mutex<()>,
     cached: AtomicU64,
     fetched: AtomicU64,
@@ -174,6 +177,7 @@ impl Remote {
             last_error: Mutex::new(None),
             checkpoint: AtomicU64::new(0),
             last_read: Mutex::new(Default::default()),
+            shipped: Mutex::new(None),
             fetching: Mutex::new(()),
             cached: AtomicU64::new(0),
             fetched: AtomicU64::new(0),

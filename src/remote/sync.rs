@@ -5,11 +5,14 @@
 //! 1. every committed segment byte not yet in the bucket is uploaded as
 //!    packs of at most PACK_MAX bytes (PARALLEL_UPLOADS at a time), and the
 //!    packs are recorded in the metadata database (durably);
-//! 2. the whole metadata database is uploaded as sealed checkpoint `seq`,
-//!    with the sealed config and the keystore file;
-//! 3. `head` is overwritten to name `seq` (an S3 PUT replaces atomically);
+//! 2. the metadata database goes up as sealed object `seq`: a journal
+//!    entry of the blocks changed since the last upload (`jrnl/<seq>`), or a
+//!    full checkpoint (`ckpt/<seq>`, see `journal`), with the sealed config
+//!    and the keystore file;
+//! 3. `head` is overwritten to name (`seq`, its base checkpoint) (an S3 PUT
+//!    replaces atomically);
 //! 4. only then are packs of segments the local store no longer has (GC)
-//!    and checkpoints older than `seq - 1` deleted.
+//!    and the objects of a chain a new checkpoint replaced deleted.
 //!
 //! A failure anywhere leaves the previous head and everything it names
 //! intact, keeps the backlog for the next durable commit, and is returned
@@ -22,6 +25,7 @@ use std::sync::atomic::Ordering;
 
 use keystore::{KatSet, Keystore};
 
+use super::journal::{self, Shipped};
 use super::{blob, Remote, RemoteConfig, RemoteError};
 use crate::config::{StoreConfig, CONFIG_FILE};
 use crate::engine::Engine;
@@ -43,19 +47,39 @@ fn ckpt_name(seq: u64) -> String {
     format!("ckpt/{seq:016x}")
 }
 
+fn jrnl_name(seq: u64) -> String {
+    format!("jrnl/{seq:016x}")
+}
+
+/// Every object of the chain `base..=last`.
+fn chain_names(base: u64, last: u64) -> Vec<String> {
+    std::iter::once(ckpt_name(base))
+        .chain((base + 1..=last).map(jrnl_name))
+        .collect()
+}
+
 impl Remote {
-    /// The newest checkpoint number in the bucket (0: none yet).
-    fn head(&self) -> Result<u64, RemoteError> {
+    /// (newest object, its base checkpoint) of the bucket's metadata
+    /// chain; (0, 0) when there is none yet.
+    fn head(&self) -> Result<(u64, u64), RemoteError> {
         let (_, key) = self.key()?;
-        match self.get("head")? {
-            None => Ok(0),
-            Some(b) => {
-                let plain = blob::open(&key, "head", &b)?;
-                let n: [u8; 8] = plain.as_slice().try_into().map_err(|_| {
-                    RemoteError::Config("the bucket's head object is malformed".into())
-                })?;
-                Ok(u64::from_le_bytes(n))
-            }
+        let Some(b) = self.get("head")? else {
+            return Ok((0, 0));
+        };
+        let plain = blob::open(&key, "head", &b)?;
+        let bad = || RemoteError::Config("the bucket's head object is malformed".into());
+        let word = |at: usize| -> Result<u64, RemoteError> {
+            Ok(u64::from_le_bytes(
+                plain
+                    .get(at..at + 8)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .expect("8"),
+            ))
+        };
+        match plain.len() {
+            16 => Ok((word(0)?, word(8)?)),
+            _ => Err(bad()),
         }
     }
 
@@ -133,25 +157,81 @@ impl Remote {
                 .map_err(|e| local("forget packs", e))?;
         }
 
-        // 2. Checkpoint, config, keystore; 3. head.
-        let mut seq = self.checkpoint.load(Ordering::Relaxed);
-        if seq == 0 {
-            seq = self.head()?;
-        }
-        let seq = seq + 1;
+        // 2. Metadata (journal entry or checkpoint), config, keystore.
         let store = engine.store_dir();
         let db = std::fs::read(store.join("meta").join("index.redb"))
             .map_err(|e| local("read the metadata database", e))?;
+        let hashes = journal::block_hashes(provider, &db)?;
+        let mut shipped = self.shipped.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = match shipped.as_ref() {
+            Some(s) => s.clone(),
+            None => {
+                let (last, base) = self.head()?;
+                Shipped {
+                    base,
+                    last,
+                    hashes: Vec::new(),
+                    journal_bytes: u64::MAX,
+                }
+            }
+        };
+        let entry = if shipped.is_some() {
+            match journal::diff(&db, &previous.hashes, &hashes) {
+                None if dead.is_empty() && new_bytes == 0 => {
+                    // Nothing changed since the last upload.
+                    self.backlog.store(0, Ordering::Relaxed);
+                    drop(shipped);
+                    return self.enforce_cache(engine, None);
+                }
+                None => Some(Vec::new()),
+                Some(e) => Some(e),
+            }
+        } else {
+            None
+        };
+        let seq = previous.last + 1;
+        let as_journal = entry.filter(|e| {
+            !e.is_empty()
+                && previous.journal_bytes.saturating_add(e.len() as u64) <= db.len() as u64 / 2
+        });
+        let (name, body, next) = match as_journal {
+            Some(e) => (
+                jrnl_name(seq),
+                e.clone(),
+                Shipped {
+                    base: previous.base,
+                    last: seq,
+                    hashes,
+                    journal_bytes: previous.journal_bytes + e.len() as u64,
+                },
+            ),
+            None => (
+                ckpt_name(seq),
+                db,
+                Shipped {
+                    base: seq,
+                    last: seq,
+                    hashes,
+                    journal_bytes: 0,
+                },
+            ),
+        };
         let config = std::fs::read(store.join(CONFIG_FILE)).map_err(|e| local("read config", e))?;
         let ks = std::fs::read(Keystore::dir_of(store).join(keystore::file::FILE_NAME))
             .map_err(|e| local("read keystore", e))?;
-        let name = ckpt_name(seq);
         self.put_many(vec![
-            (name.clone(), blob::seal(&key, &name, &db)?),
+            (name.clone(), blob::seal(&key, &name, &body)?),
             ("config".into(), blob::seal(&key, "config", &config)?),
             ("keystore".into(), ks),
         ])?;
-        self.put("head", blob::seal(&key, "head", &seq.to_le_bytes())?)?;
+        // 3. The head names the new object and its base.
+        let mut head = Vec::with_capacity(16);
+        head.extend_from_slice(&next.last.to_le_bytes());
+        head.extend_from_slice(&next.base.to_le_bytes());
+        self.put("head", blob::seal(&key, "head", &head)?)?;
+        let replaced_chain = next.base != previous.base && previous.last > 0;
+        *shipped = Some(next);
+        drop(shipped);
         self.checkpoint.store(seq, Ordering::Relaxed);
         self.uploaded.fetch_add(new_bytes, Ordering::Relaxed);
         self.backlog.store(0, Ordering::Relaxed);
@@ -160,8 +240,10 @@ impl Remote {
         for p in &dead {
             self.delete(&pack_name(&p.id))?;
         }
-        if seq >= 3 {
-            self.delete(&ckpt_name(seq - 2))?;
+        if replaced_chain {
+            for n in chain_names(previous.base, previous.last) {
+                self.delete(&n)?;
+            }
         }
         self.enforce_cache(engine, None)
     }
@@ -191,18 +273,25 @@ pub fn attach(
     remote.set_key(vk.provider(), vk.metadata_key())?;
     drop(vk);
     let (_, key) = remote.key()?;
-    let seq = remote.head()?;
-    if seq == 0 {
+    let (last, base) = remote.head()?;
+    if last == 0 {
         return Err(RemoteError::Config(format!(
             "{} holds no checkpoint yet",
             cfg.url
         )));
     }
-    let name = ckpt_name(seq);
-    let sealed = remote
-        .get(&name)?
-        .ok_or_else(|| RemoteError::Config(format!("{} lacks checkpoint {seq}", cfg.url)))?;
-    let db = blob::open(&key, &name, &sealed)?;
+    let mut db = Vec::new();
+    for (i, name) in chain_names(base, last).into_iter().enumerate() {
+        let sealed = remote
+            .get(&name)?
+            .ok_or_else(|| RemoteError::Config(format!("{} lacks {name}", cfg.url)))?;
+        let plain = blob::open(&key, &name, &sealed)?;
+        if i == 0 {
+            db = plain;
+        } else {
+            journal::apply(&mut db, &plain).map_err(RemoteError::Config)?;
+        }
+    }
     let config = remote
         .get("config")?
         .ok_or_else(|| RemoteError::Config(format!("{} lacks the store config", cfg.url)))?;
