@@ -45,8 +45,15 @@ pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {
             "--threshold must be between 0 and 1",
         ));
     }
-    load_config(&cli.store)?;
+    let cfg = load_config(&cli.store)?;
     let engine = Engine::open(&cli.store, None)?;
+    if let Some(remote) = cfg.remote {
+        // Evicted segments come back from their packs (no key needed) so
+        // they can be compacted too; the bucket follows at the next fsync.
+        let r = crate::remote::Remote::connect(&remote)
+            .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
+        engine.set_remote(Some(std::sync::Arc::new(r)));
+    }
     let r = engine.gc(threshold)?;
     if json {
         return print_json(&r);

@@ -55,6 +55,11 @@ pub struct RemoteArgs {
     /// read back from the bucket when needed. Default: keep everything.
     #[arg(long, requires = "remote", value_parser = parse_size)]
     pub cache_size: Option<u64>,
+    /// While the bucket is unreachable, accept at most this much new data
+    /// locally (then writes fail with ENOSPC until it is back). Default: no
+    /// limit but the local disk.
+    #[arg(long, requires = "remote", value_parser = parse_size)]
+    pub max_backlog: Option<u64>,
 }
 
 /// "64M", "20G", "1048576" -> bytes.
@@ -80,6 +85,7 @@ impl RemoteArgs {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             cache_bytes: self.cache_size,
+            max_backlog: self.max_backlog,
         })
     }
 }

@@ -134,10 +134,18 @@ pub fn serve(
                 // A bounded cache: when local data outgrows it, upload now
                 // (only what is in the bucket can be evicted).
                 if let Some(r) = shared.engine.remote() {
+                    if r.config().max_backlog.is_some() {
+                        if let Err(e) = r.measure_backlog(&shared.engine) {
+                            eprintln!("datastore: cannot measure the bucket backlog: {e}");
+                        }
+                    }
                     let over = r.config().cache_bytes.is_some_and(|limit| {
                         shared.engine.segment_bytes().is_ok_and(|b| b > limit)
                     });
-                    if over {
+                    // Over the cache, or writes held back by the backlog
+                    // limit: upload now (and again every half second while
+                    // the bucket is away, so it drains when it returns).
+                    if over || r.backlog_full() {
                         if let Err(e) = v.persist() {
                             eprintln!("datastore: upload to the bucket failed: {e}");
                         }

@@ -65,6 +65,14 @@ impl Engine {
             .collect();
         for (id, committed) in candidates {
             let path = segment::segment_path(&self.segments_dir, id);
+            if !path.exists() {
+                // Evicted to the bucket mirror: bring it back to compact it.
+                if let Some(r) = self.remote() {
+                    if let Err(e) = r.fetch_segment_file(self, id) {
+                        eprintln!("datastore: gc skips segment {id}: {e}");
+                    }
+                }
+            }
             let image = match std::fs::read(&path) {
                 Ok(mut b) => {
                     b.truncate(committed as usize);

@@ -35,8 +35,16 @@ impl Remote {
         }
     }
 
-    /// Brings evicted segment `id` back from its packs.
+    /// Brings evicted segment `id` back from its packs, then keeps the
+    /// cache within its size.
     pub fn fetch_segment(&self, engine: &Engine, id: u64) -> Result<(), RemoteError> {
+        self.fetch_segment_file(engine, id)?;
+        self.enforce_cache(engine, Some(id))
+    }
+
+    /// Brings evicted segment `id` back from its packs (no key needed: the
+    /// packs are the segment's bytes as they were written).
+    pub fn fetch_segment_file(&self, engine: &Engine, id: u64) -> Result<(), RemoteError> {
         let _one_at_a_time = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         let path = segment::segment_path(engine.segments_dir(), id);
         if path.exists() {
@@ -76,7 +84,7 @@ impl Remote {
         drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| local("install segment", e))?;
         self.fetched.fetch_add(at, Ordering::Relaxed);
-        self.enforce_cache(engine, Some(id))
+        Ok(())
     }
 
     /// Evicts least recently read, fully uploaded segments until the local

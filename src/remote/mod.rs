@@ -14,8 +14,10 @@
 //!   whole encrypted chunk records as the local store holds them.
 //!
 //! Credentials come from the usual AWS environment variables
-//! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ...); the
-//! store directory holds only the bucket URL, endpoint and region.
+//! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ...) or,
+//! when those are unset, the shared credentials file (AWS_SHARED_CREDENTIALS_FILE
+//! or ~/.aws/credentials, profile AWS_PROFILE or `default`); the store
+//! directory holds only the bucket URL, endpoint and region.
 //!
 //! Invariant (see `sync`): `head` names a checkpoint only after every pack
 //! that checkpoint lists is in the bucket, and a pack is deleted only after a
@@ -50,6 +52,10 @@ pub struct RemoteConfig {
     /// Local cache size in bytes (None: keep everything locally).
     #[serde(default)]
     pub cache_bytes: Option<u64>,
+    /// Most committed bytes not yet in the bucket before writes are refused
+    /// (ENOSPC) while it is unreachable (None: the local disk is the limit).
+    #[serde(default)]
+    pub max_backlog: Option<u64>,
 }
 
 impl RemoteConfig {
@@ -102,6 +108,7 @@ pub struct RemoteStatus {
     /// Local segment bytes and the configured limit (None: unlimited).
     pub cached_bytes: u64,
     pub cache_limit: Option<u64>,
+    pub max_backlog: Option<u64>,
     pub fetched_bytes: u64,
     pub evicted_bytes: u64,
     pub last_error: Option<String>,
@@ -123,6 +130,50 @@ pub struct Remote {
     cached: AtomicU64,
     fetched: AtomicU64,
     evicted: AtomicU64,
+}
+
+/// Keys from an AWS shared credentials file (secrets zeroized on drop).
+struct SharedCredentials {
+    key_id: String,
+    secret: zeroize::Zeroizing<String>,
+    token: Option<zeroize::Zeroizing<String>>,
+}
+
+/// The profile's keys from AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials.
+fn shared_credentials() -> Option<SharedCredentials> {
+    let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials"))
+        })?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).ok()?);
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    parse_credentials(&text, &profile)
+}
+
+/// The `[profile]` section's aws_access_key_id / aws_secret_access_key /
+/// aws_session_token of an INI credentials file.
+fn parse_credentials(text: &str, profile: &str) -> Option<SharedCredentials> {
+    let mut in_profile = false;
+    let (mut key_id, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+        } else if let (true, Some((k, v))) = (in_profile, line.split_once('=')) {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => key_id = Some(v),
+                "aws_secret_access_key" => secret = Some(zeroize::Zeroizing::new(v)),
+                "aws_session_token" => token = Some(zeroize::Zeroizing::new(v)),
+                _ => {}
+            }
+        }
+    }
+    Some(SharedCredentials {
+        key_id: key_id?,
+        secret: secret?,
+        token,
+    })
 }
 
 /// Label of the mirror key derived from the metadata key.
@@ -151,6 +202,16 @@ impl Remote {
                 retry_timeout: Duration::from_secs(20),
                 ..RetryConfig::default()
             });
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if let Some(c) = shared_credentials() {
+                b = b
+                    .with_access_key_id(c.key_id)
+                    .with_secret_access_key(c.secret.as_str());
+                if let Some(t) = &c.token {
+                    b = b.with_token(t.as_str());
+                }
+            }
+        }
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
@@ -319,6 +380,32 @@ impl Remote {
             .collect())
     }
 
+    /// Whether writes must wait for the bucket (see `max_backlog`).
+    pub fn backlog_full(&self) -> bool {
+        self.cfg
+            .max_backlog
+            .is_some_and(|m| self.backlog.load(Ordering::Relaxed) >= m)
+    }
+
+    /// Committed bytes not yet in the bucket, measured now.
+    pub fn measure_backlog(&self, engine: &crate::engine::Engine) -> Result<u64, RemoteError> {
+        let local = |e: crate::meta::MetaError| RemoteError::Local(e.to_string());
+        let mut uploaded: std::collections::HashMap<u64, u64> = Default::default();
+        for p in engine.meta().remote_packs().map_err(local)? {
+            let e = uploaded.entry(p.segment).or_default();
+            *e = (*e).max(p.end);
+        }
+        let backlog = engine
+            .meta()
+            .segments()
+            .map_err(local)?
+            .into_iter()
+            .map(|(id, c, _)| c.saturating_sub(uploaded.get(&id).copied().unwrap_or(0)))
+            .sum();
+        self.backlog.store(backlog, Ordering::Relaxed);
+        Ok(backlog)
+    }
+
     pub fn status(&self) -> RemoteStatus {
         RemoteStatus {
             url: self.cfg.url.clone(),
@@ -327,6 +414,7 @@ impl Remote {
             uploaded_bytes: self.uploaded.load(Ordering::Relaxed),
             cached_bytes: self.cached.load(Ordering::Relaxed),
             cache_limit: self.cfg.cache_bytes,
+            max_backlog: self.cfg.max_backlog,
             fetched_bytes: self.fetched.load(Ordering::Relaxed),
             evicted_bytes: self.evicted.load(Ordering::Relaxed),
             checkpoint: self.checkpoint.load(Ordering::Relaxed),
@@ -345,5 +433,38 @@ impl Remote {
             Err(e) => *last = Some(e.to_string()),
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_of_a_shared_credentials_file_is_read() {
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n[ops]\naws_access_key_id=C\naws_secret_access_key=D\naws_session_token=E\n";
+        let d = parse_credentials(text, "default").unwrap();
+        assert_eq!((d.key_id.as_str(), d.secret.as_str()), ("A", "B"));
+        assert!(d.token.is_none());
+        let o = parse_credentials(text, "ops").unwrap();
+        assert_eq!(o.token.as_deref().map(String::as_str), Some("E"));
+        assert!(parse_credentials(text, "missing").is_none());
+    }
+
+    #[test]
+    fn remote_urls_name_a_bucket() {
+        let cfg = |url: &str| RemoteConfig {
+            url: url.into(),
+            endpoint: None,
+            region: None,
+            cache_bytes: None,
+            max_backlog: None,
+        };
+        assert_eq!(
+            cfg("s3://b/p/q/").bucket_and_prefix().unwrap(),
+            ("b".to_string(), "p/q".to_string())
+        );
+        assert!(cfg("http://b/p").bucket_and_prefix().is_err());
+        assert!(cfg("s3:///p").bucket_and_prefix().is_err());
     }
 }

@@ -105,11 +105,7 @@ impl Remote {
             let e = uploaded_to.entry(p.segment).or_default();
             *e = (*e).max(p.end);
         }
-        let backlog: u64 = segments
-            .iter()
-            .map(|(id, &c)| c.saturating_sub(uploaded_to.get(id).copied().unwrap_or(0)))
-            .sum();
-        self.backlog.store(backlog, Ordering::Relaxed);
+        self.measure_backlog(engine)?;
 
         // 1. New packs.
         let mut rows = Vec::new();
