@@ -348,3 +348,47 @@ fn a_64_mib_cache_serves_500_mib_from_the_bucket_within_its_limit() {
     );
     f.unmount();
 }
+
+#[test]
+fn small_fsyncs_are_repacked_once_their_segment_is_full() {
+    let server = S3Server::start();
+    let f = mirrored(&server, "repack");
+    f.mount();
+    let small = f.mnt().join("small");
+    std::fs::create_dir(&small).unwrap();
+    for i in 0..150u64 {
+        let p = small.join(format!("f{i}"));
+        std::fs::write(&p, common::random_bytes(1000 + i, 20_000)).unwrap();
+        std::fs::File::open(&p).unwrap().sync_all().unwrap();
+    }
+    let packs = |s: &S3Server| {
+        let dir = s.data_dir().join(BUCKET).join("repack").join("packs");
+        std::fs::read_dir(dir).unwrap().count()
+    };
+    let before = packs(&server);
+    assert!(
+        before >= 100,
+        "expected one small pack per fsync, saw {before}"
+    );
+    // Fill the segment so the writer moves on; the next upload repacks it.
+    let big = f.mnt().join("big");
+    std::fs::write(&big, common::random_bytes(7, 40 << 20)).unwrap();
+    std::fs::File::open(&big).unwrap().sync_all().unwrap();
+    let after = packs(&server);
+    assert!(
+        after <= 16,
+        "{before} small packs became {after}, not a few full ones"
+    );
+    f.unmount();
+    attach(&f, &server, "repack");
+    f.mount();
+    for i in 0..150u64 {
+        let got = std::fs::read(small.join(format!("f{i}"))).unwrap();
+        assert!(
+            got == common::random_bytes(1000 + i, 20_000),
+            "f{i} differs"
+        );
+    }
+    assert!(std::fs::read(&big).unwrap() == common::random_bytes(7, 40 << 20));
+    f.unmount();
+}

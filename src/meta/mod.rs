@@ -319,7 +319,7 @@ impl Meta {
         Ok(out)
     }
 
-    /// Records uploaded packs and forgets deleted ones, durably.
+    /// Forgets `remove` and records `add`, in one durable transaction.
     pub fn update_remote_packs(
         &self,
         add: &[PackRow],
@@ -327,12 +327,13 @@ impl Meta {
     ) -> Result<(), MetaError> {
         let txn = self.db.begin_write()?;
         {
+            // Removals first, so a row may be replaced in one transaction.
             let mut t = txn.open_table(REMOTE_PACKS)?;
-            for p in add {
-                t.insert((p.segment, p.start), (p.end, p.id))?;
-            }
             for p in remove {
                 t.remove((p.segment, p.start))?;
+            }
+            for p in add {
+                t.insert((p.segment, p.start), (p.end, p.id))?;
             }
         }
         txn.commit()?;

@@ -143,7 +143,7 @@ impl Remote {
             meta.update_remote_packs(&rows, &[])
                 .map_err(|e| local("record packs", e))?;
         }
-        let dead: Vec<PackRow> = packs
+        let mut dead: Vec<PackRow> = packs
             .iter()
             .filter(|p| !segments.contains_key(&p.segment))
             .copied()
@@ -152,6 +152,9 @@ impl Remote {
             meta.update_remote_packs(&[], &dead)
                 .map_err(|e| local("forget packs", e))?;
         }
+        // Repacked rows are replaced in the index by `repack` itself; their
+        // objects go with the dead ones once the new head is in place.
+        dead.extend(self.repack(engine, provider, &segments, &packs, &rows)?);
 
         // 2. Metadata (journal entry or checkpoint), config, keystore.
         let store = engine.store_dir();
@@ -242,6 +245,68 @@ impl Remote {
             }
         }
         self.enforce_cache(engine, None)
+    }
+}
+
+impl Remote {
+    /// Small fsyncs upload small packs. Once a segment is sealed (the writer
+    /// moved on), is local and is all in the bucket in more packs than its
+    /// size needs, its bytes go up again as full packs and the new rows
+    /// replace the old ones; the old packs are returned, to be deleted once
+    /// a head without them is in place.
+    fn repack(
+        &self,
+        engine: &Engine,
+        provider: keystore::Provider,
+        segments: &HashMap<u64, u64>,
+        packs: &[PackRow],
+        added: &[PackRow],
+    ) -> Result<Vec<PackRow>, RemoteError> {
+        let active = engine.active_segment();
+        let mut by_segment: HashMap<u64, Vec<PackRow>> = HashMap::new();
+        for p in packs.iter().chain(added) {
+            by_segment.entry(p.segment).or_default().push(*p);
+        }
+        let mut replaced = Vec::new();
+        for (seg, rows) in by_segment {
+            let Some(&committed) = segments.get(&seg) else {
+                continue;
+            };
+            let needed = committed.div_ceil(PACK_MAX) as usize;
+            let path = segment::segment_path(engine.segments_dir(), seg);
+            let covered = rows.iter().map(|r| r.end).max().unwrap_or(0) >= committed;
+            if seg == active || rows.len() <= needed + 1 || !covered || !path.exists() {
+                continue;
+            }
+            let file = engine
+                .segment_file(seg)
+                .map_err(|e| local("open segment", e))?;
+            let mut fresh = Vec::new();
+            let mut objects = Vec::new();
+            let mut at = 0;
+            while at < committed {
+                let end = committed.min(at + PACK_MAX);
+                let bytes = segment::read_exact_at(&file, at, (end - at) as usize)
+                    .map_err(|e| local("read segment", e))?;
+                let mut id = [0u8; 16];
+                provider.fill_random(&mut id)?;
+                objects.push((pack_name(&id), bytes));
+                fresh.push(PackRow {
+                    segment: seg,
+                    start: at,
+                    end,
+                    id,
+                });
+                at = end;
+            }
+            self.put_many(objects)?;
+            engine
+                .meta()
+                .update_remote_packs(&fresh, &rows)
+                .map_err(|e| local("record repacked packs", e))?;
+            replaced.extend(rows);
+        }
+        Ok(replaced)
     }
 }
 
