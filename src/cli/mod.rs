@@ -119,6 +119,13 @@ pub enum Command {
         /// Internal: the background parent passes the password on stdin.
         #[arg(long, hide = true)]
         password_stdin: bool,
+        /// Serve the dashboard and /metrics at ADDR (e.g. 127.0.0.1:9750).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// File whose first line is the token every web request must carry
+        /// (required for a non-loopback --http address).
+        #[arg(long, requires = "http")]
+        http_token_file: Option<PathBuf>,
     },
     /// Flush everything and unmount.
     Unmount { mountpoint: PathBuf },
@@ -230,7 +237,18 @@ pub fn run(cli: Cli) -> i32 {
             mountpoint,
             foreground,
             password_stdin,
-        } => mount::mount(&cli, mountpoint, *foreground, *password_stdin),
+            http,
+            http_token_file,
+        } => mount::mount(
+            &cli,
+            mountpoint,
+            *foreground,
+            *password_stdin,
+            mount::HttpArgs {
+                addr: *http,
+                token_file: http_token_file.clone(),
+            },
+        ),
         Command::Unmount { mountpoint } => mount::unmount(mountpoint),
         Command::Unlock => mount::unlock(&cli),
         Command::Lock => mount::lock(&cli),

@@ -44,11 +44,49 @@ fn mount_password(cli: &Cli) -> Result<Option<Zeroizing<String>>, Failure> {
     Ok(None)
 }
 
+/// `mount --http ADDR [--http-token-file FILE]`.
+#[derive(Clone, Debug, Default)]
+pub struct HttpArgs {
+    pub addr: Option<std::net::SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    fn options(&self) -> Result<Option<daemon::http::HttpOptions>, Failure> {
+        let Some(addr) = self.addr else {
+            return Ok(None);
+        };
+        let token = match &self.token_file {
+            None => None,
+            Some(f) => {
+                let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                    Failure::new(Exit::Usage, format!("cannot read {}: {e}", f.display()))
+                })?);
+                let line = text.lines().next().unwrap_or("").trim().to_string();
+                if line.len() < 16 {
+                    return Err(Failure::new(
+                        Exit::Usage,
+                        format!(
+                            "the token in {} must be at least 16 characters",
+                            f.display()
+                        ),
+                    ));
+                }
+                Some(Zeroizing::new(line))
+            }
+        };
+        daemon::http::HttpOptions::new(addr, token)
+            .map(Some)
+            .map_err(|e| Failure::new(Exit::Usage, e))
+    }
+}
+
 pub fn mount(
     cli: &Cli,
     mountpoint: &Path,
     foreground: bool,
     password_stdin: bool,
+    http: HttpArgs,
 ) -> Result<(), Failure> {
     if !mountpoint.is_dir() {
         return Err(Failure::new(
@@ -62,6 +100,8 @@ pub fn mount(
         super::store::init(cli, super::FipsArg::Disabled, None)?;
     }
     load_config(&cli.store)?;
+    // Checked before anything starts: a bad --http is a usage error.
+    let http_options = http.options()?;
     let password = if password_stdin {
         let mut line = Zeroizing::new(String::new());
         std::io::stdin()
@@ -75,7 +115,7 @@ pub fn mount(
         mount_password(cli)?
     };
     if foreground {
-        return daemon::serve(&cli.store, mountpoint, password, |locked| {
+        return daemon::serve(&cli.store, mountpoint, password, http_options, |locked| {
             println!("ready{}", if locked { " locked" } else { "" });
             let _ = std::io::stdout().flush();
         })
@@ -97,6 +137,12 @@ pub fn mount(
         .arg(mountpoint)
         .arg("--foreground")
         .arg("--password-stdin")
+        .args(http.addr.map(|a| format!("--http={a}")))
+        .args(
+            http.token_file
+                .as_ref()
+                .map(|f| format!("--http-token-file={}", f.display())),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log);

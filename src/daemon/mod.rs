@@ -8,7 +8,9 @@
 //! arrives over the socket is held in a zeroizing buffer and never logged.
 
 mod control;
+pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod status;
 
 use std::os::unix::fs::PermissionsExt;
@@ -68,6 +70,7 @@ pub fn serve(
     store: &Path,
     mountpoint: &Path,
     password: Option<Zeroizing<String>>,
+    http: Option<http::HttpOptions>,
     ready: impl FnOnce(bool),
 ) -> Result<(), DaemonError> {
     if !mountpoint.is_dir() {
@@ -99,6 +102,9 @@ pub fn serve(
             source,
         })?;
     let socket = control::start(shared.clone())?;
+    if let Some(opts) = http {
+        http::start(shared.clone(), opts).map_err(DaemonError::Usage)?;
+    }
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -125,6 +131,7 @@ pub fn serve(
     let mut last_commit = Instant::now();
     while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
+        metrics::tick();
         if last_commit.elapsed() >= COMMIT_EVERY {
             last_commit = Instant::now();
             if let Some(v) = shared.volume() {

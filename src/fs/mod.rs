@@ -81,6 +81,7 @@ fn errno(e: &VolError) -> Errno {
     if let Some(cause) = &e.cause {
         eprintln!("datastore: I/O error: {cause}");
     }
+    crate::daemon::metrics::record_error(e.errno);
     Errno::from_i32(e.errno)
 }
 
@@ -409,8 +410,12 @@ impl Filesystem for DatastoreFs {
         reply: ReplyData,
     ) {
         let v = vol_or_reply!(self, reply);
+        let started = std::time::Instant::now();
         match v.read(ino.0, offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                crate::daemon::metrics::record_read(d.len(), started);
+                reply.data(&d)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -433,8 +438,12 @@ impl Filesystem for DatastoreFs {
                 return reply.error(errno(&e));
             }
         }
+        let started = std::time::Instant::now();
         match v.write(ino.0, offset, data) {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => {
+                crate::daemon::metrics::record_write(n, started);
+                reply.written(n as u32)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -1,0 +1,253 @@
+//! The daemon's web endpoints (`mount --http ADDR`): the dashboard page,
+//! its data as JSON (`/api/status`), and Prometheus metrics (`/metrics`).
+//! Loopback only unless a token is configured; with a token every request
+//! must carry `Authorization: Bearer TOKEN` (or `?token=TOKEN`). Nothing
+//! served names a file, a key or a password; the page loads nothing from
+//! the internet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::metrics;
+use super::status::{self, Status};
+use super::Shared;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+/// Where to listen and the token non-loopback listeners require.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub addr: SocketAddr,
+    pub token: Option<zeroize::Zeroizing<String>>,
+}
+
+impl HttpOptions {
+    /// Refuses a non-loopback address without a token.
+    pub fn new(
+        addr: SocketAddr,
+        token: Option<zeroize::Zeroizing<String>>,
+    ) -> Result<Self, String> {
+        if !addr.ip().is_loopback() && token.is_none() {
+            return Err(format!(
+                "--http {addr} is not a loopback address: give --http-token-file too"
+            ));
+        }
+        Ok(HttpOptions { addr, token })
+    }
+}
+
+#[derive(Serialize)]
+struct Shield {
+    /// green, amber, red or grey.
+    state: &'static str,
+    label: String,
+}
+
+#[derive(Serialize)]
+struct ApiStatus {
+    #[serde(flatten)]
+    status: Status,
+    shield: Shield,
+    fips_mode: String,
+    startup_mode: String,
+    shipping_mode: bool,
+    free_bytes: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+    history: Vec<metrics::Sample>,
+    /// Background jobs (conversion, gc, scrub) running now.
+    jobs: Vec<String>,
+}
+
+fn shield(st: &Status, validated: bool) -> Shield {
+    let module = st.crypto_module.as_ref();
+    if st.locked {
+        return Shield {
+            state: "grey",
+            label: "Locked: no key is loaded".into(),
+        };
+    }
+    match (validated, module) {
+        (true, Some(m)) if m.fips_mode && m.power_on_self_tests && m.known_answer_tests.passed => {
+            Shield {
+                state: "green",
+                label: format!(
+                    "Encrypted, FIPS validated ({}), self-tests passed, unlocked",
+                    m.name
+                ),
+            }
+        }
+        (true, _) => Shield {
+            state: "red",
+            label: "FIPS mode validated but the module check failed".into(),
+        },
+        (false, _) => Shield {
+            state: "amber",
+            label: "Encrypted (AES-XTS-256), FIPS mode disabled".into(),
+        },
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: valid C string and out-pointer.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return 0;
+    }
+    s.f_bavail * s.f_frsize
+}
+
+fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
+    let locked = shared.volume().is_none();
+    let status = status::collect(
+        &shared.engine,
+        Some(shared.mountpoint.display().to_string()),
+        locked,
+    )
+    .map_err(|e| e.to_string())?;
+    let ks = keystore::Keystore::open(&shared.store, &crate::cli::boot_key_dir())
+        .map_err(|e| e.to_string())?;
+    let info = ks.info();
+    let validated = info.fips_mode == keystore::FipsMode::Validated;
+    Ok(ApiStatus {
+        shield: shield(&status, validated),
+        status,
+        fips_mode: format!("{:?}", info.fips_mode).to_lowercase(),
+        startup_mode: format!("{:?}", info.startup).to_lowercase(),
+        shipping_mode: info.shipping_mode,
+        free_bytes: free_bytes(&shared.store),
+        read_bytes: metrics::READ_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+        write_bytes: metrics::WRITE_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+        history: metrics::history(),
+        jobs: Vec::new(),
+    })
+}
+
+fn metrics_text(shared: &Shared) -> Result<String, String> {
+    use std::fmt::Write;
+    let a = api_status(shared)?;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, v: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {v}");
+    };
+    let s = &a.status;
+    gauge(
+        "datastore_logical_bytes",
+        "Bytes of file data stored (before dedup and compression).",
+        s.logical_bytes as f64,
+    );
+    gauge(
+        "datastore_physical_bytes",
+        "Bytes of chunk records on disk.",
+        s.physical_bytes as f64,
+    );
+    gauge(
+        "datastore_free_bytes",
+        "Free bytes on the store's file system.",
+        a.free_bytes as f64,
+    );
+    gauge("datastore_chunks", "Unique chunks stored.", s.chunks as f64);
+    gauge(
+        "datastore_dedup_ratio",
+        "Logical bytes / unique bytes.",
+        s.dedup_ratio,
+    );
+    gauge(
+        "datastore_compression_ratio",
+        "Unique bytes / stored payload bytes.",
+        s.compression_ratio,
+    );
+    gauge(
+        "datastore_locked",
+        "1 while no key is loaded.",
+        f64::from(u8::from(s.locked)),
+    );
+    gauge(
+        "datastore_fips_validated",
+        "1 when FIPS mode is validated and the module came up.",
+        f64::from(u8::from(a.shield.state == "green")),
+    );
+    gauge(
+        "datastore_remote_backlog_bytes",
+        "Committed bytes not yet in the bucket mirror.",
+        s.remote.as_ref().map_or(0.0, |r| r.backlog_bytes as f64),
+    );
+    let stats = shared.engine.stats.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP datastore_dedup_hits_total Chunks written that were already stored."
+    );
+    let _ = writeln!(out, "# TYPE datastore_dedup_hits_total counter");
+    let _ = writeln!(
+        out,
+        "datastore_dedup_hits_total {}",
+        stats.chunks_in.saturating_sub(stats.chunks_new)
+    );
+    metrics::render_io(&mut out);
+    Ok(out)
+}
+
+fn authorized(req: &tiny_http::Request, token: &Option<zeroize::Zeroizing<String>>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let bearer = format!("Bearer {}", token.as_str());
+    let header_ok = req
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Authorization") && h.value.as_str() == bearer);
+    let query_ok = req.url().split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv == format!("token={}", token.as_str()))
+    });
+    header_ok || query_ok
+}
+
+fn respond(req: tiny_http::Request, code: u16, kind: &str, body: String) {
+    let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("valid header");
+    let resp = tiny_http::Response::from_string(body)
+        .with_status_code(code)
+        .with_header(header);
+    let _ = req.respond(resp);
+}
+
+/// Serves until the daemon shuts down (the thread dies with the process).
+pub fn start(shared: Arc<Shared>, opts: HttpOptions) -> Result<(), String> {
+    let server = tiny_http::Server::http(opts.addr)
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                if !authorized(&req, &opts.token) {
+                    respond(req, 401, "text/plain", "token required\n".into());
+                    continue;
+                }
+                let path = req.url().split('?').next().unwrap_or("/").to_string();
+                match path.as_str() {
+                    "/" => respond(req, 200, "text/html; charset=utf-8", PAGE.into()),
+                    "/api/status" => match api_status(&shared)
+                        .and_then(|a| serde_json::to_string(&a).map_err(|e| e.to_string()))
+                    {
+                        Ok(j) => respond(req, 200, "application/json", j),
+                        Err(e) => respond(req, 500, "text/plain", format!("{e}\n")),
+                    },
+                    "/metrics" => match metrics_text(&shared) {
+                        Ok(t) => respond(req, 200, "text/plain; version=0.0.4", t),
+                        Err(e) => respond(req, 500, "text/plain", format!("{e}\n")),
+                    },
+                    _ => respond(req, 404, "text/plain", "not found\n".into()),
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the http thread: {e}"))?;
+    Ok(())
+}

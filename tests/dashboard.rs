@@ -1,0 +1,202 @@
+//! The daemon's web endpoints on a real mount: /metrics counters move when
+//! files are written and read; the dashboard's data matches `datastore
+//! status --json`; the shield is amber for an encrypted store, grey when
+//! locked and green in FIPS mode validated; nothing served names a file or
+//! a password; a non-loopback address needs a token, and requests without
+//! it are refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::mounted::{Fixture, PW};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (status code, body) of GET `path`.
+fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // tiny_http answers small bodies with Content-Length, larger ones chunked.
+    let body = if raw
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = b.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = &rest[n + 2..];
+    }
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .parse()
+        .unwrap()
+}
+
+fn mount_http(f: &Fixture, port: u16) {
+    let pw = f.pw();
+    let mnt = f.mnt();
+    let addr = format!("127.0.0.1:{port}");
+    f.ok(&[
+        "mount",
+        mnt.to_str().unwrap(),
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--http",
+        &addr,
+    ]);
+}
+
+#[test]
+fn metrics_move_with_io_and_the_dashboard_matches_status() {
+    let f = Fixture::new(&[]);
+    let port = free_port();
+    mount_http(&f, port);
+    let (code, before) = get(port, "/metrics", None);
+    assert_eq!(code, 200);
+    let marker = "MARKERNAME4711";
+    let file = f.mnt().join(format!("{marker}.bin"));
+    std::fs::write(&file, common::random_bytes(3, 8 << 20)).unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    assert_eq!(std::fs::read(&file).unwrap().len(), 8 << 20);
+    let (_, after) = get(port, "/metrics", None);
+    let moved = |name: &str| metric(&after, name) - metric(&before, name);
+    assert!(
+        moved("datastore_write_bytes_total") >= (8 << 20) as f64,
+        "{after}"
+    );
+    assert!(
+        moved("datastore_read_bytes_total") >= (8 << 20) as f64,
+        "{after}"
+    );
+    assert!(moved("datastore_write_seconds_count") > 0.0);
+    assert!(moved("datastore_read_seconds_count") > 0.0);
+    assert!(metric(&after, "datastore_logical_bytes") >= (8 << 20) as f64);
+    assert_eq!(metric(&after, "datastore_locked"), 0.0);
+    // The dashboard's data is the status admins get from the CLI.
+    let (_, api) = get(port, "/api/status", None);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    let cli: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
+    for k in [
+        "logical_bytes",
+        "physical_bytes",
+        "chunks",
+        "dedup_ratio",
+        "total_reduction",
+    ] {
+        assert_eq!(api[k], cli[k], "{k}");
+    }
+    assert_eq!(api["shield"]["state"], "amber", "{api}");
+    let (_, page) = get(port, "/", None);
+    assert!(page.contains("Durable capacity"));
+    for body in [&after, &page, &api.to_string()] {
+        assert!(!body.contains(marker), "a file name was served");
+        assert!(!body.contains(PW), "the password was served");
+    }
+    f.ok(&["lock"]);
+    let (_, api) = get(port, "/api/status", None);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["shield"]["state"], "grey", "{api}");
+    let (_, m) = get(port, "/metrics", None);
+    assert_eq!(metric(&m, "datastore_locked"), 1.0);
+    f.unmount();
+}
+
+#[cfg(feature = "fips")]
+#[test]
+fn the_shield_is_green_in_fips_mode_validated() {
+    let f = Fixture::new(&["--fips-mode", "validated"]);
+    let port = free_port();
+    mount_http(&f, port);
+    let (_, api) = get(port, "/api/status", None);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["shield"]["state"], "green", "{api}");
+    assert!(api["shield"]["label"]
+        .as_str()
+        .unwrap()
+        .contains("AWS-LC FIPS"));
+    let (_, m) = get(port, "/metrics", None);
+    assert_eq!(metric(&m, "datastore_fips_validated"), 1.0);
+    f.unmount();
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token_and_requests_need_it() {
+    let f = Fixture::new(&[]);
+    let port = free_port();
+    let (pw, mnt) = (f.pw(), f.mnt());
+    let mount = |extra: &[&str]| {
+        let mut args = vec![
+            "mount",
+            mnt.to_str().unwrap(),
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        f.run(&args)
+    };
+    let addr = format!("0.0.0.0:{port}");
+    let o = mount(&["--http", &addr]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--http-token-file"));
+    assert!(!f.is_mounted());
+    let token = "a-token-of-sufficient-length";
+    let token_file = f.dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let o = mount(&[
+        "--http",
+        &addr,
+        "--http-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(get(port, "/metrics", None).0, 401);
+    assert_eq!(
+        get(port, "/metrics", Some("wrong-token-wrong-token")).0,
+        401
+    );
+    assert_eq!(get(port, "/metrics", Some(token)).0, 200);
+    assert_eq!(
+        get(port, &format!("/api/status?token={token}"), None).0,
+        200
+    );
+    f.unmount();
+}
