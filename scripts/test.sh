@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone, as root on Debian.
 # Installs what the tests need (gdb for the core-dump test, cmake and Go for
-# the FIPS module, pjdfstest, s3s-fs as the S3 server), then runs formatting, clippy, and every test of the
+# the FIPS module, pjdfstest, s3s-fs as the S3 server, chromium for the
+# dashboard test), then runs formatting, clippy, and every test of the
 # workspace, with default features and again without them (no FIPS module).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ dpkg -s libacl1-dev >/dev/null 2>&1 || need_pkgs+=(libacl1-dev acl)
 [ -e /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
 command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
 command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "==> installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -200,3 +200,111 @@ fn a_non_loopback_address_needs_a_token_and_requests_need_it() {
     );
     f.unmount();
 }
+
+fn chromium() -> std::path::PathBuf {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join("chromium");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("chromium is missing: scripts/test.sh installs Debian's chromium");
+}
+
+/// Loads the dashboard in headless Chromium, returns the DOM after its
+/// script ran and saves a screenshot under target/test-artifacts/.
+fn render(port: u16, name: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let common = |extra: &[String]| {
+        let o = std::process::Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join(format!("dashboard-{name}.png"));
+    common(&[format!("--screenshot={}", shot.display())]);
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "empty screenshot"
+    );
+    String::from_utf8(common(&["--dump-dom".to_string()]).stdout).unwrap()
+}
+
+fn attr<'a>(dom: &'a str, id: &str, name: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("#{id} missing"));
+    let tag_start = dom[..at].rfind('<').unwrap();
+    let tag = &dom[tag_start..at + dom[at..].find('>').unwrap()];
+    let key = format!("{name}=\"");
+    let v = &tag[tag
+        .find(&key)
+        .unwrap_or_else(|| panic!("#{id} has no {name}: {tag}"))
+        + key.len()..];
+    &v[..v.find('"').unwrap()]
+}
+
+#[test]
+fn the_dashboard_renders_the_shield_and_the_status_numbers_in_chromium() {
+    let mut stores: Vec<(&str, Vec<&str>, bool)> =
+        vec![("encrypted", vec![], false), ("locked", vec![], true)];
+    if cfg!(feature = "fips") {
+        stores.push(("fips", vec!["--fips-mode", "validated"], false));
+    }
+    for (name, init, lock) in stores {
+        let f = Fixture::new(&init);
+        let port = free_port();
+        mount_http(&f, port);
+        let data = f.mnt().join("filename-marker-42");
+        std::fs::write(&data, common::random_bytes(9, 3 << 20)).unwrap();
+        std::fs::File::open(&data).unwrap().sync_all().unwrap();
+        if lock {
+            f.ok(&["lock"]);
+        }
+        let cli: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
+        let dom = render(port, name);
+        assert!(
+            dom.contains("data-loaded=\"1\""),
+            "the page never loaded its data"
+        );
+        let want = match name {
+            "encrypted" => "amber",
+            "locked" => "grey",
+            _ => "green",
+        };
+        assert_eq!(attr(&dom, "shield", "data-state"), want, "{name}");
+        assert_eq!(
+            attr(&dom, "logical", "data-bytes"),
+            cli["logical_bytes"].to_string()
+        );
+        assert_eq!(
+            attr(&dom, "physical", "data-bytes"),
+            cli["physical_bytes"].to_string()
+        );
+        assert_eq!(
+            attr(&dom, "chunks", "data-value"),
+            cli["chunks"].to_string()
+        );
+        assert!(!dom.contains(PW) && !dom.contains("filename-marker-42"));
+        f.unmount();
+    }
+}
