@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone, as root on Debian.
 # Installs what the tests need (gdb for the core-dump test, cmake and Go for
-# the FIPS module, pjdfstest, s3s-fs as the S3 server, chromium for the
+# the FIPS module, pjdfstest, s3s-fs and Garage as S3 servers, chromium for the
 # dashboard test), then runs formatting, clippy, and every test of the
 # workspace, with default features and again without them (no FIPS module).
 set -euo pipefail
@@ -31,10 +31,15 @@ if ! command -v pjdfstest >/dev/null 2>&1; then
     echo "==> cargo install pjdfstest"
     cargo install pjdfstest --version 0.2.2
 fi
-# The remote tests run a real S3-compatible server on loopback.
+# The remote tests run real S3-compatible servers on loopback: s3s-fs, and
+# Garage for the compatibility test (Garage takes ~10 minutes to build once).
 if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "==> cargo install s3s-fs (S3 server for the remote tests)"
     cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+if ! command -v garage >/dev/null 2>&1; then
+    echo "==> cargo install garage (Garage compatibility test)"
+    cargo install garage --version 2.5.0 --locked
 fi
 # pjdfstest switches to the users nobody and tests.
 id tests >/dev/null 2>&1 || echo "tests:x:1001:1001::/nonexistent:/usr/sbin/nologin" | newusers

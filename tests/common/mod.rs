@@ -2,6 +2,7 @@
 //! keys, deterministic pseudo-random data, and a store-wide byte search.
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod mounted;
 pub mod s3;
 
