@@ -12,14 +12,6 @@ use std::net::TcpStream;
 
 use common::mounted::{Fixture, PW};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// (status code, body) of GET `path`.
 fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -83,7 +75,7 @@ fn mount_http(f: &Fixture, port: u16) {
 #[test]
 fn metrics_move_with_io_and_the_dashboard_matches_status() {
     let f = Fixture::new(&[]);
-    let port = free_port();
+    let port = common::free_port();
     mount_http(&f, port);
     let (code, before) = get(port, "/metrics", None);
     assert_eq!(code, 200);
@@ -139,7 +131,7 @@ fn metrics_move_with_io_and_the_dashboard_matches_status() {
 #[test]
 fn the_shield_is_green_in_fips_mode_validated() {
     let f = Fixture::new(&["--fips-mode", "validated"]);
-    let port = free_port();
+    let port = common::free_port();
     mount_http(&f, port);
     let (_, api) = get(port, "/api/status", None);
     let api: serde_json::Value = serde_json::from_str(&api).unwrap();
@@ -156,7 +148,7 @@ fn the_shield_is_green_in_fips_mode_validated() {
 #[test]
 fn a_non_loopback_address_needs_a_token_and_requests_need_it() {
     let f = Fixture::new(&[]);
-    let port = free_port();
+    let port = common::free_port();
     let (pw, mnt) = (f.pw(), f.mnt());
     let mount = |extra: &[&str]| {
         let mut args = vec![
@@ -272,7 +264,7 @@ fn the_dashboard_renders_the_shield_and_the_status_numbers_in_chromium() {
     }
     for (name, init, lock) in stores {
         let f = Fixture::new(&init);
-        let port = free_port();
+        let port = common::free_port();
         mount_http(&f, port);
         let data = f.mnt().join("filename-marker-42");
         std::fs::write(&data, common::random_bytes(9, 3 << 20)).unwrap();

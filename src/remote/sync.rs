@@ -58,6 +58,40 @@ fn chain_names(base: u64, last: u64) -> Vec<String> {
         .collect()
 }
 
+/// Objects to upload: (name relative to the prefix, bytes).
+type Objects = Vec<(String, Vec<u8>)>;
+
+/// Bytes `from..to` of segment `seg` as new packs of at most PACK_MAX
+/// bytes with random names: the objects to upload and their index rows.
+fn cut_packs(
+    engine: &Engine,
+    provider: keystore::Provider,
+    seg: u64,
+    mut from: u64,
+    to: u64,
+) -> Result<(Objects, Vec<PackRow>), RemoteError> {
+    let file = engine
+        .segment_file(seg)
+        .map_err(|e| local("open segment", e))?;
+    let (mut objects, mut rows) = (Vec::new(), Vec::new());
+    while from < to {
+        let end = to.min(from + PACK_MAX);
+        let bytes = segment::read_exact_at(&file, from, (end - from) as usize)
+            .map_err(|e| local("read segment", e))?;
+        let mut id = [0u8; 16];
+        provider.fill_random(&mut id)?;
+        objects.push((pack_name(&id), bytes));
+        rows.push(PackRow {
+            segment: seg,
+            start: from,
+            end,
+            id,
+        });
+        from = end;
+    }
+    Ok((objects, rows))
+}
+
 impl Remote {
     /// (newest object, its base checkpoint) of the bucket's metadata
     /// chain; (0, 0) when there is none yet.
@@ -114,28 +148,13 @@ impl Remote {
         ids.sort_unstable();
         for seg in ids {
             let committed = segments[&seg];
-            let mut at = uploaded_to.get(&seg).copied().unwrap_or(0);
+            let at = uploaded_to.get(&seg).copied().unwrap_or(0);
             if at >= committed {
                 continue;
             }
-            let file = engine
-                .segment_file(seg)
-                .map_err(|e| local("open segment", e))?;
-            while at < committed {
-                let end = committed.min(at + PACK_MAX);
-                let bytes = segment::read_exact_at(&file, at, (end - at) as usize)
-                    .map_err(|e| local("read segment", e))?;
-                let mut id = [0u8; 16];
-                provider.fill_random(&mut id)?;
-                objects.push((pack_name(&id), bytes));
-                rows.push(PackRow {
-                    segment: seg,
-                    start: at,
-                    end,
-                    id,
-                });
-                at = end;
-            }
+            let (o, r) = cut_packs(engine, provider, seg, at, committed)?;
+            objects.extend(o);
+            rows.extend(r);
         }
         let new_bytes: u64 = rows.iter().map(|r| r.end - r.start).sum();
         if !objects.is_empty() {
@@ -278,27 +297,7 @@ impl Remote {
             if seg == active || rows.len() <= needed + 1 || !covered || !path.exists() {
                 continue;
             }
-            let file = engine
-                .segment_file(seg)
-                .map_err(|e| local("open segment", e))?;
-            let mut fresh = Vec::new();
-            let mut objects = Vec::new();
-            let mut at = 0;
-            while at < committed {
-                let end = committed.min(at + PACK_MAX);
-                let bytes = segment::read_exact_at(&file, at, (end - at) as usize)
-                    .map_err(|e| local("read segment", e))?;
-                let mut id = [0u8; 16];
-                provider.fill_random(&mut id)?;
-                objects.push((pack_name(&id), bytes));
-                fresh.push(PackRow {
-                    segment: seg,
-                    start: at,
-                    end,
-                    id,
-                });
-                at = end;
-            }
+            let (objects, fresh) = cut_packs(engine, provider, seg, 0, committed)?;
             self.put_many(objects)?;
             engine
                 .meta()

@@ -16,14 +16,6 @@ pub struct Garage {
     child: Child,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn binary() -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
@@ -39,7 +31,7 @@ fn binary() -> PathBuf {
 impl Garage {
     pub fn start() -> Self {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let (s3_port, rpc_port) = (free_port(), free_port());
+        let (s3_port, rpc_port) = (super::free_port(), super::free_port());
         let secret: String = super::random_bytes(rand_seed(), 32)
             .iter()
             .map(|b| format!("{b:02x}"))
