@@ -50,9 +50,13 @@ pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {
     if let Some(remote) = cfg.remote {
         // Evicted segments come back from their packs (no key needed) so
         // they can be compacted too; the bucket follows at the next fsync.
-        let r = crate::remote::Remote::connect(&remote)
-            .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
-        engine.set_remote(Some(std::sync::Arc::new(r)));
+        match crate::remote::Remote::connect(&remote) {
+            Ok(r) => engine.set_remote(Some(std::sync::Arc::new(r))),
+            // Without the bucket gc still runs; evicted segments are skipped.
+            Err(e) => {
+                eprintln!("datastore: gc without the bucket ({e}): evicted segments are skipped")
+            }
+        }
     }
     let r = engine.gc(threshold)?;
     if json {

@@ -142,9 +142,13 @@ impl Engine {
             } else {
                 &[id]
             };
-            self.meta
-                .apply_relocation(&moves, &dead, &view.lengths, drop_ids)
-                .map_err(|e| self.poison(e.into()))?;
+            let relocated = self
+                .meta
+                .apply_relocation(&moves, &dead, &view.lengths, drop_ids);
+            // After the change, never before: a scan in between must not be
+            // taken for the new state.
+            self.bump_index_generation();
+            relocated.map_err(|e| self.poison(e.into()))?;
             report.records_moved += moves.len() as u64;
             report.dead_chunks_removed += dead.len() as u64;
             if !drop_ids.is_empty() {

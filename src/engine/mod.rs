@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{EngineConfig, StoreConfig};
@@ -118,6 +118,10 @@ pub struct Engine {
     poisoned: AtomicBool,
     /// The bucket mirror, once the daemon has loaded its key.
     remote: RwLock<Option<Arc<crate::remote::Remote>>>,
+    /// Bumped by every index change; `index_summary` reuses its last scan
+    /// while this has not moved (the dashboard polls it every 2 s).
+    index_generation: AtomicU64,
+    summary: Mutex<Option<(u64, IndexSummary)>>,
     pub stats: Stats,
     _lock: File,
 }
@@ -186,6 +190,8 @@ impl Engine {
             readers: Mutex::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
             remote: RwLock::new(None),
+            index_generation: AtomicU64::new(0),
+            summary: Mutex::new(None),
             stats: Stats::default(),
             _lock: lock_file,
         })
@@ -278,6 +284,8 @@ impl Engine {
             .meta
             .apply_commit(&changes, &view.lengths, durable, extra);
         lock(&self.pending).committing = None;
+        // After the index changed, never before (see `index_summary`).
+        self.bump_index_generation();
         let anomalies = result.map_err(|e| self.poison(e.into()))?;
         stats::add(&self.stats.commit_anomalies, anomalies.released_unknown);
         stats::add_since(&self.stats.ns_commit, start);
@@ -337,6 +345,11 @@ impl Engine {
         let f = Arc::new(f);
         lock(&self.readers).insert(id, f.clone());
         Ok(f)
+    }
+
+    /// Marks the index as changed (for `index_summary`'s reuse).
+    pub(crate) fn bump_index_generation(&self) {
+        self.index_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The segment new records are appended to (never evicted).
@@ -420,6 +433,13 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
 impl Engine {
     /// What the index holds: chunk counts and logical vs unique bytes.
     pub fn index_summary(&self) -> Result<IndexSummary> {
+        let generation = self.index_generation.load(Ordering::SeqCst);
+        if let Some((g, mut s)) = *lock(&self.summary) {
+            if g == generation {
+                s.physical_bytes = self.segment_bytes()?;
+                return Ok(s);
+            }
+        }
         let mut s = IndexSummary::default();
         self.meta.for_each_chunk(|_, e| {
             s.chunks += 1;
@@ -431,6 +451,7 @@ impl Engine {
         })?;
         s.segments = self.meta.segments()?.len() as u64;
         s.physical_bytes = self.segment_bytes()?;
+        *lock(&self.summary) = Some((generation, s));
         Ok(s)
     }
 }
