@@ -194,13 +194,7 @@ fn a_non_loopback_address_needs_a_token_and_requests_need_it() {
 }
 
 fn chromium() -> std::path::PathBuf {
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join("chromium");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("chromium is missing: scripts/test.sh installs Debian's chromium");
+    common::installed_tool("chromium", "Debian's chromium")
 }
 
 /// Loads the dashboard in headless Chromium, returns the DOM after its

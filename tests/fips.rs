@@ -48,15 +48,10 @@ fn a_validated_store_round_trips_a_source_tree_with_approved_services_only() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let tree = f.mnt().join("tree");
     std::fs::create_dir(&tree).unwrap();
-    for part in ["src", "keystore", "docs", "fixtures", "tests", "Cargo.lock"] {
-        let o = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(repo.join(part))
-            .arg(&tree)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "cp {part}: {}", stderr(&o));
-    }
+    common::copy_repo_parts(
+        &["src", "keystore", "docs", "fixtures", "tests", "Cargo.lock"],
+        &tree,
+    );
     assert!(std::process::Command::new("sync")
         .arg("-f")
         .arg(&tree)

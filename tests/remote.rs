@@ -64,15 +64,7 @@ fn a_deleted_store_is_attached_back_from_the_bucket_identical() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tree = f.mnt().join("tree");
     std::fs::create_dir(&tree).unwrap();
-    for part in ["src", "keystore", "docs"] {
-        let o = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(repo.join(part))
-            .arg(&tree)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-    }
+    common::copy_repo_parts(&["src", "keystore", "docs"], &tree);
     std::fs::write(tree.join("big"), common::random_bytes(11, 20 << 20)).unwrap();
     fsync_tree(&tree).unwrap();
     let st = status(&f);
@@ -424,13 +416,7 @@ fn garage_mirrors_evicts_and_attaches_back_identical() {
     let f = Fixture::with_env(&init, garage.env());
     f.mount();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(repo.join("src"))
-        .arg(f.mnt())
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    common::copy_repo_parts(&["src"], &f.mnt());
     let big = f.mnt().join("big");
     std::fs::write(&big, common::random_bytes(21, 120 << 20)).unwrap();
     let marker = "GARAGEMARK-7f3a9";

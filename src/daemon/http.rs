@@ -130,66 +130,62 @@ fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
 }
 
 fn metrics_text(shared: &Shared) -> Result<String, String> {
-    use std::fmt::Write;
     let a = api_status(shared)?;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, v: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {v}");
-    };
     let s = &a.status;
-    gauge(
-        "datastore_logical_bytes",
-        "Bytes of file data stored (before dedup and compression).",
-        s.logical_bytes as f64,
-    );
-    gauge(
-        "datastore_physical_bytes",
-        "Bytes of chunk records on disk.",
-        s.physical_bytes as f64,
-    );
-    gauge(
-        "datastore_free_bytes",
-        "Free bytes on the store's file system.",
-        a.free_bytes as f64,
-    );
-    gauge("datastore_chunks", "Unique chunks stored.", s.chunks as f64);
-    gauge(
-        "datastore_dedup_ratio",
-        "Logical bytes / unique bytes.",
-        s.dedup_ratio,
-    );
-    gauge(
-        "datastore_compression_ratio",
-        "Unique bytes / stored payload bytes.",
-        s.compression_ratio,
-    );
-    gauge(
-        "datastore_locked",
-        "1 while no key is loaded.",
-        f64::from(u8::from(s.locked)),
-    );
-    gauge(
-        "datastore_fips_validated",
-        "1 when FIPS mode is validated and the module came up.",
-        f64::from(u8::from(a.shield.state == "green")),
-    );
-    gauge(
-        "datastore_remote_backlog_bytes",
-        "Committed bytes not yet in the bucket mirror.",
-        s.remote.as_ref().map_or(0.0, |r| r.backlog_bytes as f64),
-    );
+    let mut out = String::new();
+    let gauges: [(&str, &str, f64); 9] = [
+        (
+            "datastore_logical_bytes",
+            "Bytes of file data stored (before dedup and compression).",
+            s.logical_bytes as f64,
+        ),
+        (
+            "datastore_physical_bytes",
+            "Bytes of chunk records on disk.",
+            s.physical_bytes as f64,
+        ),
+        (
+            "datastore_free_bytes",
+            "Free bytes on the store's file system.",
+            a.free_bytes as f64,
+        ),
+        ("datastore_chunks", "Unique chunks stored.", s.chunks as f64),
+        (
+            "datastore_dedup_ratio",
+            "Logical bytes / unique bytes.",
+            s.dedup_ratio,
+        ),
+        (
+            "datastore_compression_ratio",
+            "Unique bytes / stored payload bytes.",
+            s.compression_ratio,
+        ),
+        (
+            "datastore_locked",
+            "1 while no key is loaded.",
+            f64::from(u8::from(s.locked)),
+        ),
+        (
+            "datastore_fips_validated",
+            "1 when FIPS mode is validated and the module came up.",
+            f64::from(u8::from(a.shield.state == "green")),
+        ),
+        (
+            "datastore_remote_backlog_bytes",
+            "Committed bytes not yet in the bucket mirror.",
+            s.remote.as_ref().map_or(0.0, |r| r.backlog_bytes as f64),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        metrics::write_metric(&mut out, name, "gauge", help, v);
+    }
     let stats = shared.engine.stats.snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP datastore_dedup_hits_total Chunks written that were already stored."
-    );
-    let _ = writeln!(out, "# TYPE datastore_dedup_hits_total counter");
-    let _ = writeln!(
-        out,
-        "datastore_dedup_hits_total {}",
-        stats.chunks_in.saturating_sub(stats.chunks_new)
+    metrics::write_metric(
+        &mut out,
+        "datastore_dedup_hits_total",
+        "counter",
+        "Chunks written that were already stored.",
+        stats.chunks_in.saturating_sub(stats.chunks_new),
     );
     metrics::render_io(&mut out);
     Ok(out)

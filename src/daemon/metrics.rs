@@ -150,28 +150,37 @@ pub fn history() -> Vec<Sample> {
         .collect()
 }
 
+/// One metric in Prometheus text format: HELP, TYPE and the sample.
+pub fn write_metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The I/O part of /metrics.
 pub fn render_io(out: &mut String) {
     use std::fmt::Write;
-    let _ = writeln!(
+    let bytes = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    write_metric(
         out,
-        "# HELP datastore_read_bytes_total Bytes read through the mount."
+        "datastore_read_bytes_total",
+        "counter",
+        "Bytes read through the mount.",
+        bytes(&READ_BYTES),
     );
-    let _ = writeln!(out, "# TYPE datastore_read_bytes_total counter");
-    let _ = writeln!(
+    write_metric(
         out,
-        "datastore_read_bytes_total {}",
-        READ_BYTES.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP datastore_write_bytes_total Bytes written through the mount."
-    );
-    let _ = writeln!(out, "# TYPE datastore_write_bytes_total counter");
-    let _ = writeln!(
-        out,
-        "datastore_write_bytes_total {}",
-        WRITE_BYTES.load(Ordering::Relaxed)
+        "datastore_write_bytes_total",
+        "counter",
+        "Bytes written through the mount.",
+        bytes(&WRITE_BYTES),
     );
     let _ = writeln!(out, "# HELP datastore_read_seconds Latency of FUSE reads.");
     let _ = writeln!(out, "# TYPE datastore_read_seconds histogram");

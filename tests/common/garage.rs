@@ -17,15 +17,7 @@ pub struct Garage {
 }
 
 fn binary() -> PathBuf {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let p = home.join("bin").join("garage");
-    assert!(
-        p.exists(),
-        "garage is missing: scripts/test.sh installs it (cargo install garage)"
-    );
-    p
+    super::installed_tool("garage", "cargo install garage")
 }
 
 impl Garage {

@@ -63,6 +63,37 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// A tool the test scripts install: on PATH or in cargo's bin directory.
+pub fn installed_tool(name: &str, how: &str) -> std::path::PathBuf {
+    let cargo_bin = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"))
+        .join("bin");
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(std::iter::once(cargo_bin))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is missing: scripts/test.sh installs it ({how})"))
+}
+
+/// `cp -a` of each of this repository's `parts` into `dest`.
+pub fn copy_repo_parts(parts: &[&str], dest: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for part in parts {
+        let o = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(part))
+            .arg(dest)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "cp {part}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
 /// A loopback TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

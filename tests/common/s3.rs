@@ -18,28 +18,7 @@ pub struct S3Server {
 }
 
 fn binary() -> PathBuf {
-    if let Ok(p) = which("s3s-fs") {
-        return p;
-    }
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let p = home.join("bin").join("s3s-fs");
-    assert!(
-        p.exists(),
-        "s3s-fs is missing: scripts/test.sh installs it (cargo install s3s-fs)"
-    );
-    p
-}
-
-fn which(name: &str) -> Result<PathBuf, ()> {
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(())
+    super::installed_tool("s3s-fs", "cargo install s3s-fs")
 }
 
 impl S3Server {
