@@ -125,6 +125,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
         encrypted: true,
         data_cipher: "AES-XTS-256 (two 256-bit keys; one data unit per chunk, tweak from the keyed fingerprint)",
         fingerprint: match cfg.engine.fingerprint {
+            FingerprintAlg::Blake3 => "BLAKE3-256 (unkeyed: the store is not encrypted)",
             FingerprintAlg::Blake3Keyed => "keyed BLAKE3-256",
             FingerprintAlg::HmacSha256 => "HMAC-SHA-256",
         },

@@ -3,6 +3,8 @@
 //! refuses BLAKE3). 32 bytes either way. Keyed, so a fingerprint tells
 //! nothing about a chunk's content to anyone without the fingerprint key; it
 //! is also the MAC that makes XTS tamper-evident (recomputed on every read).
+//! An unencrypted store (`init --no-encryption`) uses plain BLAKE3: there is
+//! no key to keep, and its fingerprints are ordinary content hashes.
 
 use keystore::{HmacKey, KeystoreError, LockedBox, Provider};
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,8 @@ pub type Fingerprint = [u8; 32];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FingerprintAlg {
+    /// Unkeyed BLAKE3-256 (unencrypted stores only).
+    Blake3,
     Blake3Keyed,
     HmacSha256,
 }
@@ -19,6 +23,7 @@ pub enum FingerprintAlg {
 impl FingerprintAlg {
     pub fn name(self) -> &'static str {
         match self {
+            FingerprintAlg::Blake3 => "blake3",
             FingerprintAlg::Blake3Keyed => "blake3-keyed",
             FingerprintAlg::HmacSha256 => "hmac-sha256",
         }
@@ -26,6 +31,7 @@ impl FingerprintAlg {
 }
 
 enum Key {
+    Unkeyed,
     Blake3(LockedBox<keystore::provider::Blake3Key>),
     Hmac(LockedBox<HmacKey>),
 }
@@ -41,6 +47,7 @@ impl Fingerprinter {
         key: &[u8; 32],
     ) -> Result<Self, KeystoreError> {
         let key = match alg {
+            FingerprintAlg::Blake3 => Key::Unkeyed,
             FingerprintAlg::Blake3Keyed => {
                 Key::Blake3(LockedBox::try_new_with(|| provider.blake3_keyed(key))?)
             }
@@ -53,6 +60,7 @@ impl Fingerprinter {
 
     pub fn alg(&self) -> FingerprintAlg {
         match self.key {
+            Key::Unkeyed => FingerprintAlg::Blake3,
             Key::Blake3(_) => FingerprintAlg::Blake3Keyed,
             Key::Hmac(_) => FingerprintAlg::HmacSha256,
         }
@@ -60,6 +68,7 @@ impl Fingerprinter {
 
     pub fn fingerprint(&self, data: &[u8]) -> Result<Fingerprint, KeystoreError> {
         match &self.key {
+            Key::Unkeyed => Ok(*blake3::hash(data).as_bytes()),
             Key::Blake3(k) => Ok(k.hash(data)),
             Key::Hmac(k) => k.sign(&[data]),
         }

@@ -2,24 +2,29 @@
 //! with AES-256-GCM under keys from the metadata key, and the keyed MAC of
 //! file names. Both through the store's crypto provider.
 //!
-//! Two sealed forms (docs/FORMAT.md), told apart by their first 4 bytes:
-//! - counter form (default provider): `nonce (12) || ct || tag`, nonce =
-//!   4 zero bytes || 64-bit invocation counter (SP 800-38D 8.2.1), key = the
-//!   metadata key.
-//! - epoch form (validated provider, where the module approves GCM
-//!   encryption only with IVs it generates itself): `epoch (4, big-endian,
-//!   never 0) || nonce (12, module-generated) || ct || tag`, key =
-//!   KBKDF-HMAC-SHA-256(metadata key, "datastore meta epoch v1" || epoch).
-//!   Each open of the volume gets a new epoch, i.e. a fresh key, and a key
-//!   seals at most 2^32 values (SP 800-38D 8.3's limit for random IVs).
+//! Every sealed value starts with a 4-byte big-endian tag (docs/FORMAT.md):
+//! - `0xFFFF_FFFF`: plain form, `tag || value` (unencrypted stores only).
+//! - otherwise the top byte is the key generation `g` (0..=254) and the low
+//!   24 bits say which form:
+//!   - 0, counter form (default provider): `nonce (12) || ct || tag`, nonce
+//!     = `g, 0, 0, 0` || 64-bit invocation counter (SP 800-38D 8.2.1), key =
+//!     generation g's metadata key;
+//!   - e (1..2^24), epoch form (validated provider, where the module
+//!     approves GCM encryption only with IVs it generates itself): `tag ||
+//!     nonce (12, module-generated) || ct || tag`, key =
+//!     KBKDF-HMAC-SHA-256(metadata key, "datastore meta epoch v1" || e as 4
+//!     big-endian bytes). Each open of the volume gets a new epoch, i.e. a
+//!     fresh key, and a key seals at most 2^32 values (SP 800-38D 8.3).
+//!   Values written before key generations existed are generation 0.
 //!
-//! Both forms open under both providers, so a store's metadata reads the
-//! same whichever provider wrote it. Invariants: a counter never repeats
-//! under one key and an epoch key never exceeds its budget: each open first
-//! durably reserves a block of 2^32 counter values (the epoch is the block's
-//! number) and sealing fails closed when the block runs out. The AAD binds
-//! each value to its table and key, so a sealed value moved to another row
-//! does not open.
+//! A sealer seals under its current generation and opens values of its
+//! current and (during a conversion) its retiring generation, in any form,
+//! under either provider. Invariants: a counter never repeats under one key
+//! and an epoch key never exceeds its budget: each open first durably
+//! reserves a block of 2^32 counter values (the epoch is the block's number)
+//! and sealing fails closed when the block or the epochs run out. The AAD
+//! binds each value to its table and key, so a sealed value moved to another
+//! row does not open.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +33,15 @@ use std::sync::{Arc, Mutex};
 use keystore::provider::{GCM_NONCE_LEN, GCM_TAG_LEN};
 use keystore::{GcmKey, HmacKey, KeystoreError, LockedBox, Provider};
 
+use super::KeyGen;
+
 /// Counter values reserved per open (= seals allowed per epoch key).
 pub const NONCE_BLOCK: u64 = 1 << 32;
+/// Highest metadata key generation (255 is the plain form's tag byte).
+pub const MAX_GENERATION: u16 = 254;
 
+const PLAIN_TAG: u32 = 0xFFFF_FFFF;
+const EPOCH_BITS: u32 = 24;
 const EPOCH_LABEL: &[u8] = b"datastore meta epoch v1";
 /// Epoch keys kept for opening older values.
 const EPOCH_CACHE: usize = 256;
@@ -43,6 +54,8 @@ pub enum SealError {
     Tampered,
     #[error("sealed metadata is too short")]
     Short,
+    #[error("sealed metadata is under {0}, whose key is not loaded")]
+    UnknownGeneration(KeyGen),
     #[error(transparent)]
     Crypto(KeystoreError),
 }
@@ -56,8 +69,20 @@ impl From<KeystoreError> for SealError {
     }
 }
 
-pub struct MetaSealer {
+/// The key generation a sealed value is under (None: too short to say).
+pub fn sealed_generation(sealed: &[u8]) -> Option<KeyGen> {
+    let tag = u32::from_be_bytes(sealed.get(..4)?.try_into().ok()?);
+    Some(if tag == PLAIN_TAG {
+        KeyGen::Plain
+    } else {
+        KeyGen::Key((tag >> EPOCH_BITS) as u16)
+    })
+}
+
+/// One generation's metadata keys.
+struct Keyed {
     provider: Provider,
+    generation: u8,
     /// The metadata key itself (counter form), and the base of epoch keys.
     base: LockedBox<[u8; 32]>,
     base_gcm: LockedBox<GcmKey>,
@@ -65,18 +90,33 @@ pub struct MetaSealer {
     /// This open's epoch and its key (validated provider only).
     epoch: Option<(u32, Arc<LockedBox<GcmKey>>)>,
     older: Mutex<HashMap<u32, Arc<LockedBox<GcmKey>>>>,
-    next: AtomicU64,
-    end: u64,
 }
 
-impl MetaSealer {
-    /// `first` .. `first + NONCE_BLOCK` must be durably reserved by the
-    /// caller; `first` is a multiple of NONCE_BLOCK.
-    pub fn new(
+enum SealKeys {
+    Plain,
+    Keyed(Box<Keyed>),
+}
+
+impl SealKeys {
+    fn generation(&self) -> KeyGen {
+        match self {
+            SealKeys::Plain => KeyGen::Plain,
+            SealKeys::Keyed(k) => KeyGen::Key(k.generation as u16),
+        }
+    }
+}
+
+impl Keyed {
+    fn new(
         provider: Provider,
+        generation: u16,
         metadata_key: &[u8; 32],
         first: u64,
     ) -> Result<Self, KeystoreError> {
+        let generation = u8::try_from(generation)
+            .ok()
+            .filter(|g| *g as u16 <= MAX_GENERATION)
+            .ok_or_else(|| KeystoreError::Refused("metadata key generations exhausted".into()))?;
         let base = LockedBox::new_with(|s| {
             s.write(*metadata_key);
         })?;
@@ -87,22 +127,27 @@ impl MetaSealer {
                 .sign(&[b"datastore name mac v1"])?;
             provider.hmac_sha256(&sub)
         })?;
-        let mut sealer = MetaSealer {
+        let mut k = Keyed {
             provider,
+            generation,
             base,
             base_gcm,
             mac,
             epoch: None,
             older: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(first),
-            end: first.saturating_add(NONCE_BLOCK),
         };
         if provider.is_validated() {
             let epoch = u32::try_from(first / NONCE_BLOCK + 1)
-                .map_err(|_| KeystoreError::Refused("metadata epochs exhausted".into()))?;
-            sealer.epoch = Some((epoch, sealer.epoch_key(epoch)?));
+                .ok()
+                .filter(|e| *e < 1 << EPOCH_BITS)
+                .ok_or_else(|| KeystoreError::Refused("metadata epochs exhausted".into()))?;
+            k.epoch = Some((epoch, k.epoch_key(epoch)?));
         }
-        Ok(sealer)
+        Ok(k)
+    }
+
+    fn tag(&self, epoch: u32) -> [u8; 4] {
+        ((self.generation as u32) << EPOCH_BITS | epoch).to_be_bytes()
     }
 
     fn epoch_key(&self, epoch: u32) -> Result<Arc<LockedBox<GcmKey>>, KeystoreError> {
@@ -137,26 +182,21 @@ impl MetaSealer {
         Ok(k)
     }
 
-    /// Seals `plain` for the row named by `aad` (see the module comment for
-    /// the two forms).
-    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
-        let n = self.next.fetch_add(1, Ordering::SeqCst);
-        if n >= self.end {
-            return Err(SealError::NoncesExhausted);
-        }
+    fn seal(&self, n: u64, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
         match &self.epoch {
             Some((epoch, key)) => {
                 let mut body = Vec::with_capacity(plain.len() + GCM_TAG_LEN);
                 body.extend_from_slice(plain);
                 let nonce = key.seal_random_nonce(aad, &mut body)?;
                 let mut out = Vec::with_capacity(4 + GCM_NONCE_LEN + body.len());
-                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&self.tag(*epoch));
                 out.extend_from_slice(&nonce);
                 out.extend_from_slice(&body);
                 Ok(out)
             }
             None => {
                 let mut nonce = [0u8; GCM_NONCE_LEN];
+                nonce[..4].copy_from_slice(&self.tag(0));
                 nonce[4..].copy_from_slice(&n.to_le_bytes());
                 let mut out = Vec::with_capacity(GCM_NONCE_LEN + plain.len() + GCM_TAG_LEN);
                 out.extend_from_slice(&nonce);
@@ -169,11 +209,7 @@ impl MetaSealer {
         }
     }
 
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        if sealed.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
-            return Err(SealError::Short);
-        }
-        let epoch = u32::from_be_bytes(sealed[..4].try_into().expect("4 bytes"));
+    fn open(&self, epoch: u32, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         let (key, rest) = if epoch == 0 {
             (None, sealed)
         } else {
@@ -191,15 +227,152 @@ impl MetaSealer {
         buf.truncate(len);
         Ok(buf)
     }
+}
 
-    /// Keyed MAC of a directory entry name (the dirent table's key).
+pub struct MetaSealer {
+    current: SealKeys,
+    retiring: Option<SealKeys>,
+    next: AtomicU64,
+    end: u64,
+}
+
+impl MetaSealer {
+    /// Key generation 0 (a store that never changed its key). `first` ..
+    /// `first + NONCE_BLOCK` must be durably reserved by the caller; `first`
+    /// is a multiple of NONCE_BLOCK.
+    pub fn new(
+        provider: Provider,
+        metadata_key: &[u8; 32],
+        first: u64,
+    ) -> Result<Self, KeystoreError> {
+        Self::keyed(provider, 0, metadata_key, first)
+    }
+
+    /// Seals under key generation `generation` (see `new` for `first`).
+    pub fn keyed(
+        provider: Provider,
+        generation: u16,
+        metadata_key: &[u8; 32],
+        first: u64,
+    ) -> Result<Self, KeystoreError> {
+        let keys = Keyed::new(provider, generation, metadata_key, first)?;
+        Ok(Self::with_keys(SealKeys::Keyed(Box::new(keys)), first))
+    }
+
+    /// An unencrypted store's "sealer": values are stored in the plain form.
+    pub fn plain(first: u64) -> Self {
+        Self::with_keys(SealKeys::Plain, first)
+    }
+
+    fn with_keys(current: SealKeys, first: u64) -> Self {
+        MetaSealer {
+            current,
+            retiring: None,
+            next: AtomicU64::new(first),
+            end: first.saturating_add(NONCE_BLOCK),
+        }
+    }
+
+    /// Also opens values of a retiring key generation (during a conversion).
+    pub fn with_retiring_key(
+        mut self,
+        provider: Provider,
+        generation: u16,
+        metadata_key: &[u8; 32],
+    ) -> Result<Self, KeystoreError> {
+        // The retiring keys only open: their epoch is never used to seal.
+        let keys = Keyed::new(provider, generation, metadata_key, 0)?;
+        self.retiring = Some(SealKeys::Keyed(Box::new(keys)));
+        Ok(self)
+    }
+
+    /// Also opens plain-form values (converting an unencrypted store).
+    pub fn with_retiring_plain(mut self) -> Self {
+        self.retiring = Some(SealKeys::Plain);
+        self
+    }
+
+    /// The generation new values are sealed under.
+    pub fn generation(&self) -> KeyGen {
+        self.current.generation()
+    }
+
+    pub fn retiring_generation(&self) -> Option<KeyGen> {
+        self.retiring.as_ref().map(SealKeys::generation)
+    }
+
+    /// Seals `plain` for the row named by `aad` (see the module comment for
+    /// the forms).
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        if n >= self.end {
+            return Err(SealError::NoncesExhausted);
+        }
+        match &self.current {
+            SealKeys::Plain => {
+                let mut out = Vec::with_capacity(4 + plain.len());
+                out.extend_from_slice(&PLAIN_TAG.to_be_bytes());
+                out.extend_from_slice(plain);
+                Ok(out)
+            }
+            SealKeys::Keyed(k) => k.seal(n, aad, plain),
+        }
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let Some(generation) = sealed_generation(sealed) else {
+            return Err(SealError::Short);
+        };
+        let keys = std::iter::once(&self.current)
+            .chain(self.retiring.as_ref())
+            .find(|k| k.generation() == generation)
+            .ok_or(SealError::UnknownGeneration(generation))?;
+        match keys {
+            SealKeys::Plain => Ok(sealed[4..].to_vec()),
+            SealKeys::Keyed(k) => {
+                if sealed.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
+                    return Err(SealError::Short);
+                }
+                let tag = u32::from_be_bytes(sealed[..4].try_into().expect("4 bytes"));
+                k.open(tag & ((1 << EPOCH_BITS) - 1), aad, sealed)
+            }
+        }
+    }
+
+    /// Keyed MAC of a directory entry name (the dirent table's key) under
+    /// the current generation.
     pub fn name_mac(&self, parent: u64, name: &[u8]) -> Result<[u8; 32], KeystoreError> {
-        self.mac.sign(&[&parent.to_le_bytes(), name])
+        name_mac_with(&self.current, parent, name)
+    }
+
+    /// The same name's key under the retiring generation, during a
+    /// conversion (its row must go when the entry is rewritten).
+    pub fn retiring_name_mac(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<Option<[u8; 32]>, KeystoreError> {
+        self.retiring
+            .as_ref()
+            .map(|k| name_mac_with(k, parent, name))
+            .transpose()
     }
 
     /// The next counter value a new open must reserve from.
     pub fn high_water(&self) -> u64 {
         self.next.load(Ordering::SeqCst).min(self.end)
+    }
+}
+
+fn name_mac_with(keys: &SealKeys, parent: u64, name: &[u8]) -> Result<[u8; 32], KeystoreError> {
+    match keys {
+        SealKeys::Keyed(k) => k.mac.sign(&[&parent.to_le_bytes(), name]),
+        SealKeys::Plain => {
+            let mut h = blake3::Hasher::new_derive_key("datastore plain name v1");
+            h.update(&parent.to_le_bytes());
+            h.update(name);
+            Ok(*h.finalize().as_bytes())
+        }
     }
 }
 
@@ -232,6 +405,46 @@ mod tests {
             tiny.seal(b"", b""),
             Err(SealError::NoncesExhausted)
         ));
+    }
+
+    #[test]
+    fn generations_and_the_plain_form() {
+        let old = MetaSealer::new(Provider::DEFAULT, &[1; 32], 0).unwrap();
+        let g0 = old.seal(b"row", b"old key").unwrap();
+        assert_eq!(sealed_generation(&g0), Some(KeyGen::Key(0)));
+        let plain = MetaSealer::plain(0);
+        let p = plain.seal(b"row", b"in the clear").unwrap();
+        assert_eq!(sealed_generation(&p), Some(KeyGen::Plain));
+        assert_eq!(plain.open(b"row", &p).unwrap(), b"in the clear");
+        let new = MetaSealer::keyed(Provider::DEFAULT, 1, &[2; 32], NONCE_BLOCK)
+            .unwrap()
+            .with_retiring_key(Provider::DEFAULT, 0, &[1; 32])
+            .unwrap();
+        let g1 = new.seal(b"row", b"new key").unwrap();
+        assert_eq!(sealed_generation(&g1), Some(KeyGen::Key(1)));
+        assert_eq!(new.open(b"row", &g0).unwrap(), b"old key");
+        assert_eq!(new.open(b"row", &g1).unwrap(), b"new key");
+        assert!(matches!(
+            new.open(b"row", &p),
+            Err(SealError::UnknownGeneration(KeyGen::Plain))
+        ));
+        assert!(matches!(
+            old.open(b"row", &g1),
+            Err(SealError::UnknownGeneration(KeyGen::Key(1)))
+        ));
+        assert_ne!(
+            new.name_mac(1, b"a").unwrap(),
+            new.retiring_name_mac(1, b"a").unwrap().unwrap()
+        );
+        assert_eq!(
+            new.retiring_name_mac(1, b"a").unwrap().unwrap(),
+            old.name_mac(1, b"a").unwrap()
+        );
+        let from_plain = MetaSealer::keyed(Provider::DEFAULT, 0, &[2; 32], 0)
+            .unwrap()
+            .with_retiring_plain();
+        assert_eq!(from_plain.open(b"row", &p).unwrap(), b"in the clear");
+        assert!(MetaSealer::keyed(Provider::DEFAULT, 255, &[2; 32], 0).is_err());
     }
 
     #[cfg(feature = "fips")]

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{EngineConfig, StoreConfig};
-use crate::crypto::{ChunkCrypto, Fingerprint};
+use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
 use crate::meta::{ChunkChange, Meta, MetaError};
 use crate::store::segment::{self, SegmentWriter};
 
@@ -108,7 +108,7 @@ pub struct Engine {
     store: PathBuf,
     segments_dir: PathBuf,
     config: EngineConfig,
-    crypto: RwLock<Option<Arc<ChunkCrypto>>>,
+    keys: RwLock<Option<Arc<KeyRing>>>,
     meta: Meta,
     writer: Mutex<SegmentWriter>,
     pending: Mutex<Pending>,
@@ -152,15 +152,6 @@ impl Engine {
     pub fn open(store: &Path, crypto: Option<Arc<ChunkCrypto>>) -> Result<Self> {
         let cfg = StoreConfig::load(store).map_err(EngineError::Config)?;
         let config = cfg.engine;
-        if let Some(c) = &crypto {
-            if c.fingerprinter.alg() != config.fingerprint {
-                return Err(EngineError::Config(format!(
-                    "store fingerprints with {}, key set is for {}",
-                    config.fingerprint.name(),
-                    c.fingerprinter.alg().name()
-                )));
-            }
-        }
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -181,7 +172,7 @@ impl Engine {
             store: store.to_path_buf(),
             segments_dir,
             config,
-            crypto: RwLock::new(crypto),
+            keys: RwLock::new(crypto.map(|c| Arc::new(KeyRing::single(c)))),
             meta,
             writer: Mutex::new(writer),
             pending: Mutex::new(Pending::default()),
@@ -209,9 +200,16 @@ impl Engine {
         &self.config
     }
 
-    /// Loads or drops the chunk keys (unlock / lock).
+    /// Loads or drops the chunk keys (unlock / lock) of a store with one
+    /// key generation.
     pub fn set_crypto(&self, crypto: Option<Arc<ChunkCrypto>>) {
-        *self.crypto.write().unwrap_or_else(|e| e.into_inner()) = crypto;
+        self.set_keys(crypto.map(|c| Arc::new(KeyRing::single(c))));
+    }
+
+    /// Loads (or drops) the key ring: new records use its current keys;
+    /// records of its retiring generation stay readable.
+    pub fn set_keys(&self, keys: Option<Arc<KeyRing>>) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
     /// Attaches (or detaches) the bucket mirror: from then on every durable
@@ -227,8 +225,13 @@ impl Engine {
             .clone()
     }
 
+    /// The keys new records are written with.
     pub(crate) fn crypto(&self) -> Result<Arc<ChunkCrypto>> {
-        self.crypto
+        Ok(self.keys()?.current.clone())
+    }
+
+    pub(crate) fn keys(&self) -> Result<Arc<KeyRing>> {
+        self.keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -8,7 +8,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::{integrity, io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
-use crate::crypto::{ChunkCrypto, Fingerprint};
+use crate::crypto::{Fingerprint, KeyRing};
 use crate::meta::IndexEntry;
 use crate::store::record::{self, HEADER_LEN};
 use crate::store::segment;
@@ -16,14 +16,21 @@ use crate::store::segment;
 /// Chunks read in parallel per window of a stream.
 const READ_WINDOW: usize = 64;
 
-/// Verifies and decodes one whole record read from disk.
+/// Verifies and decodes one whole record read from disk, with the keys of
+/// the generation its header names.
 pub(crate) fn decode_record(
-    crypto: &ChunkCrypto,
+    keys: &KeyRing,
     fp: &Fingerprint,
     mut rec: Vec<u8>,
     st: &stats::Stats,
 ) -> Result<Vec<u8>> {
     let h = record::parse_header(&rec).map_err(|e| integrity(fp, e.to_string()))?;
+    let crypto = keys.for_generation(h.key_gen()).ok_or_else(|| {
+        integrity(
+            fp,
+            format!("record is under {}, whose key is not loaded", h.key_gen()),
+        )
+    })?;
     if &h.fingerprint != fp {
         return Err(integrity(fp, "record holds another chunk"));
     }
@@ -33,7 +40,9 @@ pub(crate) fn decode_record(
     // Decrypted in place: the record's buffer becomes the plaintext.
     let t = Instant::now();
     let payload = HEADER_LEN..HEADER_LEN + h.cipher_len as usize;
-    crypto.cipher.decrypt(&mut rec[payload], fp)?;
+    if let Some(cipher) = &crypto.cipher {
+        cipher.decrypt(&mut rec[payload], fp)?;
+    }
     stats::add_since(&st.ns_decrypt, t);
     let t = Instant::now();
     let stored = HEADER_LEN..HEADER_LEN + h.stored_len as usize;
@@ -85,7 +94,7 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(hex::encode(&fp[..8])))
     }
 
-    fn read_chunk_ungated(&self, crypto: &ChunkCrypto, fp: &Fingerprint) -> Result<Vec<u8>> {
+    fn read_chunk_ungated(&self, crypto: &KeyRing, fp: &Fingerprint) -> Result<Vec<u8>> {
         let e = self.locate(fp)?;
         let t = Instant::now();
         let file = self.segment_file(e.segment)?;
@@ -113,7 +122,7 @@ impl Engine {
     /// Reads and verifies one chunk.
     pub fn read_chunk(&self, fp: &Fingerprint) -> Result<Vec<u8>> {
         self.check_poisoned()?;
-        let crypto = self.crypto()?;
+        let crypto = self.keys()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         self.read_chunk_ungated(&crypto, fp)
     }
@@ -121,7 +130,7 @@ impl Engine {
     /// Reads a whole stream into `out`, chunks decoded in parallel.
     pub fn read_stream(&self, recipe: &[ChunkRef], out: &mut impl Write) -> Result<()> {
         self.check_poisoned()?;
-        let crypto = self.crypto()?;
+        let crypto = self.keys()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         for window in recipe.chunks(READ_WINDOW) {
             let chunks: Vec<Result<Vec<u8>>> = window

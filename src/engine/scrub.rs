@@ -39,7 +39,7 @@ impl ScrubReport {
 impl Engine {
     pub fn scrub(&self) -> Result<ScrubReport> {
         self.commit(false)?;
-        let crypto = self.crypto().ok();
+        let crypto = self.keys().ok();
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         let mut report = ScrubReport {
             verified_with_key: crypto.is_some(),

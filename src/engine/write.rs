@@ -16,7 +16,7 @@ use super::{io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
 use crate::crypto::MIN_PAYLOAD;
 use crate::crypto::{ChunkCrypto, Fingerprint};
 use crate::meta::{ChunkChange, NewRecord};
-use crate::store::record::{self, RecordHeader, FLAG_LZ4, HEADER_LEN, TRAILER_LEN};
+use crate::store::record::{self, KeyGen, RecordHeader, FLAG_LZ4, FLAG_PLAIN, HEADER_LEN, TRAILER_LEN};
 
 /// Compresses (when that shrinks it) and encrypts one chunk into a record,
 /// building it in one buffer (header space, payload, trailer) without
@@ -48,11 +48,18 @@ pub(crate) fn encode_record(
     rec[HEADER_LEN + stored_len..HEADER_LEN + cipher_len].fill(0);
     let t = Instant::now();
     let body = &mut rec[HEADER_LEN..HEADER_LEN + cipher_len];
-    crypto.cipher.encrypt_in_place(body, fp)?;
+    let (generation, plain_flag) = match crypto.generation {
+        KeyGen::Plain => (0, FLAG_PLAIN),
+        KeyGen::Key(g) => (g, 0),
+    };
+    if let Some(cipher) = &crypto.cipher {
+        cipher.encrypt_in_place(body, fp)?;
+    }
     let body_crc = crc32c::crc32c(body);
     stats::add_since(&st.ns_encrypt, t);
     let header = RecordHeader {
-        flags,
+        flags: flags | plain_flag,
+        generation,
         plain_len: chunk.len() as u32,
         stored_len: stored_len as u32,
         cipher_len: cipher_len as u32,

@@ -6,7 +6,10 @@
 //!  0  magic        4   "DSR1"
 //!  4  version      1   1
 //!  5  flags        1   bit 0: payload is LZ4 block-compressed
-//!  6  reserved     2   0
+//!                      bit 1: payload is not encrypted (unencrypted store)
+//!  6  generation   2   key generation the payload is encrypted under
+//!                      (0 for the first key; records written before key
+//!                      generations existed carry 0 here)
 //!  8  plain_len    4   chunk length (1 ..= MAX_PLAIN)
 //! 12  stored_len   4   payload length before padding (<= plain_len)
 //! 16  cipher_len   4   max(stored_len, 16)
@@ -29,10 +32,30 @@ pub const TRAILER_LEN: usize = 4;
 /// Largest chunk the format admits (the chunker's max is far below).
 pub const MAX_PLAIN: u32 = 16 << 20;
 pub const FLAG_LZ4: u8 = 1;
+pub const FLAG_PLAIN: u8 = 2;
+
+/// Which key a record's payload is under: none (an unencrypted store), or
+/// the volume key of one generation (see docs/FORMAT.md, "Key generations").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum KeyGen {
+    Plain,
+    Key(u16),
+}
+
+impl std::fmt::Display for KeyGen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyGen::Plain => write!(f, "unencrypted"),
+            KeyGen::Key(g) => write!(f, "key generation {g}"),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     pub flags: u8,
+    /// Key generation (meaningless, and 0, when FLAG_PLAIN is set).
+    pub generation: u16,
     pub plain_len: u32,
     pub stored_len: u32,
     pub cipher_len: u32,
@@ -46,6 +69,13 @@ impl RecordHeader {
     }
     pub fn compressed(&self) -> bool {
         self.flags & FLAG_LZ4 != 0
+    }
+    pub fn key_gen(&self) -> KeyGen {
+        if self.flags & FLAG_PLAIN != 0 {
+            KeyGen::Plain
+        } else {
+            KeyGen::Key(self.generation)
+        }
     }
 }
 
@@ -79,7 +109,7 @@ pub fn seal_in_place(header: &RecordHeader, record: &mut [u8]) {
     h[0..4].copy_from_slice(&MAGIC);
     h[4] = VERSION;
     h[5] = header.flags;
-    h[6..8].copy_from_slice(&[0, 0]);
+    h[6..8].copy_from_slice(&header.generation.to_le_bytes());
     h[8..12].copy_from_slice(&header.plain_len.to_le_bytes());
     h[12..16].copy_from_slice(&header.stored_len.to_le_bytes());
     h[16..20].copy_from_slice(&header.cipher_len.to_le_bytes());
@@ -107,8 +137,12 @@ pub fn parse_header(b: &[u8]) -> Result<RecordHeader, HeaderError> {
         return Err(HeaderError::BadVersion(b[4]));
     }
     let flags = b[5];
-    if flags & !FLAG_LZ4 != 0 || b[6] != 0 || b[7] != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_PLAIN) != 0 {
         return Err(HeaderError::BadFields("unknown flags"));
+    }
+    let generation = u16::from_le_bytes([b[6], b[7]]);
+    if flags & FLAG_PLAIN != 0 && generation != 0 {
+        return Err(HeaderError::BadFields("generation on an unencrypted record"));
     }
     let plain_len = u32_at(b, 8);
     let stored_len = u32_at(b, 12);
@@ -127,6 +161,7 @@ pub fn parse_header(b: &[u8]) -> Result<RecordHeader, HeaderError> {
     fingerprint.copy_from_slice(&b[20..52]);
     Ok(RecordHeader {
         flags,
+        generation,
         plain_len,
         stored_len,
         cipher_len,
@@ -159,6 +194,7 @@ mod tests {
     fn roundtrip_header() {
         let h = RecordHeader {
             flags: FLAG_LZ4,
+            generation: 3,
             plain_len: 100,
             stored_len: 40,
             cipher_len: 40,
@@ -171,6 +207,7 @@ mod tests {
         out.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(out.len() as u64, h.record_len());
         assert_eq!(parse_header(&out).unwrap(), h);
+        assert_eq!(h.key_gen(), KeyGen::Key(3));
         assert!(check_body(&h, &out));
     }
 }
