@@ -65,6 +65,32 @@ pub struct Slot {
     pub wrapped: String,
 }
 
+/// While a conversion runs: what the data not converted yet is under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retiring {
+    /// When the conversion began (unix seconds).
+    pub since: u64,
+    /// The retiring volume key, wrapped under the current one; None when
+    /// the data was not encrypted at all.
+    pub key: Option<RetiringKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiringKey {
+    pub generation: u16,
+    /// The FIPS mode the retiring key was used in (its records need that
+    /// mode's algorithms to be read).
+    pub fips_mode: FipsMode,
+    pub nonce: String,
+    pub wrapped: String,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeystoreFile {
@@ -76,6 +102,13 @@ pub struct KeystoreFile {
     pub shipping: Option<Shipping>,
     pub next_slot_id: u32,
     pub slots: Vec<Slot>,
+    /// Generation of the volume key the slots wrap (0 for a store's first
+    /// key; each rotation or FIPS switch adds one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u16,
+    /// Present only while a conversion to the current key runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring: Option<Retiring>,
 }
 
 pub fn decode_hex(field: &str, v: &str, len: usize) -> Result<Vec<u8>, KeystoreError> {
@@ -120,6 +153,22 @@ impl KeystoreFile {
             decode_hex("salt", &s.salt, 16)?;
             decode_hex("nonce", &s.nonce, 12)?;
             decode_hex("wrapped", &s.wrapped, crate::volume::VOLUME_KEY_LEN + 16)?;
+        }
+        if let Some(RetiringKey {
+            generation,
+            nonce,
+            wrapped,
+            ..
+        }) = self.retiring.as_ref().and_then(|r| r.key.as_ref())
+        {
+            if *generation >= self.generation {
+                return bad(format!(
+                    "retiring key generation {generation} is not older than the current {}",
+                    self.generation
+                ));
+            }
+            decode_hex("retiring nonce", nonce, 12)?;
+            decode_hex("retiring key", wrapped, crate::volume::VOLUME_KEY_LEN + 16)?;
         }
         if !self.slots.iter().any(|s| s.kind != SlotKind::Boot) {
             return bad("no password or recovery slot".into());

@@ -12,6 +12,10 @@
 //! - In shipping mode no boot slot and no boot-key file exist.
 //! - In FIPS mode `validated` every slot uses PBKDF2 and self-tests pass
 //!   before any key is unwrapped.
+//! - Slots always wrap the newest key generation. While a conversion runs,
+//!   the retiring key is kept only wrapped under the newest key (AES-256-GCM
+//!   under a KBKDF key from it), so every slot change covers both; finishing
+//!   the conversion rewrites the file and its backup without it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +24,8 @@ use zeroize::Zeroizing;
 
 use crate::error::KeystoreError;
 use crate::file::{
-    decode_hex, destroy_file, FipsMode, KeystoreFile, Shipping, Slot, SlotKind, StartupMode,
+    decode_hex, destroy_file, FipsMode, KeystoreFile, Retiring, RetiringKey, Shipping, Slot,
+    SlotKind, StartupMode,
 };
 use crate::kdf::Kdf;
 use crate::provider::{Provider, GCM_NONCE_LEN, GCM_TAG_LEN};
@@ -102,6 +107,10 @@ pub struct KeystoreInfo {
     pub slots: Vec<SlotInfo>,
     pub boot_key_file: Option<String>,
     pub loaded_from_backup: bool,
+    /// Generation of the volume key the slots wrap.
+    pub generation: u16,
+    /// While a conversion runs: what the unconverted data is under.
+    pub converting_from: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -237,6 +246,36 @@ impl Keystore {
         fips: FipsMode,
         opts: &SlotOptions,
     ) -> Result<(Keystore, VolumeKey, RecoveryKey), KeystoreError> {
+        Self::create_with(store, store_id, boot_dir, password, fips, opts, None)
+    }
+
+    /// Creates the keystore of an unencrypted store that is being converted
+    /// to encrypted form: the same as `create`, and marked as converting
+    /// from plain data (in one write).
+    pub fn create_for_plain_store(
+        store: &Path,
+        store_id: &str,
+        boot_dir: &Path,
+        password: &[u8],
+        fips: FipsMode,
+        opts: &SlotOptions,
+    ) -> Result<(Keystore, VolumeKey, RecoveryKey), KeystoreError> {
+        let retiring = Retiring {
+            since: now(),
+            key: None,
+        };
+        Self::create_with(store, store_id, boot_dir, password, fips, opts, Some(retiring))
+    }
+
+    fn create_with(
+        store: &Path,
+        store_id: &str,
+        boot_dir: &Path,
+        password: &[u8],
+        fips: FipsMode,
+        opts: &SlotOptions,
+        retiring: Option<Retiring>,
+    ) -> Result<(Keystore, VolumeKey, RecoveryKey), KeystoreError> {
         let dir = Self::dir_of(store);
         if dir.join(crate::file::FILE_NAME).exists() || dir.join(crate::file::BACKUP_NAME).exists()
         {
@@ -258,6 +297,8 @@ impl Keystore {
                 shipping: None,
                 next_slot_id: 0,
                 slots: Vec::new(),
+                generation: 0,
+                retiring,
             },
             loaded_from_backup: false,
         };
@@ -579,6 +620,158 @@ impl Keystore {
         Ok(Some(rk))
     }
 
+    /// Generation of the current volume key.
+    pub fn generation(&self) -> u16 {
+        self.file.generation
+    }
+
+    /// What a running conversion converts from, if one runs.
+    pub fn retiring(&self) -> Option<&Retiring> {
+        self.file.retiring.as_ref()
+    }
+
+    fn retiring_aad(&self, generation: u16) -> Vec<u8> {
+        format!(
+            "datastore-retiring-v1|{}|{}|{}",
+            self.file.store_id, self.file.generation, generation
+        )
+        .into_bytes()
+    }
+
+    /// The KEK the retiring key is wrapped under: derived from the newest
+    /// volume key, so whoever can unwrap the newest can read the old data.
+    fn retiring_kek(current: &VolumeKey) -> Result<LockedBox<[u8; 32]>, KeystoreError> {
+        let p = current.provider();
+        let mut k = p.kbkdf_hmac_sha256(current.as_bytes(), b"datastore retiring key v1")?;
+        let boxed = LockedBox::new(k);
+        zeroize::Zeroize::zeroize(&mut k);
+        boxed
+    }
+
+    /// Starts a conversion to a new volume key (key rotation, or a FIPS
+    /// mode switch when `target` differs): unlocks with `password`,
+    /// generates the new key with `target`'s provider, rewraps the password
+    /// slot (under `target`'s KDF), reissues the recovery key, reinstalls
+    /// the boot slot if there was one, and keeps the old key wrapped under
+    /// the new one until `finish_conversion`. Refuses while another
+    /// conversion runs, and when other password slots exist (their
+    /// passwords are not known here to rewrap them).
+    pub fn begin_conversion(
+        &mut self,
+        password: &[u8],
+        target: FipsMode,
+        kats: &KatSet,
+        opts: &SlotOptions,
+    ) -> Result<(VolumeKey, RecoveryKey), KeystoreError> {
+        if self.file.retiring.is_some() {
+            return Err(KeystoreError::Refused(
+                "a conversion is already running; it must finish first".into(),
+            ));
+        }
+        let generation = self
+            .file
+            .generation
+            .checked_add(1)
+            .filter(|g| *g <= 254)
+            .ok_or_else(|| KeystoreError::Refused("key generations exhausted (254)".into()))?;
+        let passwords = self
+            .file
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Password)
+            .count();
+        if passwords > 1 {
+            return Err(KeystoreError::Refused(format!(
+                "the store has {passwords} password slots and only the one entered can be rewrapped: remove the others first (datastore encryption password remove)"
+            )));
+        }
+        if target == FipsMode::Validated {
+            selftest::require(kats, Provider::validated(kats)?)?;
+        }
+        self.gate(kats)?;
+        let (id, old) = self.open_with_secret(password)?;
+        if self.file.slots.iter().any(|s| s.id == id && s.kind != SlotKind::Password) {
+            return Err(KeystoreError::Refused(
+                "enter the password, not the recovery key: the password slot is rewrapped".into(),
+            ));
+        }
+        let before = self.file.clone();
+        let result = (|| {
+            self.file.fips_mode = target;
+            self.check_password_policy(password)?;
+            let provider = self.provider()?;
+            let new = VolumeKey::generate(provider)?;
+            let previous_generation = self.file.generation;
+            self.file.generation = generation;
+            let kek = Self::retiring_kek(&new)?;
+            let key = LockedBox::try_new_with(|| provider.aes256_gcm(&kek))?;
+            let mut buf = Zeroizing::new(Vec::with_capacity(VOLUME_KEY_LEN + GCM_TAG_LEN));
+            buf.extend_from_slice(old.as_bytes());
+            let nonce = key.seal_random_nonce(&self.retiring_aad(previous_generation), &mut buf)?;
+            self.file.retiring = Some(Retiring {
+                since: now(),
+                key: Some(RetiringKey {
+                    generation: previous_generation,
+                    fips_mode: before.fips_mode,
+                    nonce: hex::encode(nonce),
+                    wrapped: hex::encode(&buf[..]),
+                }),
+            });
+            let had_boot = self.file.slots.iter().any(|s| s.kind == SlotKind::Boot);
+            self.file.slots.clear();
+            let slot = self.new_secret_slot(SlotKind::Password, password, &new, opts)?;
+            self.file.slots.push(slot);
+            let (rk, raw) = RecoveryKey::generate(provider)?;
+            let slot = self.new_secret_slot(SlotKind::Recovery, &raw[..], &new, opts)?;
+            self.file.slots.push(slot);
+            if had_boot {
+                self.install_boot_slot(&new)?;
+            }
+            self.file.save(&self.dir)?;
+            Ok((new, rk))
+        })();
+        if result.is_err() {
+            self.file = before;
+        }
+        result
+    }
+
+    /// The retiring volume key of a running conversion, unwrapped with the
+    /// current one (None when no conversion runs or the data was plain).
+    /// Its key objects must be made with the provider of the mode it was
+    /// used in, which the returned key carries.
+    pub fn retiring_key(&self, current: &VolumeKey) -> Result<Option<VolumeKey>, KeystoreError> {
+        let Some(rk) = self.file.retiring.as_ref().and_then(|r| r.key.as_ref()) else {
+            return Ok(None);
+        };
+        let kek = Self::retiring_kek(current)?;
+        let key = LockedBox::try_new_with(|| current.provider().aes256_gcm(&kek))?;
+        let nonce: [u8; GCM_NONCE_LEN] = decode_hex("retiring nonce", &rk.nonce, GCM_NONCE_LEN)?
+            .try_into()
+            .expect("12");
+        let mut buf = LockedBox::new([0u8; VOLUME_KEY_LEN + GCM_TAG_LEN])?;
+        buf.copy_from_slice(&Zeroizing::new(decode_hex(
+            "retiring key",
+            &rk.wrapped,
+            VOLUME_KEY_LEN + GCM_TAG_LEN,
+        )?));
+        key.open(nonce, &self.retiring_aad(rk.generation), &mut buf[..])?;
+        let mut vk = LockedBox::new([0u8; VOLUME_KEY_LEN])?;
+        vk.copy_from_slice(&buf[..VOLUME_KEY_LEN]);
+        let provider = Provider::for_mode(rk.fips_mode, &KatSet::embedded())?;
+        Ok(Some(VolumeKey::from_locked(vk, provider)))
+    }
+
+    /// Ends a conversion: the retiring key leaves the keystore file and its
+    /// backup (both rewritten). Call only once no record or metadata value
+    /// under it is left.
+    pub fn finish_conversion(&mut self) -> Result<(), KeystoreError> {
+        if self.file.retiring.take().is_some() {
+            self.file.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
     pub fn info(&self) -> KeystoreInfo {
         KeystoreInfo {
             fips_mode: self.file.fips_mode,
@@ -605,6 +798,11 @@ impl Keystore {
                 .any(|s| s.kind == SlotKind::Boot)
                 .then(|| self.boot_key_path().display().to_string()),
             loaded_from_backup: self.loaded_from_backup,
+            generation: self.file.generation,
+            converting_from: self.file.retiring.as_ref().map(|r| match &r.key {
+                Some(k) => format!("key generation {} (FIPS mode {:?})", k.generation, k.fips_mode),
+                None => "unencrypted data".into(),
+            }),
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod volume;
 pub mod xts;
 
 pub use error::KeystoreError;
-pub use file::{FipsMode, SlotKind, StartupMode};
+pub use file::{FipsMode, Retiring, RetiringKey, SlotKind, StartupMode};
 pub use keystore::{Keystore, KeystoreInfo, RecoveryKey, SlotOptions, FIPS_MIN_PASSWORD};
 pub use provider::{GcmKey, HmacKey, ModuleStatus, Provider, XtsKey};
 pub use secmem::{harden_process, locked_bytes, process_is_hardened, LockedBox};

@@ -356,3 +356,40 @@ fn unlocked_process_holds_locked_memory_and_is_not_dumpable() {
     assert!(keystore::process_is_hardened());
     drop(vk);
 }
+
+#[test]
+fn conversion_keeps_the_old_key_under_the_new_one_until_finished() {
+    let (dir, mut ks, old, old_rk) = setup(FipsMode::Disabled);
+    let kats = KatSet::embedded();
+    assert!(ks
+        .begin_conversion(b"wrong password!!", FipsMode::Disabled, &kats, &FAST)
+        .is_err());
+    let (new, new_rk) = ks
+        .begin_conversion(PW, FipsMode::Disabled, &kats, &FAST)
+        .unwrap();
+    assert!(!new.same_as(&old), "a new volume key");
+    assert!(matches!(
+        ks.begin_conversion(PW, FipsMode::Disabled, &kats, &FAST),
+        Err(KeystoreError::Refused(_))
+    ));
+    let mut ks = reopen(dir.path());
+    assert_eq!(ks.generation(), 1);
+    let current = ks.unlock(PW, &kats).unwrap();
+    assert!(current.same_as(&new));
+    assert!(ks.retiring_key(&current).unwrap().unwrap().same_as(&old));
+    assert!(ks.unlock(old_rk.as_str().as_bytes(), &kats).is_err());
+    assert!(ks
+        .unlock(new_rk.as_str().as_bytes(), &kats)
+        .unwrap()
+        .same_as(&new));
+    // The retiring key opens only with the key it is wrapped under.
+    assert!(ks.retiring_key(&old).is_err());
+    ks.finish_conversion().unwrap();
+    for f in ["keystore.json", "keystore.json.bak"] {
+        let text = std::fs::read_to_string(dir.path().join("keystore").join(f)).unwrap();
+        assert!(!text.contains("retiring"), "{f} still names a retiring key");
+    }
+    let ks = reopen(dir.path());
+    assert!(ks.retiring().is_none());
+    assert!(ks.retiring_key(&new).unwrap().is_none());
+}
