@@ -23,7 +23,8 @@ pub struct EngineConfig {
     /// A segment is sealed once it would grow past this many bytes.
     pub segment_size: u64,
     pub fingerprint: FingerprintAlg,
-    /// Record payload cipher (only "aes-xts-256" today).
+    /// Record payload cipher: "aes-xts-256", or "none" for a store made
+    /// with `init --no-encryption` (no keystore; metadata not sealed either).
     pub cipher: String,
 }
 
@@ -53,10 +54,22 @@ impl EngineConfig {
         if self.segment_size < (1 << 20) || self.segment_size > (1 << 32) {
             return Err("segment_size must be between 1 MiB and 4 GiB".into());
         }
-        if self.cipher != "aes-xts-256" {
-            return Err(format!("unknown cipher {:?}", self.cipher));
+        match (self.cipher.as_str(), self.fingerprint) {
+            ("aes-xts-256", FingerprintAlg::Blake3) => {
+                Err("an encrypted store needs keyed fingerprints".into())
+            }
+            ("none", f) if f != FingerprintAlg::Blake3 => {
+                Err("an unencrypted store fingerprints with plain blake3".into())
+            }
+            ("aes-xts-256" | "none", _) => Ok(()),
+            (other, _) => Err(format!("unknown cipher {other:?}")),
         }
-        Ok(())
+    }
+
+    /// Whether records and metadata are encrypted (false only for stores
+    /// made with `init --no-encryption` and not converted yet).
+    pub fn encrypted(&self) -> bool {
+        self.cipher != "none"
     }
 }
 

@@ -231,7 +231,8 @@ impl Keyed {
 
 pub struct MetaSealer {
     current: SealKeys,
-    retiring: Option<SealKeys>,
+    /// Dropped by `forget_retiring` when a conversion ends.
+    retiring: std::sync::RwLock<Option<Arc<SealKeys>>>,
     next: AtomicU64,
     end: u64,
 }
@@ -267,7 +268,7 @@ impl MetaSealer {
     fn with_keys(current: SealKeys, first: u64) -> Self {
         MetaSealer {
             current,
-            retiring: None,
+            retiring: Default::default(),
             next: AtomicU64::new(first),
             end: first.saturating_add(NONCE_BLOCK),
         }
@@ -282,14 +283,26 @@ impl MetaSealer {
     ) -> Result<Self, KeystoreError> {
         // The retiring keys only open: their epoch is never used to seal.
         let keys = Keyed::new(provider, generation, metadata_key, 0)?;
-        self.retiring = Some(SealKeys::Keyed(Box::new(keys)));
+        self.retiring = std::sync::RwLock::new(Some(Arc::new(SealKeys::Keyed(Box::new(keys)))));
         Ok(self)
     }
 
     /// Also opens plain-form values (converting an unencrypted store).
     pub fn with_retiring_plain(mut self) -> Self {
-        self.retiring = Some(SealKeys::Plain);
+        self.retiring = std::sync::RwLock::new(Some(Arc::new(SealKeys::Plain)));
         self
+    }
+
+    fn retiring(&self) -> Option<Arc<SealKeys>> {
+        self.retiring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops the retiring keys (the conversion converted everything).
+    pub fn forget_retiring(&self) {
+        *self.retiring.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The generation new values are sealed under.
@@ -298,7 +311,7 @@ impl MetaSealer {
     }
 
     pub fn retiring_generation(&self) -> Option<KeyGen> {
-        self.retiring.as_ref().map(SealKeys::generation)
+        self.retiring().map(|k| k.generation())
     }
 
     /// Seals `plain` for the row named by `aad` (see the module comment for
@@ -323,8 +336,9 @@ impl MetaSealer {
         let Some(generation) = sealed_generation(sealed) else {
             return Err(SealError::Short);
         };
+        let retiring = self.retiring();
         let keys = std::iter::once(&self.current)
-            .chain(self.retiring.as_ref())
+            .chain(retiring.as_deref())
             .find(|k| k.generation() == generation)
             .ok_or(SealError::UnknownGeneration(generation))?;
         match keys {
@@ -352,9 +366,8 @@ impl MetaSealer {
         parent: u64,
         name: &[u8],
     ) -> Result<Option<[u8; 32]>, KeystoreError> {
-        self.retiring
-            .as_ref()
-            .map(|k| name_mac_with(k, parent, name))
+        self.retiring()
+            .map(|k| name_mac_with(&k, parent, name))
             .transpose()
     }
 

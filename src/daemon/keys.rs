@@ -1,17 +1,20 @@
 //! Turning a store's keystore into loaded keys: unlock (password or boot
-//! key), build the chunk crypto and the volume. The volume key itself is
-//! dropped (zeroized) as soon as the derived key schedules exist.
+//! key), build the key ring (current generation, and the retiring one while
+//! a conversion runs), the metadata sealer and the volume. Volume keys are
+//! dropped (zeroized) as soon as the derived key objects exist. An
+//! unencrypted store (no keystore, cipher "none") loads without any key.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use keystore::{KatSet, Keystore, VolumeKey};
+use keystore::{FipsMode, KatSet, Keystore, VolumeKey};
 
 use crate::cli::boot_key_dir;
 use crate::config::StoreConfig;
-use crate::crypto::ChunkCrypto;
+use crate::crypto::seal::MetaSealer;
+use crate::crypto::{ChunkCrypto, FingerprintAlg, KeyRing};
 use crate::engine::Engine;
-use crate::volume::Volume;
+use crate::volume::{VResult, VolError, Volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
@@ -23,18 +26,95 @@ pub enum UnlockError {
     Config(String),
 }
 
+/// The fingerprint algorithm of a key used in FIPS mode `mode`.
+pub fn fingerprint_alg(mode: FipsMode) -> FingerprintAlg {
+    match mode {
+        FipsMode::Validated => FingerprintAlg::HmacSha256,
+        FipsMode::Disabled => FingerprintAlg::Blake3Keyed,
+    }
+}
+
+/// Whether the store has a keystore (an encrypted store, or one being
+/// converted to encrypted form).
+pub fn has_keystore(store: &Path) -> bool {
+    let dir = Keystore::dir_of(store);
+    dir.join(keystore::file::FILE_NAME).exists() || dir.join(keystore::file::BACKUP_NAME).exists()
+}
+
+/// Everything an unlocked store writes and reads with.
+pub struct LoadedKeys {
+    pub ring: Arc<KeyRing>,
+    make_sealer: Box<dyn Fn(u64) -> VResult<MetaSealer> + Send + Sync>,
+}
+
+impl LoadedKeys {
+    /// A sealer for a newly reserved nonce block starting at `first`.
+    pub fn sealer(&self, first: u64) -> VResult<MetaSealer> {
+        (self.make_sealer)(first)
+    }
+}
+
+/// The key objects of `ks`'s current key (and its retiring one).
+pub fn derive(ks: &Keystore, vk: VolumeKey) -> Result<LoadedKeys, UnlockError> {
+    let generation = ks.generation();
+    let current = Arc::new(
+        ChunkCrypto::new(
+            vk.provider(),
+            vk.xts_key(),
+            vk.fingerprint_key(),
+            fingerprint_alg(ks.fips_mode()),
+        )?
+        .with_generation(generation),
+    );
+    let retiring_key = ks.retiring_key(&vk)?;
+    let retiring = match (ks.retiring(), &retiring_key) {
+        (None, _) => None,
+        (Some(_), None) => Some(Arc::new(ChunkCrypto::plain()?)),
+        (Some(r), Some(old)) => {
+            let mode = r.key.as_ref().map_or(FipsMode::Disabled, |k| k.fips_mode);
+            let g = r.key.as_ref().map_or(0, |k| k.generation);
+            Some(Arc::new(
+                ChunkCrypto::new(
+                    old.provider(),
+                    old.xts_key(),
+                    old.fingerprint_key(),
+                    fingerprint_alg(mode),
+                )?
+                .with_generation(g),
+            ))
+        }
+    };
+    let plain_before = ks.retiring().is_some_and(|r| r.key.is_none());
+    let old_generation = ks.retiring().and_then(|r| r.key.as_ref().map(|k| k.generation));
+    let make_sealer = move |first: u64| -> VResult<MetaSealer> {
+        let s = MetaSealer::keyed(vk.provider(), generation, vk.metadata_key(), first)
+            .map_err(VolError::io)?;
+        match (&retiring_key, old_generation) {
+            (Some(old), Some(g)) => s
+                .with_retiring_key(old.provider(), g, old.metadata_key())
+                .map_err(VolError::io),
+            _ if plain_before => Ok(s.with_retiring_plain()),
+            _ => Ok(s),
+        }
+    };
+    Ok(LoadedKeys {
+        ring: Arc::new(KeyRing { current, retiring }),
+        make_sealer: Box::new(make_sealer),
+    })
+}
+
+/// The "keys" of an unencrypted store.
+fn plain_keys() -> Result<LoadedKeys, UnlockError> {
+    Ok(LoadedKeys {
+        ring: Arc::new(KeyRing::single(Arc::new(ChunkCrypto::plain()?))),
+        make_sealer: Box::new(|first| Ok(MetaSealer::plain(first))),
+    })
+}
+
 /// Loads keys into the engine and opens the volume.
-pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockError> {
-    let alg = engine.config().fingerprint;
-    let crypto = Arc::new(ChunkCrypto::new(
-        vk.provider(),
-        vk.xts_key(),
-        vk.fingerprint_key(),
-        alg,
-    )?);
-    attach_remote(engine, &vk)?;
-    engine.set_crypto(Some(crypto));
-    match Volume::open(engine.clone(), vk.metadata_key()) {
+pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, UnlockError> {
+    engine.set_keys(Some(keys.ring.clone()));
+    match Volume::open_with(engine.clone(), &|first| keys.sealer(first)) {
         Ok(v) => {
             let v = Arc::new(v);
             v.start_flusher();
@@ -42,10 +122,25 @@ pub fn load(engine: &Arc<Engine>, vk: VolumeKey) -> Result<Arc<Volume>, UnlockEr
             Ok(v)
         }
         Err(e) => {
-            engine.set_crypto(None);
+            engine.set_keys(None);
             Err(UnlockError::Volume(format!("cannot open the volume: {e}")))
         }
     }
+}
+
+/// Makes datastore.toml say what the keystore says (a crash between the
+/// keystore write and the config write of a conversion's start leaves the
+/// config one step behind; the keystore is the authority).
+fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
+    let mut cfg = StoreConfig::load(store).map_err(UnlockError::Config)?;
+    let alg = fingerprint_alg(ks.fips_mode());
+    if cfg.engine.fingerprint != alg || !cfg.engine.encrypted() {
+        cfg.engine.fingerprint = alg;
+        cfg.engine.cipher = "aes-xts-256".into();
+        cfg.save(store)
+            .map_err(|e| UnlockError::Config(format!("cannot write datastore.toml: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Connects the bucket mirror of a store that has one and loads its key,
@@ -69,26 +164,49 @@ fn attach_remote(engine: &Arc<Engine>, vk: &VolumeKey) -> Result<(), UnlockError
     Ok(())
 }
 
+/// Unlocks the keystore with a password (or recovery key) and derives the
+/// key objects (no volume opened).
+pub fn keys_with_password(store: &Path, password: &[u8]) -> Result<LoadedKeys, UnlockError> {
+    StoreConfig::load(store).map_err(UnlockError::Config)?;
+    let mut ks = Keystore::open(store, &boot_key_dir())?;
+    let vk = ks.unlock(password, &KatSet::embedded())?;
+    reconcile_config(store, &ks)?;
+    derive(&ks, vk)
+}
+
 /// Unlocks with a password (or recovery key).
 pub fn unlock_with_password(
     store: &Path,
     engine: &Arc<Engine>,
     password: &[u8],
 ) -> Result<Arc<Volume>, UnlockError> {
+    if !has_keystore(store) && !engine.config().encrypted() {
+        return load(engine, plain_keys()?);
+    }
     StoreConfig::load(store).map_err(UnlockError::Config)?;
     let mut ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
-    load(engine, vk)
+    reconcile_config(store, &ks)?;
+    attach_remote(engine, &vk)?;
+    load(engine, derive(&ks, vk)?)
 }
 
-/// Unlocks without a password when the startup mode allows it.
+/// Unlocks without a password when the startup mode allows it (always for
+/// an unencrypted store).
 pub fn unlock_at_boot(
     store: &Path,
     engine: &Arc<Engine>,
 ) -> Result<Option<Arc<Volume>>, UnlockError> {
+    if !has_keystore(store) && !engine.config().encrypted() {
+        return load(engine, plain_keys()?).map(Some);
+    }
     let ks = Keystore::open(store, &boot_key_dir())?;
     match ks.unlock_at_boot(&KatSet::embedded())? {
-        Some(vk) => load(engine, vk).map(Some),
+        Some(vk) => {
+            reconcile_config(store, &ks)?;
+            attach_remote(engine, &vk)?;
+            load(engine, derive(&ks, vk)?).map(Some)
+        }
         None => Ok(None),
     }
 }

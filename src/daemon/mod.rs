@@ -8,6 +8,7 @@
 //! arrives over the socket is held in a zeroizing buffer and never logged.
 
 mod control;
+pub mod conversion;
 pub mod http;
 pub mod keys;
 pub mod metrics;

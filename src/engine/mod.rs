@@ -15,6 +15,7 @@
 //! - Lock order: gc_gate, commit_lock, writer, pending.
 
 mod chunker;
+mod convert;
 mod gc;
 mod read;
 mod scrub;
@@ -33,6 +34,7 @@ use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
 use crate::meta::{ChunkChange, Meta, MetaError};
 use crate::store::segment::{self, SegmentWriter};
 
+pub use convert::{GenerationCount, GenerationScan};
 pub use gc::GcReport;
 pub use scrub::{BadRecord, ScrubReport};
 pub use stats::{Stats, StatsSnapshot};

@@ -72,7 +72,7 @@ pub(crate) fn decode_record(
 
 impl Engine {
     /// Where a chunk's record is: pending (this session) or indexed.
-    fn locate(&self, fp: &Fingerprint) -> Result<IndexEntry> {
+    pub(super) fn locate(&self, fp: &Fingerprint) -> Result<IndexEntry> {
         // Copy the location out first: the pending guard must be dropped
         // before the writer lock is taken (lock order: writer, pending).
         let pending = lock(&self.pending).get(fp).and_then(|c| c.new_record);

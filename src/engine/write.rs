@@ -103,7 +103,7 @@ impl Engine {
     /// Three-stage pipeline: while batch N-1's records are appended (in
     /// order, one thread), batch N is fingerprinted and encoded on the pool
     /// and batch N+1 is produced by `next` (read and chunked).
-    fn put_batches<'a>(
+    pub(super) fn put_batches<'a>(
         &self,
         mut next: impl FnMut() -> Result<Option<Batch<'a>>> + Send,
     ) -> Result<Vec<ChunkRef>> {

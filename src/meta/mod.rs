@@ -13,7 +13,8 @@
 //! - entries with refcount 0 stay until GC removes them (so a concurrent
 //!   writer that deduplicated against one can revive it safely).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition};
 
@@ -116,7 +117,41 @@ pub struct CommitAnomalies {
 }
 
 pub struct Meta {
-    db: Database,
+    path: PathBuf,
+    /// Replaced only by `rewrite_fresh` (readers holding the old one see
+    /// the same, unchanging content until they drop it).
+    db: RwLock<Arc<Database>>,
+}
+
+fn open_db(path: &Path) -> Result<Database, MetaError> {
+    // redb's default page cache is 1 GiB; the daemon's memory budget is far
+    // smaller (the index and metadata pages it reads are hot).
+    Ok(Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?)
+}
+
+fn fresh_path(path: &Path) -> PathBuf {
+    path.with_extension("redb.fresh")
+}
+
+/// Copies every row of one table (absent in `src`: nothing to copy).
+pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &ReadTransaction,
+    dst: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<(), MetaError> {
+    let from = match src.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut to = dst.open_table(def)?;
+    for row in from.iter()? {
+        let (k, v) = row?;
+        to.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }
 
 /// A consistent read view of the index.
@@ -137,35 +172,70 @@ impl MetaRead {
 
 impl Meta {
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        // redb's default page cache is 1 GiB; the daemon's memory budget
-        // is far smaller (the index and metadata pages it reads are hot).
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+        // A fresh copy that never replaced the database: a crash hit
+        // `rewrite_fresh` before its rename.
+        let _ = std::fs::remove_file(fresh_path(path));
+        let db = open_db(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(CHUNKS)?;
             txn.open_table(SEGMENTS)?;
         }
         txn.commit()?;
-        Ok(Meta { db })
+        Ok(Meta {
+            path: path.to_path_buf(),
+            db: RwLock::new(Arc::new(db)),
+        })
     }
 
     /// The database, for layers above (the volume) that keep their own
     /// tables and commit them together with the chunk index.
-    pub fn database(&self) -> &Database {
-        &self.db
+    pub fn database(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn read(&self) -> Result<MetaRead, MetaError> {
         Ok(MetaRead {
-            txn: self.db.begin_read()?,
+            txn: self.database().begin_read()?,
         })
+    }
+
+    /// Replaces the database file with a fresh copy of its current content,
+    /// so no page of an older version (freed but not overwritten in a
+    /// copy-on-write file) stays on disk: `copy` copies the caller's tables,
+    /// this copies the chunk index, segments and pack rows. The caller
+    /// guarantees no write transaction runs meanwhile (it holds the
+    /// engine's commit lock). Crash-safe: the copy is complete and durable
+    /// before it is renamed over the old file, and a leftover copy is
+    /// removed at open.
+    pub fn rewrite_fresh(
+        &self,
+        copy: &dyn Fn(&ReadTransaction, &redb::WriteTransaction) -> Result<(), MetaError>,
+    ) -> Result<(), MetaError> {
+        let fresh = fresh_path(&self.path);
+        let _ = std::fs::remove_file(&fresh);
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        {
+            let new = open_db(&fresh)?;
+            let src = slot.begin_read()?;
+            let txn = new.begin_write()?;
+            copy_table(&src, &txn, CHUNKS)?;
+            copy_table(&src, &txn, SEGMENTS)?;
+            copy_table(&src, &txn, REMOTE_PACKS)?;
+            copy(&src, &txn)?;
+            txn.commit()?;
+        }
+        std::fs::rename(&fresh, &self.path).map_err(|e| MetaError::Db(e.to_string()))?;
+        if let Some(dir) = self.path.parent() {
+            crate::fsutil::sync_dir(dir).map_err(|e| MetaError::Db(e.to_string()))?;
+        }
+        *slot = Arc::new(open_db(&self.path)?);
+        Ok(())
     }
 
     /// (id, committed_len, live_bytes) for every segment with a row.
     pub fn segments(&self) -> Result<Vec<(u64, u64, u64)>, MetaError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database().begin_read()?;
         let table = txn.open_table(SEGMENTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -181,7 +251,7 @@ impl Meta {
         &self,
         mut f: impl FnMut(&Fingerprint, &IndexEntry),
     ) -> Result<(), MetaError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database().begin_read()?;
         let table = txn.open_table(CHUNKS)?;
         for row in table.iter()? {
             let (k, v) = row?;
@@ -200,7 +270,7 @@ impl Meta {
         extra: &mut dyn FnMut(&redb::WriteTransaction) -> Result<(), MetaError>,
     ) -> Result<CommitAnomalies, MetaError> {
         let mut anomalies = CommitAnomalies::default();
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.database().begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -266,7 +336,7 @@ impl Meta {
         segment_lengths: &[(u64, u64)],
         dropped_segments: &[u64],
     ) -> Result<(), MetaError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database().begin_write()?;
         {
             let mut chunks = txn.open_table(CHUNKS)?;
             let mut segs = txn.open_table(SEGMENTS)?;
@@ -299,7 +369,7 @@ impl Meta {
 
     /// Every pack the remote mirror holds, by segment and offset.
     pub fn remote_packs(&self) -> Result<Vec<PackRow>, MetaError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database().begin_read()?;
         let table = match txn.open_table(REMOTE_PACKS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -325,7 +395,7 @@ impl Meta {
         add: &[PackRow],
         remove: &[PackRow],
     ) -> Result<(), MetaError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database().begin_write()?;
         {
             // Removals first, so a row may be replaced in one transaction.
             let mut t = txn.open_table(REMOTE_PACKS)?;
@@ -343,7 +413,7 @@ impl Meta {
     /// Removes the rows of segments (used at open for rows whose file and
     /// entries are all gone).
     pub fn forget_segments(&self, ids: &[u64]) -> Result<(), MetaError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database().begin_write()?;
         {
             let mut segs = txn.open_table(SEGMENTS)?;
             for id in ids {

@@ -36,8 +36,11 @@ pub const FLAG_PLAIN: u8 = 2;
 
 /// Which key a record's payload is under: none (an unencrypted store), or
 /// the volume key of one generation (see docs/FORMAT.md, "Key generations").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+)]
 pub enum KeyGen {
+    #[default]
     Plain,
     Key(u16),
 }

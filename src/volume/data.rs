@@ -241,6 +241,7 @@ impl Volume {
     }
 
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> VResult<usize> {
+        self.count_foreground_op();
         let end = off
             .checked_add(data.len() as u64)
             .ok_or(VolError::new(libc::EFBIG))?;
@@ -312,6 +313,7 @@ impl Volume {
     }
 
     pub fn read(&self, ino: u64, off: u64, size: u32) -> VResult<Vec<u8>> {
+        self.count_foreground_op();
         let (extents, pieces, len) = {
             let mut st = lock(&self.state);
             let inode = self.load_inode(&mut st, ino)?;
@@ -708,6 +710,7 @@ impl Volume {
         let pending = {
             let st = lock(&self.state);
             !(st.dirty_inodes.is_empty()
+                && st.counter_changes.is_empty()
                 && st.removed_inodes.is_empty()
                 && st.dirent_changes.is_empty()
                 && st.extent_changes.is_empty())
@@ -727,8 +730,14 @@ impl Volume {
     /// engine: nothing later is committed, so no change is half-written.
     pub fn commit(&self, durable: bool) -> VResult<()> {
         let _one_at_a_time = lock(&self.commit_lock);
+        self.commit_locked(durable)
+    }
+
+    /// `commit`, for a caller that holds the commit lock.
+    pub(super) fn commit_locked(&self, durable: bool) -> VResult<()> {
         let mut st = lock(&self.state);
-        let s = &self.sealer;
+        let sealer = self.sealer();
+        let s = &*sealer;
         let mut inodes = Vec::new();
         for ino in st.dirty_inodes.iter() {
             if let Some(i) = st.inodes.get(ino) {
@@ -747,6 +756,14 @@ impl Volume {
         let mut dirents = Vec::new();
         for ((parent, name), change) in &st.dirent_changes {
             let mac = s.name_mac(*parent, name).map_err(store::meta_err)?;
+            // During a conversion the entry may still sit under the
+            // retiring key's name MAC: that row goes in the same commit.
+            if let Some(old) = s
+                .retiring_name_mac(*parent, name)
+                .map_err(store::meta_err)?
+            {
+                dirents.push(((*parent, old), None));
+            }
             let value = match change {
                 Some(ino) => Some(store::seal_dirent(
                     s,
@@ -770,6 +787,7 @@ impl Volume {
             extents.push(((*ino, *off), value));
         }
         let next_ino = st.next_ino;
+        let counters: Vec<(&'static str, Option<u64>)> = st.counter_changes.drain().collect();
         // The references these changes dropped join the engine batch this
         // commit writes; later ones wait in the state for the next commit.
         let releases = std::mem::take(&mut st.deferred_releases);
@@ -801,7 +819,14 @@ impl Volume {
                     None => t.remove(*k)?,
                 };
             }
-            txn.open_table(VOLUME)?.insert("next_ino", next_ino)?;
+            let mut t = txn.open_table(VOLUME)?;
+            t.insert("next_ino", next_ino)?;
+            for (k, v) in &counters {
+                match v {
+                    Some(v) => t.insert(*k, *v)?,
+                    None => t.remove(*k)?,
+                };
+            }
             Ok(())
         })?;
         Ok(())

@@ -17,6 +17,7 @@
 //!   at open, leftovers of a crash (nlink 0) are removed.
 
 mod acl;
+pub mod convert;
 mod error;
 pub mod inode;
 mod readahead;
@@ -119,6 +120,9 @@ struct State {
     /// batch of the commit that writes those changes, never earlier (a
     /// commit writing the old extents must not also drop their chunks).
     deferred_releases: Vec<ChunkRef>,
+    /// Counters of the `volume` table to write (None: remove) with the
+    /// next commit, so they change atomically with the metadata they count.
+    counter_changes: HashMap<&'static str, Option<u64>>,
     /// Flushed stream buffers kept for reuse (see data::recycle).
     spare_buffers: Vec<Vec<u8>>,
     next_ino: u64,
@@ -126,7 +130,11 @@ struct State {
 
 pub struct Volume {
     engine: Arc<Engine>,
-    sealer: MetaSealer,
+    /// Replaced (under the commit and state locks) only when a key
+    /// conversion starts or ends.
+    sealer: std::sync::RwLock<Arc<MetaSealer>>,
+    /// Reads and writes served (a conversion backs off while they move).
+    foreground_ops: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     cache: readahead::ChunkCache,
     /// Signalled whenever a flush ends.
@@ -140,6 +148,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A counter of the `volume` table as committed (readable without keys).
+pub fn stored_counter(db: &redb::Database, name: &str) -> VResult<Option<u64>> {
+    Ok(store::get_counter(db, name)?)
+}
+
+/// Durably reserves the next block of metadata nonces; returns its first
+/// counter value (a sealer may use it and the NONCE_BLOCK - 1 after it).
+pub(crate) fn reserve_nonce_block(engine: &Engine) -> VResult<u64> {
+    let nonce_next = store::get_counter(&engine.meta().database(), "nonce_next")?.unwrap_or(0);
+    let reserve_to = nonce_next
+        .checked_add(NONCE_BLOCK)
+        .ok_or_else(|| VolError::io("metadata nonce space exhausted"))?;
+    engine.commit_with(true, &mut |txn| {
+        store::ensure_tables(txn)?;
+        txn.open_table(VOLUME)?.insert("nonce_next", reserve_to)?;
+        Ok(())
+    })?;
+    Ok(nonce_next)
+}
+
 fn blocks_of(extents: Option<&BTreeMap<u64, Extent>>, buffered: usize) -> u64 {
     let stored: u64 = extents.map_or(0, |m| m.values().map(|e| e.len as u64).sum());
     (stored + buffered as u64).div_ceil(512)
@@ -150,22 +178,25 @@ impl Volume {
     /// block of metadata nonces durably before sealing anything, creates the
     /// root directory on first use, and removes crash leftovers.
     pub fn open(engine: Arc<Engine>, metadata_key: &[u8; 32]) -> VResult<Self> {
-        let db = engine.meta().database();
-        let nonce_next = store::get_counter(db, "nonce_next")?.unwrap_or(0);
+        let provider = engine.crypto()?.provider;
+        Self::open_with(engine, &|first| {
+            MetaSealer::new(provider, metadata_key, first).map_err(VolError::io)
+        })
+    }
+
+    /// `open`, with the sealer `make_sealer` builds from the first counter
+    /// value of the nonce block this open reserved.
+    pub fn open_with(
+        engine: Arc<Engine>,
+        make_sealer: &dyn Fn(u64) -> VResult<MetaSealer>,
+    ) -> VResult<Self> {
+        let db = &engine.meta().database();
         let next_ino = store::get_counter(db, "next_ino")?.unwrap_or(ROOT + 1);
-        let reserve_to = nonce_next
-            .checked_add(NONCE_BLOCK)
-            .ok_or_else(|| VolError::io("metadata nonce space exhausted"))?;
-        engine.commit_with(true, &mut |txn| {
-            store::ensure_tables(txn)?;
-            txn.open_table(VOLUME)?.insert("nonce_next", reserve_to)?;
-            Ok(())
-        })?;
-        let sealer = MetaSealer::new(engine.crypto()?.provider, metadata_key, nonce_next)
-            .map_err(VolError::io)?;
+        let sealer = make_sealer(reserve_nonce_block(&engine)?)?;
         let vol = Volume {
             engine,
-            sealer,
+            sealer: std::sync::RwLock::new(Arc::new(sealer)),
+            foreground_ops: Default::default(),
             state: Mutex::new(State {
                 next_ino,
                 ..Default::default()
@@ -194,6 +225,78 @@ impl Volume {
         &self.engine
     }
 
+    pub(crate) fn sealer(&self) -> Arc<MetaSealer> {
+        self.sealer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets (None: removes) counters of the `volume` table in the next
+    /// commit, together with the changes made so far.
+    pub fn set_counters(&self, changes: &[(&'static str, Option<u64>)]) {
+        let mut st = lock(&self.state);
+        for (k, v) in changes {
+            st.counter_changes.insert(k, *v);
+        }
+    }
+
+    /// A counter of the `volume` table as the next commit will leave it.
+    pub fn counter(&self, name: &str) -> VResult<Option<u64>> {
+        if let Some(v) = lock(&self.state).counter_changes.get(name) {
+            return Ok(*v);
+        }
+        Ok(store::get_counter(&self.engine.meta().database(), name)?)
+    }
+
+    /// Sealed values by the key generation they are under (None: a value
+    /// too short to carry a tag, which no writer produces).
+    pub fn count_sealed(
+        &self,
+    ) -> VResult<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>> {
+        Ok(store::count_sealed(&self.engine.meta().database())?)
+    }
+
+    /// Rewrites the metadata database into a fresh file (no stale pages of
+    /// older versions stay on disk). Commits everything first.
+    pub fn rewrite_metadata(&self) -> VResult<()> {
+        let _one_at_a_time = lock(&self.commit_lock);
+        self.commit_locked(true)?;
+        self.engine.rewrite_metadata(&store::copy_tables)?;
+        Ok(())
+    }
+
+    /// Garbage collection on a live volume: the volume's pending changes
+    /// are committed first and no volume commit runs meanwhile (so a
+    /// release is never committed without the change that dropped it).
+    pub fn gc(&self, threshold: f64) -> VResult<crate::engine::GcReport> {
+        let _one_at_a_time = lock(&self.commit_lock);
+        self.commit_locked(true)?;
+        Ok(self.engine.gc(threshold)?)
+    }
+
+    /// Forgets the retiring keys once a conversion has converted everything.
+    pub fn forget_retiring_keys(&self) -> VResult<()> {
+        let _one_at_a_time = lock(&self.commit_lock);
+        let _st = lock(&self.state);
+        let ring = self.engine.keys()?;
+        self.engine
+            .set_keys(Some(Arc::new(crate::crypto::KeyRing::single(ring.current.clone()))));
+        self.sealer().forget_retiring();
+        Ok(())
+    }
+
+    /// Reads and writes served so far.
+    pub fn foreground_ops(&self) -> u64 {
+        self.foreground_ops
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_foreground_op(&self) {
+        self.foreground_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Inode numbers the volume has in memory (the kernel can only have
     /// cached pages of inodes it looked up through us).
     pub fn cached_inodes(&self) -> Vec<u64> {
@@ -214,7 +317,7 @@ impl Volume {
                 .get(ino)
                 .map_err(VolError::io)?
                 .ok_or(VolError::new(libc::ENOENT))?;
-            let inode = store::open_inode(&self.sealer, ino, sealed.value())?;
+            let inode = store::open_inode(&self.sealer(), ino, sealed.value())?;
             st.inodes.insert(ino, inode);
         }
         Ok(st.inodes.get_mut(&ino).expect("just inserted"))
@@ -235,7 +338,7 @@ impl Volume {
             {
                 let (k, v) = row.map_err(VolError::io)?;
                 let (_, mac) = k.value();
-                let rec = store::open_dirent(&self.sealer, ino, &mac, v.value())?;
+                let rec = store::open_dirent(&self.sealer(), ino, &mac, v.value())?;
                 entries.insert(rec.name, rec.ino);
             }
             // Uncommitted changes win over what the database says.
@@ -265,7 +368,7 @@ impl Volume {
             for row in t.range((ino, 0)..=(ino, u64::MAX)).map_err(VolError::io)? {
                 let (k, v) = row.map_err(VolError::io)?;
                 let (_, off) = k.value();
-                map.insert(off, store::open_extent(&self.sealer, ino, off, v.value())?);
+                map.insert(off, store::open_extent(&self.sealer(), ino, off, v.value())?);
             }
             for ((i, off), change) in &st.extent_changes {
                 if *i == ino {
@@ -500,7 +603,7 @@ impl Volume {
         let mut orphans = Vec::new();
         for row in t.iter().map_err(VolError::io)? {
             let (k, v) = row.map_err(VolError::io)?;
-            let inode = store::open_inode(&self.sealer, k.value(), v.value())?;
+            let inode = store::open_inode(&self.sealer(), k.value(), v.value())?;
             if inode.nlink == 0 {
                 orphans.push(k.value());
             }

@@ -97,3 +97,35 @@ pub fn get_counter(db: &redb::Database, name: &str) -> Result<Option<u64>, MetaE
     };
     Ok(t.get(name)?.map(|v| v.value()))
 }
+
+/// Copies the volume's tables (for `Meta::rewrite_fresh`).
+pub fn copy_tables(
+    src: &redb::ReadTransaction,
+    dst: &WriteTransaction,
+) -> Result<(), MetaError> {
+    use crate::meta::copy_table;
+    copy_table(src, dst, INODES)?;
+    copy_table(src, dst, DIRENTS)?;
+    copy_table(src, dst, EXTENTS)?;
+    copy_table(src, dst, VOLUME)
+}
+
+/// Counts sealed values by the key generation they are under.
+pub fn count_sealed(
+    db: &redb::Database,
+) -> Result<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>, MetaError> {
+    use redb::ReadableTable;
+    let mut out = std::collections::BTreeMap::new();
+    let txn = db.begin_read()?;
+    let mut count = |v: &[u8]| *out.entry(crate::crypto::seal::sealed_generation(v)).or_insert(0) += 1;
+    for row in txn.open_table(INODES)?.iter()? {
+        count(row?.1.value());
+    }
+    for row in txn.open_table(DIRENTS)?.iter()? {
+        count(row?.1.value());
+    }
+    for row in txn.open_table(EXTENTS)?.iter()? {
+        count(row?.1.value());
+    }
+    Ok(out)
+}

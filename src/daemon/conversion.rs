@@ -1,0 +1,371 @@
+//! The conversion job: brings every chunk and metadata value of a store to
+//! its current key generation while the store stays in use (in the mounted
+//! daemon, or offline in the CLI), then destroys the retiring key.
+//!
+//! Progress lives in the `volume` table and is committed with the converted
+//! metadata it counts (`convert_cursor`: the next inode to convert), so a
+//! crash at any point resumes where the last commit left off: an inode
+//! converted again finds its chunks already under the current keys (or
+//! dedups against them). Finishing: a scan must find no live record under
+//! another generation (else another pass runs), GC drops the dead ones,
+//! a second scan must find none at all and every sealed value must be under
+//! the current generation; only then does the keystore lose the retiring
+//! key (fail closed: any doubt keeps the key and reports why). A store that
+//! was unencrypted also gets a fresh metadata file, so no page of the old
+//! plaintext database stays on disk.
+//!
+//! Throttle: without a rate limit the job runs flat out while the
+//! filesystem is idle and at a quarter duty cycle while reads or writes are
+//! being served; with one it never exceeds it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cli::boot_key_dir;
+use crate::volume::Volume;
+
+const CURSOR: &str = "convert_cursor";
+const PASS: &str = "convert_pass";
+const TARGET: &str = "convert_target";
+const TOTAL_CHUNKS: &str = "convert_total_chunks";
+const TOTAL_BYTES: &str = "convert_total_bytes";
+const DONE_CHUNKS: &str = "convert_done_chunks";
+const DONE_BYTES: &str = "convert_done_bytes";
+pub const MAX_RATE: &str = "convert_max_rate";
+const ALL: [&str; 8] = [
+    CURSOR,
+    PASS,
+    TARGET,
+    TOTAL_CHUNKS,
+    TOTAL_BYTES,
+    DONE_CHUNKS,
+    DONE_BYTES,
+    MAX_RATE,
+];
+
+/// Inodes read from the database per round.
+const INODES_PER_ROUND: usize = 64;
+/// Converted bytes between durable commits of the progress.
+const COMMIT_BYTES: u64 = 16 << 20;
+/// Passes over the inodes before giving up (a record still referenced
+/// under the old key after that is a bug to report, not to paper over).
+const MAX_PASSES: u64 = 3;
+/// Share of wall time the job may work while foreground I/O runs.
+const BUSY_DUTY: f64 = 0.25;
+
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Progress {
+    /// "converting", "finishing", "done", "stopped" or "failed: ...".
+    pub state: String,
+    pub from: String,
+    pub to: String,
+    pub chunks_done: u64,
+    pub chunks_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes per second since this process started the job.
+    pub rate_bytes_per_sec: f64,
+    pub eta_secs: Option<u64>,
+    pub pass: u64,
+    /// Bytes per second the job may convert (0: automatic).
+    pub max_rate: u64,
+}
+
+/// A running (or finished) job and its progress.
+pub struct Job {
+    pub progress: Mutex<Progress>,
+    stop: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Job {
+    pub fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the job at its next step and waits for it (before locking or
+    /// unmounting); what it did is committed, the rest resumes later.
+    pub fn stop_and_join(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+}
+
+/// What the volume's keys say the conversion goes from and to.
+fn describe(vol: &Volume) -> (String, String) {
+    match vol.engine().keys() {
+        Ok(k) => (
+            k.retiring
+                .as_ref()
+                .map_or("nothing".into(), |r| r.generation.to_string()),
+            format!(
+                "{} ({})",
+                k.current.generation,
+                k.current.fingerprinter.alg().name()
+            ),
+        ),
+        Err(_) => ("?".into(), "?".into()),
+    }
+}
+
+/// Whether the store's keystore says a conversion runs.
+pub fn pending(store: &Path) -> bool {
+    super::keys::has_keystore(store)
+        && keystore::Keystore::open(store, &boot_key_dir())
+            .map(|ks| ks.retiring().is_some())
+            .unwrap_or(false)
+}
+
+/// Starts the job on a thread.
+pub fn start(store: &Path, vol: Arc<Volume>) -> Arc<Job> {
+    let (from, to) = describe(&vol);
+    let job = Arc::new(Job {
+        progress: Mutex::new(Progress {
+            state: "converting".into(),
+            from,
+            to,
+            ..Default::default()
+        }),
+        stop: AtomicBool::new(false),
+        thread: Mutex::new(None),
+    });
+    let j = job.clone();
+    let store = store.to_path_buf();
+    let t = std::thread::Builder::new()
+        .name("datastore-convert".into())
+        .spawn(move || {
+            let r = run(&store, &vol, &j);
+            let mut p = j.progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.state = match r {
+                Ok(true) => "done".into(),
+                Ok(false) => "stopped".into(),
+                Err(e) => {
+                    eprintln!("datastore: conversion failed: {e}");
+                    format!("failed: {e}")
+                }
+            };
+            p.eta_secs = None;
+        });
+    match t {
+        Ok(t) => *job.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
+        Err(e) => {
+            job.progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state = format!("failed: cannot start a thread: {e}");
+        }
+    }
+    job
+}
+
+fn counter(vol: &Volume, name: &str) -> Result<u64, String> {
+    Ok(vol.counter(name).map_err(|e| e.to_string())?.unwrap_or(0))
+}
+
+/// Runs the job to the end (Ok(true)) or until stopped (Ok(false)).
+pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let engine = vol.engine().clone();
+    let keys = engine.keys().map_err(|x| e(&x))?;
+    if keys.retiring.is_none() {
+        return Err("no retiring key is loaded".into());
+    }
+    let current = keys.current.generation;
+    let target = match current {
+        crate::crypto::KeyGen::Key(g) => g as u64 + 1,
+        crate::crypto::KeyGen::Plain => 0,
+    };
+    if counter(vol, TARGET)? != target {
+        // First start of this conversion (or leftovers of an earlier one).
+        let scan = engine.scan_generations().map_err(|x| e(&x))?;
+        let old = scan.other_than(current);
+        let rate = counter(vol, MAX_RATE)?;
+        let mut changes: Vec<(&'static str, Option<u64>)> = ALL.iter().map(|k| (*k, None)).collect();
+        changes.extend([
+            (TARGET, Some(target)),
+            (TOTAL_CHUNKS, Some(old.live)),
+            (TOTAL_BYTES, Some(old.live_bytes)),
+            (MAX_RATE, Some(rate)),
+        ]);
+        vol.set_counters(&changes);
+        vol.commit(true).map_err(|x| e(&x))?;
+    }
+    let started = Instant::now();
+    let bytes_at_start = counter(vol, DONE_BYTES)?;
+    let mut converted = HashMap::new();
+    let mut last_ops = vol.foreground_ops();
+    loop {
+        let max_rate = counter(vol, MAX_RATE)?;
+        let cursor = counter(vol, CURSOR)?;
+        let inodes = vol
+            .stored_inodes_from(cursor, INODES_PER_ROUND)
+            .map_err(|x| e(&x))?;
+        if inodes.is_empty() {
+            vol.commit(true).map_err(|x| e(&x))?;
+            let left = engine.scan_generations().map_err(|x| e(&x))?.other_than(current);
+            if left.live == 0 {
+                break;
+            }
+            let pass = counter(vol, PASS)? + 1;
+            if pass >= MAX_PASSES {
+                return Err(format!(
+                    "{} records under the old key are still referenced after {pass} passes; the old key is kept (run `datastore scrub`)",
+                    left.live
+                ));
+            }
+            vol.set_counters(&[(PASS, Some(pass)), (CURSOR, Some(0))]);
+            continue;
+        }
+        let mut batch_bytes = 0u64;
+        let round = Instant::now();
+        for ino in inodes {
+            if job.stop.load(Ordering::SeqCst) {
+                vol.commit(true).map_err(|x| e(&x))?;
+                return Ok(false);
+            }
+            let step = vol.convert_inode(ino, &mut converted).map_err(|x| e(&x))?;
+            let done_chunks = counter(vol, DONE_CHUNKS)? + step.chunks;
+            let done_bytes = counter(vol, DONE_BYTES)? + step.bytes;
+            vol.set_counters(&[
+                (CURSOR, Some(ino + 1)),
+                (DONE_CHUNKS, Some(done_chunks)),
+                (DONE_BYTES, Some(done_bytes)),
+            ]);
+            batch_bytes += step.bytes;
+            update(vol, job, started, bytes_at_start, max_rate)?;
+            if batch_bytes >= COMMIT_BYTES {
+                break;
+            }
+        }
+        vol.commit(true).map_err(|x| e(&x))?;
+        // Throttle: hold the rate limit, or back off while others work.
+        let worked = round.elapsed();
+        let ops = vol.foreground_ops();
+        let busy = ops != last_ops;
+        last_ops = ops;
+        let pause = if max_rate > 0 {
+            Duration::from_secs_f64(batch_bytes as f64 / max_rate as f64).saturating_sub(worked)
+        } else if busy {
+            worked.mul_f64((1.0 - BUSY_DUTY) / BUSY_DUTY)
+        } else {
+            Duration::ZERO
+        };
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !job.stop.load(Ordering::SeqCst) {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+    }
+    job.progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .state = "finishing".into();
+    finish(store, vol, current).map(|()| true)
+}
+
+fn update(
+    vol: &Volume,
+    job: &Job,
+    started: Instant,
+    bytes_at_start: u64,
+    max_rate: u64,
+) -> Result<(), String> {
+    let mut p = job.progress.lock().unwrap_or_else(|e| e.into_inner());
+    p.chunks_done = counter(vol, DONE_CHUNKS)?;
+    p.bytes_done = counter(vol, DONE_BYTES)?;
+    p.chunks_total = counter(vol, TOTAL_CHUNKS)?.max(p.chunks_done);
+    p.bytes_total = counter(vol, TOTAL_BYTES)?.max(p.bytes_done);
+    p.pass = counter(vol, PASS)?;
+    p.max_rate = max_rate;
+    let secs = started.elapsed().as_secs_f64();
+    p.rate_bytes_per_sec = if secs > 0.0 {
+        p.bytes_done.saturating_sub(bytes_at_start) as f64 / secs
+    } else {
+        0.0
+    };
+    p.eta_secs = (p.rate_bytes_per_sec > 0.0)
+        .then(|| (p.bytes_total.saturating_sub(p.bytes_done) as f64 / p.rate_bytes_per_sec) as u64);
+    Ok(())
+}
+
+/// Drops the dead old records, proves nothing under the old key is left,
+/// then destroys the retiring key.
+fn finish(store: &Path, vol: &Arc<Volume>, current: crate::crypto::KeyGen) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let engine = vol.engine();
+    let from_plain = engine
+        .keys()
+        .map_err(|x| e(&x))?
+        .retiring
+        .as_ref()
+        .is_some_and(|r| r.generation == crate::crypto::KeyGen::Plain);
+    vol.commit(true).map_err(|x| e(&x))?;
+    vol.gc(1.0).map_err(|x| e(&x))?;
+    let scan = engine.scan_generations().map_err(|x| e(&x))?;
+    let left = scan.other_than(current);
+    if left.live + left.dead > 0 || scan.unreadable > 0 {
+        return Err(format!(
+            "after GC {} records are under another key and {} unreadable; the old key is kept",
+            left.live + left.dead,
+            scan.unreadable
+        ));
+    }
+    let sealed = vol.count_sealed().map_err(|x| e(&x))?;
+    let stale: u64 = sealed
+        .iter()
+        .filter(|(g, _)| **g != Some(current))
+        .map(|(_, n)| n)
+        .sum();
+    if stale > 0 {
+        return Err(format!(
+            "{stale} metadata values are not under the current key; the old key is kept"
+        ));
+    }
+    if from_plain {
+        vol.rewrite_metadata().map_err(|x| e(&x))?;
+    }
+    let mut ks = keystore::Keystore::open(store, &boot_key_dir()).map_err(|x| e(&x))?;
+    ks.finish_conversion().map_err(|x| e(&x))?;
+    vol.forget_retiring_keys().map_err(|x| e(&x))?;
+    let cleared: Vec<(&'static str, Option<u64>)> = ALL.iter().map(|k| (*k, None)).collect();
+    vol.set_counters(&cleared);
+    vol.commit(true).map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// The progress recorded in a store's database (for `show`/`status` when
+/// no daemon runs the job): (chunks done, total, bytes done, total).
+pub fn recorded_progress(engine: &crate::engine::Engine) -> Option<Progress> {
+    let db = engine.meta().database();
+    let get = |k: &str| crate::volume::stored_counter(&db, k).ok().flatten();
+    get(TARGET)?;
+    Some(Progress {
+        state: "paused (not mounted)".into(),
+        chunks_done: get(DONE_CHUNKS).unwrap_or(0),
+        chunks_total: get(TOTAL_CHUNKS).unwrap_or(0),
+        bytes_done: get(DONE_BYTES).unwrap_or(0),
+        bytes_total: get(TOTAL_BYTES).unwrap_or(0),
+        pass: get(PASS).unwrap_or(0),
+        max_rate: get(MAX_RATE).unwrap_or(0),
+        ..Default::default()
+    })
+}
+
