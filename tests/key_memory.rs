@@ -47,7 +47,12 @@ fn key_memory_child() {
     let sealer = MetaSealer::new(vk.provider(), vk.metadata_key(), NONCE_BLOCK).unwrap();
     // Use the keys once so they are live, as in a serving daemon.
     let mut buf = vec![7u8; 4096];
-    crypto.cipher.encrypt(&mut buf, &[1u8; 32]).unwrap();
+    crypto
+        .cipher
+        .as_ref()
+        .unwrap()
+        .encrypt(&mut buf, &[1u8; 32])
+        .unwrap();
     crypto.fingerprinter.fingerprint(&buf).unwrap();
     let sealed = sealer.seal(b"row", b"metadata").unwrap();
     sealer.open(b"row", &sealed).unwrap();

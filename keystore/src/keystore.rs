@@ -264,7 +264,15 @@ impl Keystore {
             since: now(),
             key: None,
         };
-        Self::create_with(store, store_id, boot_dir, password, fips, opts, Some(retiring))
+        Self::create_with(
+            store,
+            store_id,
+            boot_dir,
+            password,
+            fips,
+            opts,
+            Some(retiring),
+        )
     }
 
     fn create_with(
@@ -690,7 +698,12 @@ impl Keystore {
         }
         self.gate(kats)?;
         let (id, old) = self.open_with_secret(password)?;
-        if self.file.slots.iter().any(|s| s.id == id && s.kind != SlotKind::Password) {
+        if self
+            .file
+            .slots
+            .iter()
+            .any(|s| s.id == id && s.kind != SlotKind::Password)
+        {
             return Err(KeystoreError::Refused(
                 "enter the password, not the recovery key: the password slot is rewrapped".into(),
             ));
@@ -800,7 +813,10 @@ impl Keystore {
             loaded_from_backup: self.loaded_from_backup,
             generation: self.file.generation,
             converting_from: self.file.retiring.as_ref().map(|r| match &r.key {
-                Some(k) => format!("key generation {} (FIPS mode {:?})", k.generation, k.fips_mode),
+                Some(k) => format!(
+                    "key generation {} (FIPS mode {:?})",
+                    k.generation, k.fips_mode
+                ),
                 None => "unencrypted data".into(),
             }),
         }

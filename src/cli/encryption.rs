@@ -17,7 +17,14 @@ use crate::engine::Engine;
 pub fn run(cli: &Cli, cmd: &EncryptionCommand) -> Result<(), Failure> {
     match cmd {
         EncryptionCommand::Show { json } => show(cli, *json),
-        EncryptionCommand::Set { fips_mode } => set_fips(cli, fips_of(*fips_mode)),
+        EncryptionCommand::Set {
+            fips_mode,
+            conversion,
+        } => set_fips(cli, fips_of(*fips_mode), *conversion),
+        EncryptionCommand::Scan { json } => scan(cli, *json),
+        EncryptionCommand::RotateKey { conversion } => {
+            super::conversion::rotate_key(cli, *conversion)
+        }
         EncryptionCommand::Password { command } => password(cli, command),
         EncryptionCommand::Startup { mode } => startup(cli, *mode),
         EncryptionCommand::ShippingMode => {
@@ -52,6 +59,28 @@ struct Show {
     keystore: keystore::KeystoreInfo,
     lock_state: String,
     memory_protection: &'static str,
+    /// A running key conversion (None when none runs).
+    conversion: Option<crate::daemon::conversion::Progress>,
+}
+
+/// What `show` says of an unencrypted store.
+#[derive(Serialize)]
+struct ShowPlain {
+    encrypted: bool,
+    fingerprint: &'static str,
+    metadata_sealing: &'static str,
+    fips_mode: FipsMode,
+    compliance: &'static str,
+}
+
+/// The progress of a running conversion: the daemon's, or as recorded.
+fn conversion_progress(store: &std::path::Path) -> Option<crate::daemon::conversion::Progress> {
+    if let Ok(Some(json)) = super::mount::control(store, "status\n") {
+        let st: crate::daemon::status::Status = serde_json::from_str(&json).ok()?;
+        return st.conversion;
+    }
+    let engine = Engine::open(store, None).ok()?;
+    crate::daemon::conversion::recorded_progress(&engine)
 }
 
 /// The module status and services as the mounted daemon reports them.
@@ -65,6 +94,23 @@ fn daemon_crypto(
 
 fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     let cfg = load_config(&cli.store)?;
+    if !crate::daemon::keys::has_keystore(&cli.store) && !cfg.engine.encrypted() {
+        let s = ShowPlain {
+            encrypted: false,
+            fingerprint: "BLAKE3-256 (unkeyed)",
+            metadata_sealing: "none: names, sizes, times, xattrs and link targets are stored in the clear",
+            fips_mode: FipsMode::Disabled,
+            compliance: "NOT ENCRYPTED: file data and metadata are stored in the clear (created with --no-encryption). Encrypt it online with `datastore encryption set --fips-mode validated`.",
+        };
+        if json {
+            return print_json(&s);
+        }
+        println!("Encryption:        OFF (this store is not encrypted)");
+        println!("Fingerprints:      {}", s.fingerprint);
+        println!("Metadata:          {}", s.metadata_sealing);
+        println!("Compliance:        {}", s.compliance);
+        return Ok(());
+    }
     let ks = open_keystore(&cli.store)?;
     let fips = ks.fips_mode();
     let kats = KatSet::embedded();
@@ -146,6 +192,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
         self_test,
         keystore: ks.info(),
         lock_state: lock_state(&cli.store),
+        conversion: conversion_progress(&cli.store),
         memory_protection: "key bytes and key objects in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages (validated mode: the module's AES-XTS and AES-GCM contexts exist only during a call and are cleansed when freed; the stack is wiped after every module call); a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
     };
     if json {
@@ -157,6 +204,13 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
 
 fn print_show(s: &Show) {
     println!("Encryption:        on, {}", s.data_cipher);
+    println!("Key generation:    {}", s.keystore.generation);
+    if let Some(from) = &s.keystore.converting_from {
+        println!("Converting from:   {from} (its data stays readable until converted)");
+    }
+    if let Some(c) = &s.conversion {
+        println!("Conversion:        {}", super::conversion::progress_line(c));
+    }
     println!("Fingerprints:      {}", s.fingerprint);
     println!("Metadata:          {}", s.metadata_sealing);
     println!("Key slots wrapped: {}", s.key_slot_wrap);
@@ -229,21 +283,24 @@ fn print_show(s: &Show) {
     }
 }
 
-fn set_fips(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {
+fn set_fips(cli: &Cli, mode: FipsMode, how: super::ConversionArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&cli.store)?;
+    if !crate::daemon::keys::has_keystore(&cli.store) {
+        return super::conversion::encrypt_plain_store(cli, mode, how);
+    }
     let mut ks = open_keystore(&cli.store)?;
+    if ks.retiring().is_some() {
+        return super::conversion::continue_conversion(cli, how);
+    }
     if ks.fips_mode() == mode {
         println!("FIPS mode is already {mode:?}.");
         return Ok(());
     }
+    if super::mount::control(&cli.store, "status\n")?.is_some()
+        || Engine::open(&cli.store, None)?.index_summary()?.chunks > 0
     {
-        let engine = Engine::open(&cli.store, None)?;
-        if engine.index_summary()?.chunks > 0 {
-            return Err(Failure::new(
-                Exit::Refused,
-                "this store holds data: switching FIPS mode needs re-encryption of every chunk, which this version cannot do yet",
-            ));
-        }
+        // Data to convert (or a mount that may be writing some).
+        return super::conversion::begin(cli, mode, how);
     }
     let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
     let recovery = ks.set_fips_mode(
@@ -329,6 +386,9 @@ fn lock_state(store: &std::path::Path) -> String {
 
 /// One line for `status`: what protects the data.
 pub fn encryption_summary(store: &std::path::Path) -> Result<String, Failure> {
+    if !crate::daemon::keys::has_keystore(store) && !load_config(store)?.engine.encrypted() {
+        return Ok("none (store not encrypted)".into());
+    }
     let ks = open_keystore(store)?;
     let info = ks.info();
     Ok(format!(
@@ -338,4 +398,45 @@ pub fn encryption_summary(store: &std::path::Path) -> Result<String, Failure> {
         if info.shipping_mode { "on" } else { "off" }
     )
     .to_lowercase())
+}
+
+#[derive(Serialize)]
+struct Scan {
+    records: crate::engine::GenerationScan,
+    /// Sealed metadata values by key generation ("unencrypted" = plain form).
+    metadata: Vec<(String, u64)>,
+}
+
+/// `encryption scan`: what every record and metadata value is under.
+fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
+    load_config(&cli.store)?;
+    let engine = Engine::open(&cli.store, None)?;
+    let records = engine.scan_generations()?;
+    let metadata = crate::volume::count_sealed_in(&engine.meta().database())
+        .map_err(|e| Failure::new(Exit::Error, e.to_string()))?
+        .into_iter()
+        .map(|(g, n)| (g.map_or("untagged".into(), |g| g.to_string()), n))
+        .collect();
+    let s = Scan { records, metadata };
+    if json {
+        return print_json(&s);
+    }
+    for c in &s.records.by_generation {
+        println!(
+            "records  {:<22} {:>10} live {:>10} dead",
+            c.generation.to_string(),
+            c.live,
+            c.dead
+        );
+    }
+    for (g, n) in &s.metadata {
+        println!("metadata {g:<22} {n:>10} values");
+    }
+    if s.records.unreadable > 0 {
+        println!(
+            "unreadable records: {} (run `datastore scrub`)",
+            s.records.unreadable
+        );
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing (clap), one module per command
 //! group, and the mapping of failures to exit codes (see `exit`).
 
+mod conversion;
 mod encryption;
 pub mod exit;
 mod maintenance;
@@ -64,6 +65,10 @@ pub struct RemoteArgs {
 
 /// "64M", "20G", "1048576" -> bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size_at_least(s, 8 << 20)
+}
+
+fn parse_size_at_least(s: &str, min: u64) -> Result<u64, String> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
@@ -74,8 +79,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n >= 8 << 20)
-        .ok_or_else(|| format!("{s:?} is not a size of at least 8M (like 64M or 20G)"))
+        .filter(|&n| n >= min)
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a size of at least {}M (like 64M or 20G)",
+                min >> 20
+            )
+        })
 }
 
 impl RemoteArgs {
@@ -96,6 +106,10 @@ pub enum Command {
     Init {
         #[arg(long, value_enum, default_value_t = FipsArg::Disabled)]
         fips_mode: FipsArg,
+        /// Dedup and compress, but encrypt nothing (no password; data and
+        /// metadata in the clear). `encryption set` converts it later.
+        #[arg(long, conflicts_with_all = ["fips_mode", "remote"])]
+        no_encryption: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -159,10 +173,26 @@ pub enum EncryptionCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change the FIPS mode (asks for the password).
+    /// Change the FIPS mode, or encrypt an unencrypted store: converts
+    /// every chunk and metadata value while the store stays usable (asks
+    /// for the password; a new one for an unencrypted store).
     Set {
         #[arg(long, value_enum)]
         fips_mode: FipsArg,
+        #[command(flatten)]
+        conversion: ConversionArgs,
+    },
+    /// Count records and metadata values by the key generation they are
+    /// under (proves a conversion left nothing behind; not while mounted).
+    Scan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// New volume key: every chunk and metadata value is re-encrypted and
+    /// the old key destroyed at the end; the recovery key is reissued.
+    RotateKey {
+        #[command(flatten)]
+        conversion: ConversionArgs,
     },
     /// Add, change or remove a password.
     Password {
@@ -178,6 +208,24 @@ pub enum EncryptionCommand {
     /// Destroy every stored unwrapping secret except the password and
     /// recovery slots; the next start is locked.
     ShippingMode,
+}
+
+/// How a conversion runs.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ConversionArgs {
+    /// Convert at most this many bytes per second (e.g. 50M). Default:
+    /// full speed while the filesystem is idle, a quarter duty cycle while
+    /// it serves reads and writes.
+    #[arg(long, value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
+    /// Return once the conversion has started (it continues in the mounted
+    /// daemon; `encryption show` and `status` report progress).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    parse_size_at_least(s, 1 << 20)
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,7 +278,13 @@ pub fn kdf_options() -> keystore::SlotOptions {
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result = match &cli.command {
-        Command::Init { fips_mode, remote } => store::init(&cli, *fips_mode, remote.config()),
+        Command::Init {
+            no_encryption: true,
+            ..
+        } => store::init_unencrypted(&cli),
+        Command::Init {
+            fips_mode, remote, ..
+        } => store::init(&cli, *fips_mode, remote.config()),
         Command::Attach { remote } => store::attach(&cli, remote.config()),
         Command::Encryption { command } => encryption::run(&cli, command),
         Command::Mount {

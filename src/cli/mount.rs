@@ -31,6 +31,11 @@ fn daemon_failure(e: DaemonError) -> Failure {
 /// The password for a mount: none when the startup mode opens by itself;
 /// a prompt on a TTY; `--password-file`; otherwise none (mount locked).
 fn mount_password(cli: &Cli) -> Result<Option<Zeroizing<String>>, Failure> {
+    if !crate::daemon::keys::has_keystore(&cli.store)
+        && !load_config(&cli.store)?.engine.encrypted()
+    {
+        return Ok(None); // an unencrypted store needs no password
+    }
     let ks = open_keystore(&cli.store)?;
     let boot_opens = ks.startup() == StartupMode::Unlocked && !ks.in_shipping_mode();
     if boot_opens && cli.password_file.is_none() {
@@ -361,6 +366,9 @@ pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("Chunks:          {}", st.chunks);
     println!("Segments:        {}", st.segments);
     println!("Encryption:      {}", st.encryption);
+    if let Some(c) = &st.conversion {
+        println!("Conversion:      {}", super::conversion::progress_line(c));
+    }
     if let Some(r) = &st.remote {
         println!("Remote:          {} at {}", r.url, r.endpoint);
         println!(

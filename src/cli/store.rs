@@ -115,6 +115,28 @@ pub fn init(cli: &Cli, fips: FipsArg, remote: Option<RemoteConfig>) -> Result<()
     Ok(())
 }
 
+/// `init --no-encryption`: a store without keystore or password whose
+/// chunks and metadata are stored in the clear (dedup and LZ4 still on).
+pub fn init_unencrypted(cli: &Cli) -> Result<(), Failure> {
+    let store = &cli.store;
+    check_new_store_dir(store)?;
+    let mut id = [0u8; 16];
+    Provider::DEFAULT.fill_random(&mut id)?;
+    let store_id = hex::encode(id);
+    let engine = EngineConfig {
+        fingerprint: FingerprintAlg::Blake3,
+        cipher: "none".into(),
+        ..EngineConfig::default()
+    };
+    Engine::create(store, &store_id, &engine)?;
+    println!(
+        "Created store {} (id {store_id}), NOT encrypted: file data, names and metadata are stored in the clear.",
+        store.display()
+    );
+    println!("Encrypt it later, online: datastore encryption set --fips-mode validated");
+    Ok(())
+}
+
 /// Connects to the bucket and makes sure no store lives under the prefix.
 fn empty_bucket(cfg: RemoteConfig) -> Result<Remote, Failure> {
     let io = |e: crate::remote::RemoteError| Failure::new(Exit::Io, e.to_string());

@@ -15,7 +15,8 @@
 //!     KBKDF-HMAC-SHA-256(metadata key, "datastore meta epoch v1" || e as 4
 //!     big-endian bytes). Each open of the volume gets a new epoch, i.e. a
 //!     fresh key, and a key seals at most 2^32 values (SP 800-38D 8.3).
-//!   Values written before key generations existed are generation 0.
+//!
+//! Values written before key generations existed are generation 0.
 //!
 //! A sealer seals under its current generation and opens values of its
 //! current and (during a conversion) its retiring generation, in any form,

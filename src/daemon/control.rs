@@ -66,6 +66,7 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
                     Ok(v) => {
                         *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
                         eprintln!("datastore: unlocked");
+                        shared.resume_conversion();
                         Ok("unlocked".to_string())
                     }
                     Err(keys::UnlockError::Key(k)) => Err(Failure::from(k)),
@@ -75,6 +76,7 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
             answer(&mut stream, r)
         }
         "lock" => {
+            shared.stop_conversion();
             let v = shared
                 .volume
                 .write()
@@ -115,15 +117,23 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
             };
             answer(&mut stream, r)
         }
+        cmd if cmd.starts_with("convert") => {
+            let mut pw = Zeroizing::new(String::new());
+            reader.read_line(&mut pw)?;
+            while pw.ends_with('\n') || pw.ends_with('\r') {
+                pw.pop();
+            }
+            let rate = cmd
+                .strip_prefix("convert")
+                .unwrap_or("")
+                .trim()
+                .parse()
+                .ok();
+            let r = convert(shared, pw.as_bytes(), rate);
+            answer(&mut stream, r)
+        }
         "status" => {
-            let locked = shared.volume().is_none();
-            let r = super::status::collect(
-                &shared.engine,
-                Some(shared.mountpoint.display().to_string()),
-                locked,
-            )
-            .map_err(Failure::from)
-            .and_then(|s| {
+            let r = shared.status().map_err(Failure::from).and_then(|s| {
                 serde_json::to_string(&s).map_err(|e| Failure::new(Exit::Error, e.to_string()))
             });
             answer(&mut stream, r)
@@ -140,4 +150,31 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
             )),
         ),
     }
+}
+
+/// Switches a live volume to the keystore's newest key (the CLI has just
+/// begun a conversion) and starts converting. The password unlocks the
+/// keystore again: the new key exists only wrapped under it.
+fn convert(shared: &Shared, password: &[u8], max_rate: Option<u64>) -> Result<String, Failure> {
+    let Some(v) = shared.volume() else {
+        return Ok("locked: the conversion starts at the next unlock".into());
+    };
+    if shared.job().is_some_and(|j| j.is_running()) {
+        return Ok("already converting".into());
+    }
+    let keys = match keys::keys_with_password(&shared.store, password) {
+        Ok(k) => k,
+        Err(keys::UnlockError::Key(k)) => return Err(Failure::from(k)),
+        Err(e) => return Err(Failure::new(Exit::Error, e.to_string())),
+    };
+    let current = v.engine().keys().map(|k| k.current.generation).ok();
+    if current != Some(keys.ring.current.generation) {
+        v.rekey(keys.ring.clone(), &|first| keys.sealer(first))
+            .map_err(|e| Failure::new(Exit::Io, format!("cannot switch keys: {e}")))?;
+    }
+    if let Some(rate) = max_rate {
+        v.set_counters(&[(super::conversion::MAX_RATE, Some(rate))]);
+    }
+    shared.resume_conversion();
+    Ok("converting".into())
 }

@@ -30,6 +30,7 @@ use crate::cli::boot_key_dir;
 use crate::volume::Volume;
 
 const CURSOR: &str = "convert_cursor";
+const CURSOR_OFFSET: &str = "convert_cursor_offset";
 const PASS: &str = "convert_pass";
 const TARGET: &str = "convert_target";
 const TOTAL_CHUNKS: &str = "convert_total_chunks";
@@ -37,8 +38,9 @@ const TOTAL_BYTES: &str = "convert_total_bytes";
 const DONE_CHUNKS: &str = "convert_done_chunks";
 const DONE_BYTES: &str = "convert_done_bytes";
 pub const MAX_RATE: &str = "convert_max_rate";
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     CURSOR,
+    CURSOR_OFFSET,
     PASS,
     TARGET,
     TOTAL_CHUNKS,
@@ -50,8 +52,9 @@ const ALL: [&str; 8] = [
 
 /// Inodes read from the database per round.
 const INODES_PER_ROUND: usize = 64;
-/// Converted bytes between durable commits of the progress.
-const COMMIT_BYTES: u64 = 16 << 20;
+/// Converted bytes between durable commits of the progress (also the most
+/// of one file converted in one step).
+const COMMIT_BYTES: u64 = 8 << 20;
 /// Passes over the inodes before giving up (a record still referenced
 /// under the old key after that is a bug to report, not to paper over).
 const MAX_PASSES: u64 = 3;
@@ -168,10 +171,8 @@ pub fn start(store: &Path, vol: Arc<Volume>) -> Arc<Job> {
     match t {
         Ok(t) => *job.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
         Err(e) => {
-            job.progress
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .state = format!("failed: cannot start a thread: {e}");
+            job.progress.lock().unwrap_or_else(|e| e.into_inner()).state =
+                format!("failed: cannot start a thread: {e}");
         }
     }
     job
@@ -199,7 +200,8 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
         let scan = engine.scan_generations().map_err(|x| e(&x))?;
         let old = scan.other_than(current);
         let rate = counter(vol, MAX_RATE)?;
-        let mut changes: Vec<(&'static str, Option<u64>)> = ALL.iter().map(|k| (*k, None)).collect();
+        let mut changes: Vec<(&'static str, Option<u64>)> =
+            ALL.iter().map(|k| (*k, None)).collect();
         changes.extend([
             (TARGET, Some(target)),
             (TOTAL_CHUNKS, Some(old.live)),
@@ -211,6 +213,7 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
     }
     let started = Instant::now();
     let bytes_at_start = counter(vol, DONE_BYTES)?;
+    update(vol, job, started, bytes_at_start, counter(vol, MAX_RATE)?)?;
     let mut converted = HashMap::new();
     let mut last_ops = vol.foreground_ops();
     loop {
@@ -221,7 +224,10 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             .map_err(|x| e(&x))?;
         if inodes.is_empty() {
             vol.commit(true).map_err(|x| e(&x))?;
-            let left = engine.scan_generations().map_err(|x| e(&x))?.other_than(current);
+            let left = engine
+                .scan_generations()
+                .map_err(|x| e(&x))?
+                .other_than(current);
             if left.live == 0 {
                 break;
             }
@@ -232,7 +238,11 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
                     left.live
                 ));
             }
-            vol.set_counters(&[(PASS, Some(pass)), (CURSOR, Some(0))]);
+            vol.set_counters(&[
+                (PASS, Some(pass)),
+                (CURSOR, Some(0)),
+                (CURSOR_OFFSET, Some(0)),
+            ]);
             continue;
         }
         let mut batch_bytes = 0u64;
@@ -242,17 +252,30 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
                 vol.commit(true).map_err(|x| e(&x))?;
                 return Ok(false);
             }
-            let step = vol.convert_inode(ino, &mut converted).map_err(|x| e(&x))?;
+            let from = if ino == cursor {
+                counter(vol, CURSOR_OFFSET)?
+            } else {
+                0
+            };
+            let budget = COMMIT_BYTES.saturating_sub(batch_bytes).max(1 << 20);
+            let (step, more) = vol
+                .convert_inode(ino, from, budget, &mut converted)
+                .map_err(|x| e(&x))?;
             let done_chunks = counter(vol, DONE_CHUNKS)? + step.chunks;
             let done_bytes = counter(vol, DONE_BYTES)? + step.bytes;
+            let (next_ino, next_off) = match more {
+                Some(off) => (ino, off),
+                None => (ino + 1, 0),
+            };
             vol.set_counters(&[
-                (CURSOR, Some(ino + 1)),
+                (CURSOR, Some(next_ino)),
+                (CURSOR_OFFSET, Some(next_off)),
                 (DONE_CHUNKS, Some(done_chunks)),
                 (DONE_BYTES, Some(done_bytes)),
             ]);
             batch_bytes += step.bytes;
             update(vol, job, started, bytes_at_start, max_rate)?;
-            if batch_bytes >= COMMIT_BYTES {
+            if batch_bytes >= COMMIT_BYTES || more.is_some() {
                 break;
             }
         }
@@ -274,10 +297,7 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
         }
     }
-    job.progress
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .state = "finishing".into();
+    job.progress.lock().unwrap_or_else(|e| e.into_inner()).state = "finishing".into();
     finish(store, vol, current).map(|()| true)
 }
 
@@ -368,4 +388,3 @@ pub fn recorded_progress(engine: &crate::engine::Engine) -> Option<Progress> {
         ..Default::default()
     })
 }
-

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::metrics;
-use super::status::{self, Status};
+use super::status::Status;
 use super::Shared;
 
 const PAGE: &str = include_str!("dashboard.html");
@@ -104,13 +104,7 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
 }
 
 fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
-    let locked = shared.volume().is_none();
-    let status = status::collect(
-        &shared.engine,
-        Some(shared.mountpoint.display().to_string()),
-        locked,
-    )
-    .map_err(|e| e.to_string())?;
+    let status = shared.status().map_err(|e| e.to_string())?;
     let ks = keystore::Keystore::open(&shared.store, &crate::cli::boot_key_dir())
         .map_err(|e| e.to_string())?;
     let info = ks.info();

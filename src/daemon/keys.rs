@@ -85,7 +85,9 @@ pub fn derive(ks: &Keystore, vk: VolumeKey) -> Result<LoadedKeys, UnlockError> {
         }
     };
     let plain_before = ks.retiring().is_some_and(|r| r.key.is_none());
-    let old_generation = ks.retiring().and_then(|r| r.key.as_ref().map(|k| k.generation));
+    let old_generation = ks
+        .retiring()
+        .and_then(|r| r.key.as_ref().map(|k| k.generation));
     let make_sealer = move |first: u64| -> VResult<MetaSealer> {
         let s = MetaSealer::keyed(vk.provider(), generation, vk.metadata_key(), first)
             .map_err(VolError::io)?;

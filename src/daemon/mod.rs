@@ -54,6 +54,8 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// Set once mounted: lets `lock` drop the kernel's cached file data.
     pub notifier: std::sync::Mutex<Option<fuser::Notifier>>,
+    /// The key conversion running (or last run) in this daemon.
+    pub conversion: std::sync::Mutex<Option<Arc<conversion::Job>>>,
 }
 
 impl Shared {
@@ -62,6 +64,47 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn job(&self) -> Option<Arc<conversion::Job>> {
+        self.conversion
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts (or resumes) the key conversion when the keystore says one
+    /// runs and the store is unlocked.
+    pub fn resume_conversion(&self) {
+        let Some(v) = self.volume() else { return };
+        if self.job().is_some_and(|j| j.is_running()) || !conversion::pending(&self.store) {
+            return;
+        }
+        eprintln!("datastore: key conversion running");
+        *self.conversion.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(conversion::start(&self.store, v));
+    }
+
+    /// Stops a running conversion (before lock or unmount; it resumes at
+    /// the next unlock or mount).
+    pub fn stop_conversion(&self) {
+        if let Some(j) = self.job() {
+            j.stop_and_join();
+        }
+    }
+
+    /// The status, with the live progress of this daemon's conversion.
+    pub fn status(&self) -> Result<status::Status, crate::engine::EngineError> {
+        let locked = self.volume().is_none();
+        let mut s = status::collect(
+            &self.engine,
+            Some(self.mountpoint.display().to_string()),
+            locked,
+        )?;
+        if let Some(j) = self.job() {
+            s.conversion = Some(j.progress());
+        }
+        Ok(s)
     }
 }
 
@@ -93,6 +136,7 @@ pub fn serve(
         volume: Arc::new(RwLock::new(volume)),
         shutdown: Arc::new(AtomicBool::new(false)),
         notifier: std::sync::Mutex::new(None),
+        conversion: std::sync::Mutex::new(None),
     });
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shared.shutdown.clone())
         .and_then(|_| {
@@ -128,6 +172,7 @@ pub fn serve(
         );
     }
     ready(locked);
+    shared.resume_conversion();
 
     let mut last_commit = Instant::now();
     while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
@@ -162,6 +207,7 @@ pub fn serve(
             }
         }
     }
+    shared.stop_conversion();
     let result = shared
         .volume()
         .map(|v| v.sync_all().and_then(|_| v.persist()));

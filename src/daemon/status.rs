@@ -28,6 +28,10 @@ pub struct Status {
     /// The bucket mirror (figures from the daemon when mounted).
     #[serde(default)]
     pub remote: Option<crate::remote::RemoteStatus>,
+    /// A key conversion (encryption set / rotate-key): running in the
+    /// daemon, or as recorded in the store when not mounted.
+    #[serde(default)]
+    pub conversion: Option<super::conversion::Progress>,
 }
 
 pub fn collect(
@@ -70,5 +74,6 @@ pub fn collect(
                     ..Default::default()
                 }),
         },
+        conversion: super::conversion::recorded_progress(engine),
     })
 }

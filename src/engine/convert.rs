@@ -40,7 +40,11 @@ impl GenerationScan {
     /// Counts of every generation but `current`, summed.
     pub fn other_than(&self, current: KeyGen) -> GenerationCount {
         let mut sum = GenerationCount::default();
-        for c in self.by_generation.iter().filter(|c| c.generation != current) {
+        for c in self
+            .by_generation
+            .iter()
+            .filter(|c| c.generation != current)
+        {
             sum.generation = c.generation;
             sum.live += c.live;
             sum.dead += c.dead;

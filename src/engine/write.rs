@@ -16,7 +16,9 @@ use super::{io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
 use crate::crypto::MIN_PAYLOAD;
 use crate::crypto::{ChunkCrypto, Fingerprint};
 use crate::meta::{ChunkChange, NewRecord};
-use crate::store::record::{self, KeyGen, RecordHeader, FLAG_LZ4, FLAG_PLAIN, HEADER_LEN, TRAILER_LEN};
+use crate::store::record::{
+    self, KeyGen, RecordHeader, FLAG_LZ4, FLAG_PLAIN, HEADER_LEN, TRAILER_LEN,
+};
 
 /// Compresses (when that shrinks it) and encrypts one chunk into a record,
 /// building it in one buffer (header space, payload, trailer) without

@@ -36,9 +36,7 @@ pub const FLAG_PLAIN: u8 = 2;
 
 /// Which key a record's payload is under: none (an unencrypted store), or
 /// the volume key of one generation (see docs/FORMAT.md, "Key generations").
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum KeyGen {
     #[default]
     Plain,
@@ -145,7 +143,9 @@ pub fn parse_header(b: &[u8]) -> Result<RecordHeader, HeaderError> {
     }
     let generation = u16::from_le_bytes([b[6], b[7]]);
     if flags & FLAG_PLAIN != 0 && generation != 0 {
-        return Err(HeaderError::BadFields("generation on an unencrypted record"));
+        return Err(HeaderError::BadFields(
+            "generation on an unencrypted record",
+        ));
     }
     let plain_len = u32_at(b, 8);
     let stored_len = u32_at(b, 12);

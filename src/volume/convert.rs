@@ -72,27 +72,33 @@ impl Volume {
         Ok(out)
     }
 
-    /// Converts one inode to the current keys (see the module comment).
-    /// The changes are committed by the next volume commit.
+    /// Converts one inode to the current keys (see the module comment),
+    /// from file offset `from` on and for about `budget` bytes of extents;
+    /// returns where to go on in this inode (None: it is done). The inode
+    /// record and directory entries are re-sealed in the first step. The
+    /// changes are committed by the next volume commit.
     pub fn convert_inode(
         &self,
         ino: u64,
+        from: u64,
+        budget: u64,
         converted: &mut HashMap<Fingerprint, ChunkRef>,
-    ) -> VResult<ConvertStep> {
+    ) -> VResult<(ConvertStep, Option<u64>)> {
+        let mut next = None;
         let current = self.engine.keys()?.current.generation;
         let snapshot: Vec<(u64, Extent)> = {
             let mut st = self.lock_unflushing(ino);
             if st.removed_inodes.contains(&ino) {
-                return Ok(ConvertStep::default());
+                return Ok((ConvertStep::default(), None));
             }
             let kind = match self.load_inode(&mut st, ino) {
                 Ok(i) => i.kind,
-                Err(e) if e.errno == libc::ENOENT => return Ok(ConvertStep::default()),
+                Err(e) if e.errno == libc::ENOENT => return Ok((ConvertStep::default(), None)),
                 Err(e) => return Err(e),
             };
             Self::touch(&mut st, ino);
             match kind {
-                Kind::Dir => {
+                Kind::Dir if from == 0 => {
                     let entries: Vec<(Vec<u8>, u64)> = self
                         .load_dir(&mut st, ino)?
                         .iter()
@@ -104,11 +110,16 @@ impl Volume {
                     Vec::new()
                 }
                 Kind::File => {
-                    let extents: Vec<(u64, Extent)> = self
-                        .load_extents(&mut st, ino)?
-                        .iter()
-                        .map(|(o, e)| (*o, *e))
-                        .collect();
+                    let mut taken = 0u64;
+                    let mut extents: Vec<(u64, Extent)> = Vec::new();
+                    for (o, e) in self.load_extents(&mut st, ino)?.range(from..) {
+                        if taken >= budget {
+                            next = Some(*o);
+                            break;
+                        }
+                        taken += e.len as u64;
+                        extents.push((*o, *e));
+                    }
                     for (off, e) in &extents {
                         st.extent_changes.insert((ino, *off), Some(*e));
                     }
@@ -157,7 +168,7 @@ impl Volume {
         self.engine.release(&unused)?;
         match fail {
             Some(e) => Err(e),
-            None => Ok(step),
+            None => Ok((step, next)),
         }
     }
 

@@ -148,6 +148,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Sealed values of the volume's tables by key generation.
+pub fn count_sealed_in(
+    db: &redb::Database,
+) -> VResult<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>> {
+    Ok(store::count_sealed(db)?)
+}
+
 /// A counter of the `volume` table as committed (readable without keys).
 pub fn stored_counter(db: &redb::Database, name: &str) -> VResult<Option<u64>> {
     Ok(store::get_counter(db, name)?)
@@ -281,7 +288,9 @@ impl Volume {
         let _st = lock(&self.state);
         let ring = self.engine.keys()?;
         self.engine
-            .set_keys(Some(Arc::new(crate::crypto::KeyRing::single(ring.current.clone()))));
+            .set_keys(Some(Arc::new(crate::crypto::KeyRing::single(
+                ring.current.clone(),
+            ))));
         self.sealer().forget_retiring();
         Ok(())
     }
@@ -368,7 +377,10 @@ impl Volume {
             for row in t.range((ino, 0)..=(ino, u64::MAX)).map_err(VolError::io)? {
                 let (k, v) = row.map_err(VolError::io)?;
                 let (_, off) = k.value();
-                map.insert(off, store::open_extent(&self.sealer(), ino, off, v.value())?);
+                map.insert(
+                    off,
+                    store::open_extent(&self.sealer(), ino, off, v.value())?,
+                );
             }
             for ((i, off), change) in &st.extent_changes {
                 if *i == ino {

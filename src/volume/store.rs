@@ -99,10 +99,7 @@ pub fn get_counter(db: &redb::Database, name: &str) -> Result<Option<u64>, MetaE
 }
 
 /// Copies the volume's tables (for `Meta::rewrite_fresh`).
-pub fn copy_tables(
-    src: &redb::ReadTransaction,
-    dst: &WriteTransaction,
-) -> Result<(), MetaError> {
+pub fn copy_tables(src: &redb::ReadTransaction, dst: &WriteTransaction) -> Result<(), MetaError> {
     use crate::meta::copy_table;
     copy_table(src, dst, INODES)?;
     copy_table(src, dst, DIRENTS)?;
@@ -117,7 +114,10 @@ pub fn count_sealed(
     use redb::ReadableTable;
     let mut out = std::collections::BTreeMap::new();
     let txn = db.begin_read()?;
-    let mut count = |v: &[u8]| *out.entry(crate::crypto::seal::sealed_generation(v)).or_insert(0) += 1;
+    let mut count = |v: &[u8]| {
+        *out.entry(crate::crypto::seal::sealed_generation(v))
+            .or_insert(0) += 1
+    };
     for row in txn.open_table(INODES)?.iter()? {
         count(row?.1.value());
     }

@@ -126,7 +126,8 @@ pub fn find_bytes(dir: &Path, needle: &[u8]) -> Vec<(String, usize)> {
         let p = e.path();
         if p.is_dir() {
             hits.extend(find_bytes(&p, needle));
-        } else {
+        } else if p.is_file() {
+            // (not the control socket)
             let data = std::fs::read(&p).unwrap();
             for (i, w) in data.windows(needle.len()).enumerate() {
                 if w == needle {
