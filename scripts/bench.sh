@@ -35,7 +35,8 @@ case "$mode" in
     full) size=8g random_s=30 ;;
     engine) exec cargo bench --bench engine ;;
     fips | remote) size=2g random_s=0 ;;
-    *) echo "usage: scripts/bench.sh [quick|full|engine|fips|remote]" >&2; exit 2 ;;
+    convert) size=1g random_s=0 ;;
+    *) echo "usage: scripts/bench.sh [quick|full|engine|fips|remote|convert]" >&2; exit 2 ;;
 esac
 
 need() {
@@ -85,7 +86,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 bytes_of() { du -sb "$1" | cut -f1; }
 
 # --- inputs -----------------------------------------------------------------
-if [ "$mode" != fips ] && [ "$mode" != remote ]; then
+if [ "$mode" != fips ] && [ "$mode" != remote ] && [ "$mode" != convert ]; then
 linux=$cache/linux-source-6.1
 if [ ! -d "$linux" ]; then
     echo "==> extracting the Linux 6.1 tree"
@@ -176,6 +177,32 @@ for d in range(100):
             fh.write(os.urandom(16) * 64)
 EOF
 }
+
+# --- convert: foreground writes during a key rotation (the throttle) ----------
+if [ "$mode" = convert ]; then
+    echo "| run | seq write idle MB/s | seq write during rotation MB/s | fraction | rotation of 2 GiB, s |"
+    echo "|---|---|---|---|---|"
+    for run in 1 2 3; do
+        dir=$base/convert-$run
+        mount_candidate datastore "$dir"
+        fio_run fill "$dir" write 1m 2g --end_fsync=1 --refill_buffers=1 >/dev/null
+        drop_caches
+        idle=$(fio_run idle "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)
+        rm -f "$dir"/idle*
+        start=$(date +%s.%N)
+        DATASTORE_STORE=$dir.store "$bin" encryption rotate-key --no-wait --password-file "$base/pw" >/dev/null
+        during=$(fio_run during "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)
+        until DATASTORE_STORE=$dir.store "$bin" status --json | python3 -c 'import json,sys; c=json.load(sys.stdin)["conversion"]; sys.exit(0 if c and c["state"]=="done" else 1)'; do
+            sleep 0.5
+        done
+        secs=$(python3 -c "import time; print(round(time.time()-$start,1))")
+        frac=$(python3 -c "print(round($during/$idle,2))")
+        echo "| $run | $idle | $during | $frac | $secs |"
+        DATASTORE_STORE=$dir.store "$bin" unmount "$dir" >/dev/null
+        rm -rf "$dir" "$dir.store"
+    done
+    exit 0
+fi
 
 # --- fips / remote: datastore against itself in another configuration ----------
 if [ "$mode" = fips ] || [ "$mode" = remote ]; then
