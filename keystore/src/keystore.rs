@@ -592,6 +592,23 @@ impl Keystore {
         if self.file.fips_mode == mode {
             return Ok(None);
         }
+        self.check_rewrap(mode, kats)?;
+        let (_, vk) = self.open_with_secret(password)?;
+        let old = self.file.clone();
+        self.file.fips_mode = mode;
+        if let Err(e) = self.check_password_policy(password) {
+            self.file = old;
+            return Err(e);
+        }
+        let rk = self.replace_slots(password, &vk, opts)?;
+        self.file.save(&self.dir)?;
+        Ok(Some(rk))
+    }
+
+    /// Before slots are rewrapped for `mode`: only one password slot (the
+    /// others' passwords are unknown here), and in validated mode the
+    /// module and its self-tests must come up; then the current gate.
+    fn check_rewrap(&self, mode: FipsMode, kats: &KatSet) -> Result<(), KeystoreError> {
         let passwords = self
             .file
             .slots
@@ -606,26 +623,29 @@ impl Keystore {
         if mode == FipsMode::Validated {
             selftest::require(kats, Provider::validated(kats)?)?;
         }
-        self.gate(kats)?;
-        let (_, vk) = self.open_with_secret(password)?;
-        let old = self.file.clone();
-        self.file.fips_mode = mode;
-        if let Err(e) = self.check_password_policy(password) {
-            self.file = old;
-            return Err(e);
-        }
+        self.gate(kats).map(drop)
+    }
+
+    /// Replaces every slot by a password slot for `password`, a new
+    /// recovery slot (returned, to show once) and, if there was one, a new
+    /// boot slot, all wrapping `vk` (the caller saves).
+    fn replace_slots(
+        &mut self,
+        password: &[u8],
+        vk: &VolumeKey,
+        opts: &SlotOptions,
+    ) -> Result<RecoveryKey, KeystoreError> {
         let had_boot = self.file.slots.iter().any(|s| s.kind == SlotKind::Boot);
         self.file.slots.clear();
-        let slot = self.new_secret_slot(SlotKind::Password, password, &vk, opts)?;
+        let slot = self.new_secret_slot(SlotKind::Password, password, vk, opts)?;
         self.file.slots.push(slot);
         let (rk, raw) = RecoveryKey::generate(self.provider()?)?;
-        let slot = self.new_secret_slot(SlotKind::Recovery, &raw[..], &vk, opts)?;
+        let slot = self.new_secret_slot(SlotKind::Recovery, &raw[..], vk, opts)?;
         self.file.slots.push(slot);
         if had_boot {
-            self.install_boot_slot(&vk)?;
+            self.install_boot_slot(vk)?;
         }
-        self.file.save(&self.dir)?;
-        Ok(Some(rk))
+        Ok(rk)
     }
 
     /// Generation of the current volume key.
@@ -682,21 +702,7 @@ impl Keystore {
             .checked_add(1)
             .filter(|g| *g <= 254)
             .ok_or_else(|| KeystoreError::Refused("key generations exhausted (254)".into()))?;
-        let passwords = self
-            .file
-            .slots
-            .iter()
-            .filter(|s| s.kind == SlotKind::Password)
-            .count();
-        if passwords > 1 {
-            return Err(KeystoreError::Refused(format!(
-                "the store has {passwords} password slots and only the one entered can be rewrapped: remove the others first (datastore encryption password remove)"
-            )));
-        }
-        if target == FipsMode::Validated {
-            selftest::require(kats, Provider::validated(kats)?)?;
-        }
-        self.gate(kats)?;
+        self.check_rewrap(target, kats)?;
         let (id, old) = self.open_with_secret(password)?;
         if self
             .file
@@ -730,16 +736,7 @@ impl Keystore {
                     wrapped: hex::encode(&buf[..]),
                 }),
             });
-            let had_boot = self.file.slots.iter().any(|s| s.kind == SlotKind::Boot);
-            self.file.slots.clear();
-            let slot = self.new_secret_slot(SlotKind::Password, password, &new, opts)?;
-            self.file.slots.push(slot);
-            let (rk, raw) = RecoveryKey::generate(provider)?;
-            let slot = self.new_secret_slot(SlotKind::Recovery, &raw[..], &new, opts)?;
-            self.file.slots.push(slot);
-            if had_boot {
-                self.install_boot_slot(&new)?;
-            }
+            let rk = self.replace_slots(password, &new, opts)?;
             self.file.save(&self.dir)?;
             Ok((new, rk))
         })();
