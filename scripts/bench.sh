@@ -14,6 +14,10 @@
 #   scripts/bench.sh remote    datastore local-only against a store mirrored
 #                              to an S3 server on loopback (s3s-fs, 256 MiB
 #                              local cache): the same fio runs
+#   scripts/bench.sh convert   the throttle of online re-encryption: fio
+#                              2 GiB sequential write idle, then right
+#                              after `encryption rotate-key --no-wait` of a
+#                              store holding 2 GiB; three runs
 #
 # Candidates: the plain disk (a directory), bindfs (FUSE passthrough),
 # gocryptfs (encrypted FUSE) and datastore (a local store); restic and
@@ -35,7 +39,7 @@ case "$mode" in
     full) size=8g random_s=30 ;;
     engine) exec cargo bench --bench engine ;;
     fips | remote) size=2g random_s=0 ;;
-    convert) size=1g random_s=0 ;;
+    convert) size=2g random_s=0 ;;
     *) echo "usage: scripts/bench.sh [quick|full|engine|fips|remote|convert]" >&2; exit 2 ;;
 esac
 
@@ -179,19 +183,25 @@ EOF
 }
 
 # --- convert: foreground writes during a key rotation (the throttle) ----------
+# Every fio run here writes fresh random data (--randrepeat=0: fio's default
+# seed would repeat the fill's bytes, and the "idle" run would measure
+# dedup rather than writing), and the page cache is dropped before each
+# measured run, so both start from the same state.
 if [ "$mode" = convert ]; then
-    echo "| run | seq write idle MB/s | seq write during rotation MB/s | fraction | rotation of 2 GiB, s |"
+    unique=(--end_fsync=1 --refill_buffers=1 --randrepeat=0)
+    echo "| run | seq write idle MB/s | seq write during rotation MB/s | fraction | rotation, s |"
     echo "|---|---|---|---|---|"
     for run in 1 2 3; do
         dir=$base/convert-$run
         mount_candidate datastore "$dir"
-        fio_run fill "$dir" write 1m 2g --end_fsync=1 --refill_buffers=1 >/dev/null
+        fio_run fill "$dir" write 1m 2g "${unique[@]}" >/dev/null
         drop_caches
-        idle=$(fio_run idle "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)
+        idle=$(fio_run idle "$dir" write 1m "$size" "${unique[@]}" | bw_mbs)
         rm -f "$dir"/idle*
+        drop_caches
         start=$(date +%s.%N)
         DATASTORE_STORE=$dir.store "$bin" encryption rotate-key --no-wait --password-file "$base/pw" >/dev/null
-        during=$(fio_run during "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 | bw_mbs)
+        during=$(fio_run during "$dir" write 1m "$size" "${unique[@]}" | bw_mbs)
         until DATASTORE_STORE=$dir.store "$bin" status --json | python3 -c 'import json,sys; c=json.load(sys.stdin)["conversion"]; sys.exit(0 if c and c["state"]=="done" else 1)'; do
             sleep 0.5
         done

@@ -102,6 +102,20 @@ impl Engine {
         Ok(true)
     }
 
+    /// Live records and their plaintext bytes, from the index alone (no
+    /// segment reads): the size of a conversion that has just begun, when
+    /// every record but the few written since is under an older key.
+    pub fn live_totals(&self) -> Result<(u64, u64)> {
+        let (mut chunks, mut bytes) = (0u64, 0u64);
+        self.meta.for_each_chunk(|_, e| {
+            if e.refcount > 0 {
+                chunks += 1;
+                bytes += e.plain_len as u64;
+            }
+        })?;
+        Ok((chunks, bytes))
+    }
+
     /// Reads the header of every indexed record and counts them by key
     /// generation (live: refcount > 0) as of the last commit. Works
     /// without keys.
