@@ -157,38 +157,6 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
     assert_eq!(hashes(&f.mnt()), expected, "contents changed");
 }
 
-/// The daemon serving `mnt` (the background `mount` process).
-fn daemon_pid(mnt: &Path) -> Option<i32> {
-    let want = mnt.to_str().unwrap();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.contains(&&b"mount"[..]) && args.contains(&want.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-fn kill_daemon(f: &Fixture) {
-    let pid = daemon_pid(&f.mnt()).expect("daemon running");
-    // SAFETY: kill(2) on a pid we just found.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let t = Instant::now();
-    while daemon_pid(&f.mnt()).is_some() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(f.mnt())
-        .status();
-}
-
 fn progress(f: &Fixture) -> serde_json::Value {
     let st: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
     st["conversion"].clone()
@@ -233,7 +201,7 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..700)));
         let p = progress(&f);
         assert_eq!(p["state"], "converting", "kill {kill}: {p}");
-        kill_daemon(&f);
+        f.kill_daemon();
         let recorded: serde_json::Value =
             serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
         let done = recorded["conversion"]["bytes_done"].as_u64().unwrap();

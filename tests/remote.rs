@@ -4,10 +4,12 @@
 //! names, contents, xattrs or symlink targets reaches the server; deleting
 //! data and running gc shrinks the bucket without losing a live chunk; while
 //! the server is down fsync reports EIO and keeps the data, and once it is
-//! back the backlog drains.
+//! back the backlog drains; a key rotation survives a crash and an attach
+//! mid-way and leaves nothing sealed under the old key in the bucket.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
@@ -444,5 +446,143 @@ fn garage_mirrors_evicts_and_attaches_back_identical() {
     f.mount();
     diff(&repo.join("src"), &f.mnt().join("src"));
     assert!(std::fs::read(&big).unwrap() == common::random_bytes(21, 120 << 20));
+    f.unmount();
+}
+
+/// Names of the objects under `prefix/kind` in the server's bucket.
+fn objects(server: &S3Server, prefix: &str, kind: &str) -> BTreeSet<String> {
+    let dir = server.data_dir().join(BUCKET).join(prefix).join(kind);
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// Every metadata object of the bucket's chains.
+fn chain_objects(server: &S3Server, prefix: &str) -> BTreeSet<String> {
+    let mut out = objects(server, prefix, "ckpt");
+    out.extend(
+        objects(server, prefix, "jrnl")
+            .into_iter()
+            .map(|n| format!("j{n}")),
+    );
+    out
+}
+
+/// Key generations holding records and metadata values (`encryption scan`).
+fn scan_generations(f: &Fixture) -> (Vec<String>, Vec<String>) {
+    let scan: serde_json::Value =
+        serde_json::from_str(&f.ok(&["encryption", "scan", "--json"])).unwrap();
+    let records = scan["records"]["by_generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["generation"].to_string())
+        .collect();
+    let metadata = scan["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_str().unwrap().to_string())
+        .collect();
+    (records, metadata)
+}
+
+#[test]
+fn a_mirrored_store_rotates_its_key_through_a_crash_and_an_attach_leaving_nothing_of_the_old_key_in_the_bucket(
+) {
+    let server = S3Server::start();
+    let f = mirrored(&server, "rot");
+    f.mount();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    common::copy_repo_parts(&["src"], &f.mnt().join("tree"));
+    let file = |i: u64| common::random_bytes(300 + i, 4 << 20);
+    for i in 0..8 {
+        std::fs::write(f.mnt().join(format!("r{i}")), file(i)).unwrap();
+    }
+    fsync_tree(&f.mnt()).unwrap();
+    let old_packs = objects(&server, "rot", "packs");
+    let old_chain = chain_objects(&server, "rot");
+    assert!(!old_packs.is_empty() && !old_chain.is_empty());
+
+    let pw = f.pw();
+    let pw = pw.to_str().unwrap();
+    let out = f.ok(&[
+        "encryption",
+        "rotate-key",
+        "--password-file",
+        pw,
+        "--max-rate",
+        "4M",
+        "--no-wait",
+    ]);
+    assert!(out.contains("converting"), "{out}");
+    // Written under the new key, then durable points mid-conversion: the
+    // bucket gets the new keystore and a head sealed under the new key.
+    std::fs::write(f.mnt().join("after"), file(99)).unwrap();
+    fsync_tree(&f.mnt()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fsync_tree(&f.mnt()).unwrap();
+    let st = status(&f);
+    assert_eq!(st["conversion"]["state"], "converting", "{st}");
+    // The host dies mid-conversion; the store comes back from the bucket.
+    f.kill_daemon();
+    attach(&f, &server, "rot");
+    f.mount(); // resumes the conversion
+    let t = std::time::Instant::now();
+    loop {
+        let st = status(&f);
+        let state = st["conversion"]["state"].as_str().unwrap_or("").to_string();
+        if state == "done" {
+            break;
+        }
+        assert!(state == "converting" || state == "finishing", "{st}");
+        assert!(t.elapsed().as_secs() < 300, "no end: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let check = || {
+        diff(&repo.join("src"), &f.mnt().join("tree"));
+        for i in 0..8 {
+            assert!(std::fs::read(f.mnt().join(format!("r{i}"))).unwrap() == file(i));
+        }
+        assert!(std::fs::read(f.mnt().join("after")).unwrap() == file(99));
+    };
+    check();
+    f.unmount();
+
+    // Nothing the bucket held before the rotation is left in it, and its
+    // keystore copy no longer carries the old key.
+    let packs = objects(&server, "rot", "packs");
+    assert!(!packs.is_empty());
+    assert!(
+        packs.is_disjoint(&old_packs),
+        "packs from before the rotation remain"
+    );
+    assert!(chain_objects(&server, "rot").is_disjoint(&old_chain));
+    let ks = std::fs::read_to_string(server.data_dir().join(BUCKET).join("rot/keystore")).unwrap();
+    assert!(
+        !ks.contains("retiring"),
+        "the bucket's keystore keeps the old key"
+    );
+    // What the bucket alone restores is all under the new key.
+    attach(&f, &server, "rot");
+    let (records, metadata) = scan_generations(&f);
+    assert_eq!(records, vec![r#"{"Key":1}"#.to_string()]);
+    assert_eq!(metadata, vec!["key generation 1".to_string()]);
+    f.mount();
+    check();
+    // A second rotation without a crash: the running daemon switches the
+    // bucket to the new key too, so the bucket alone still restores it.
+    f.ok(&["encryption", "rotate-key", "--password-file", pw]);
+    f.unmount();
+    assert!(objects(&server, "rot", "packs").is_disjoint(&packs));
+    attach(&f, &server, "rot");
+    let (records, metadata) = scan_generations(&f);
+    assert_eq!(records, vec![r#"{"Key":2}"#.to_string()]);
+    assert_eq!(metadata, vec!["key generation 2".to_string()]);
+    f.mount();
+    check();
     f.unmount();
 }

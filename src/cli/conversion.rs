@@ -27,16 +27,6 @@ fn unlock_failure(e: UnlockError) -> Failure {
     }
 }
 
-fn refuse_mirrored(cli: &Cli) -> Result<(), Failure> {
-    if load_config(&cli.store)?.remote.is_some() {
-        return Err(Failure::new(
-            Exit::Refused,
-            "key conversion of a store mirrored to a bucket is not supported yet (docs/REMOTE.md)",
-        ));
-    }
-    Ok(())
-}
-
 /// Points datastore.toml at the keystore's new mode (the keystore was
 /// written first and stays the authority if this write is lost).
 fn save_config_for(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {
@@ -55,7 +45,6 @@ fn print_recovery(rk: &keystore::RecoveryKey) {
 /// An unencrypted store gets a keystore (new password) and is converted.
 pub fn encrypt_plain_store(cli: &Cli, mode: FipsMode, how: ConversionArgs) -> Result<(), Failure> {
     let cfg = load_config(&cli.store)?;
-    refuse_mirrored(cli)?;
     let password = SecretReader::new().read("New password", cli.password_file.as_deref(), true)?;
     let (_ks, _vk, rk) = Keystore::create_for_plain_store(
         &cli.store,
@@ -73,7 +62,6 @@ pub fn encrypt_plain_store(cli: &Cli, mode: FipsMode, how: ConversionArgs) -> Re
 
 /// A new key (rotation, or a FIPS mode switch) for an encrypted store.
 pub fn begin(cli: &Cli, mode: FipsMode, how: ConversionArgs) -> Result<(), Failure> {
-    refuse_mirrored(cli)?;
     let mut ks = open_keystore(&cli.store)?;
     let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
     let (_vk, rk) = ks.begin_conversion(
@@ -158,6 +146,14 @@ fn offline(cli: &Cli, password: &Zeroizing<String>, how: ConversionArgs) -> Resu
     bar.finish(&p);
     vol.sync_all()
         .map_err(|e| Failure::new(Exit::Io, format!("final commit failed: {e}")))?;
+    if engine.remote().is_some() {
+        vol.persist().map_err(|e| {
+            Failure::new(
+                Exit::Io,
+                format!("the upload to the bucket mirror failed: {e}"),
+            )
+        })?;
+    }
     outcome(&p)
 }
 

@@ -171,6 +171,9 @@ fn convert(shared: &Shared, password: &[u8], max_rate: Option<u64>) -> Result<St
     if current != Some(keys.ring.current.generation) {
         v.rekey(keys.ring.clone(), &|first| keys.sealer(first))
             .map_err(|e| Failure::new(Exit::Io, format!("cannot switch keys: {e}")))?;
+        if let (Some(r), Some((current, retiring))) = (v.engine().remote(), keys.mirror.clone()) {
+            r.rekey(current, retiring);
+        }
     }
     if let Some(rate) = max_rate {
         v.set_counters(&[(super::conversion::MAX_RATE, Some(rate))]);

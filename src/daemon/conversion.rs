@@ -60,6 +60,8 @@ const COMMIT_BYTES: u64 = 8 << 20;
 /// Passes over the inodes before giving up (a record still referenced
 /// under the old key after that is a bug to report, not to paper over).
 const MAX_PASSES: u64 = 3;
+/// Converted bytes between uploads to the bucket mirror (if any).
+const MIRROR_BYTES: u64 = 256 << 20;
 /// Share of wall time the job may work while foreground I/O runs.
 const BUSY_DUTY: f64 = 0.25;
 
@@ -252,6 +254,7 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
     update(vol, job, started, bytes_at_start, counter(vol, MAX_RATE)?)?;
     let mut converted = HashMap::new();
     let mut last_ops = vol.foreground_ops();
+    let mut unmirrored = 0u64;
     loop {
         let max_rate = counter(vol, MAX_RATE)?;
         let cursor = counter(vol, CURSOR)?;
@@ -316,6 +319,13 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             }
         }
         vol.commit(true).map_err(|x| e(&x))?;
+        unmirrored += batch_bytes;
+        if unmirrored >= MIRROR_BYTES && engine.remote().is_some() {
+            // Keep the bucket close behind; a failure is retried at the
+            // next upload (status shows it) and the finish insists.
+            let _ = vol.persist();
+            unmirrored = 0;
+        }
         // Throttle: hold the rate limit, or back off while others work.
         let worked = round.elapsed();
         let ops = vol.foreground_ops();
@@ -398,12 +408,31 @@ fn finish(store: &Path, vol: &Arc<Volume>, current: crate::crypto::KeyGen) -> Re
     if from_plain {
         vol.rewrite_metadata().map_err(|x| e(&x))?;
     }
+    let remote = engine.remote();
+    if let Some(r) = &remote {
+        // The bucket: GC's new segments go up, a full checkpoint under the
+        // new key becomes the head, then the packs of the compacted
+        // segments and the chain sealed under the old key are deleted.
+        r.start_new_chain();
+        vol.persist().map_err(|x| {
+            format!("cannot bring the bucket up to date ({x}); the old key is kept until it can")
+        })?;
+    }
     let mut ks = keystore::Keystore::open(store, &boot_key_dir()).map_err(|x| e(&x))?;
     ks.finish_conversion().map_err(|x| e(&x))?;
     vol.forget_retiring_keys().map_err(|x| e(&x))?;
     let cleared: Vec<(&'static str, Option<u64>)> = ALL.iter().map(|k| (*k, None)).collect();
     vol.set_counters(&cleared);
     vol.commit(true).map_err(|x| e(&x))?;
+    if let Some(r) = &remote {
+        // The keystore without the old key replaces the bucket's copy (a
+        // failure here is a backlog like any other: the next upload
+        // carries it, and status shows the error).
+        r.forget_retiring_key();
+        if let Err(x) = vol.persist() {
+            eprintln!("datastore: conversion done; the bucket's keystore copy still holds the old key (wrapped) until the next upload succeeds: {x}");
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use crate::config::StoreConfig;
 use crate::crypto::seal::MetaSealer;
 use crate::crypto::{ChunkCrypto, FingerprintAlg, KeyRing};
 use crate::engine::Engine;
+use crate::remote::{MirrorKey, Remote};
 use crate::volume::{VResult, VolError, Volume};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub fn has_keystore(store: &Path) -> bool {
 pub struct LoadedKeys {
     pub ring: Arc<KeyRing>,
     make_sealer: Box<dyn Fn(u64) -> VResult<MetaSealer> + Send + Sync>,
+    /// Bucket mirror keys (current, retiring); None for an unencrypted store.
+    pub mirror: Option<(MirrorKey, Option<MirrorKey>)>,
 }
 
 impl LoadedKeys {
@@ -84,6 +87,14 @@ pub fn derive(ks: &Keystore, vk: VolumeKey) -> Result<LoadedKeys, UnlockError> {
             ))
         }
     };
+    let mirror_key = |k: &VolumeKey| {
+        Remote::derive_key(k.provider(), k.metadata_key())
+            .map_err(|e| UnlockError::Config(e.to_string()))
+    };
+    let mirror = Some((
+        mirror_key(&vk)?,
+        retiring_key.as_ref().map(mirror_key).transpose()?,
+    ));
     let plain_before = ks.retiring().is_some_and(|r| r.key.is_none());
     let old_generation = ks
         .retiring()
@@ -102,6 +113,7 @@ pub fn derive(ks: &Keystore, vk: VolumeKey) -> Result<LoadedKeys, UnlockError> {
     Ok(LoadedKeys {
         ring: Arc::new(KeyRing { current, retiring }),
         make_sealer: Box::new(make_sealer),
+        mirror,
     })
 }
 
@@ -110,11 +122,14 @@ fn plain_keys() -> Result<LoadedKeys, UnlockError> {
     Ok(LoadedKeys {
         ring: Arc::new(KeyRing::single(Arc::new(ChunkCrypto::plain()?))),
         make_sealer: Box::new(|first| Ok(MetaSealer::plain(first))),
+        mirror: None,
     })
 }
 
-/// Loads keys into the engine and opens the volume.
+/// Loads keys into the engine (and the bucket mirror, connected first when
+/// the store has one) and opens the volume.
 pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, UnlockError> {
+    attach_remote(engine, &keys)?;
     engine.set_keys(Some(keys.ring.clone()));
     match Volume::open_with(engine.clone(), &|first| keys.sealer(first)) {
         Ok(v) => {
@@ -145,23 +160,25 @@ fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
     Ok(())
 }
 
-/// Connects the bucket mirror of a store that has one and loads its key,
+/// Connects the bucket mirror of a store that has one and loads its keys,
 /// before the volume opens (its first durable commit already syncs).
-fn attach_remote(engine: &Arc<Engine>, vk: &VolumeKey) -> Result<(), UnlockError> {
+fn attach_remote(engine: &Arc<Engine>, keys: &LoadedKeys) -> Result<(), UnlockError> {
     let cfg = StoreConfig::load(engine.store_dir()).map_err(UnlockError::Config)?;
     let Some(remote_cfg) = cfg.remote else {
         return Ok(());
     };
+    let Some((current, retiring)) = keys.mirror.clone() else {
+        return Err(UnlockError::Config(
+            "a store mirrored to a bucket must be encrypted".into(),
+        ));
+    };
     let remote = match engine.remote() {
         Some(r) => r,
-        None => Arc::new(
-            crate::remote::Remote::connect(&remote_cfg)
-                .map_err(|e| UnlockError::Config(e.to_string()))?,
-        ),
+        None => {
+            Arc::new(Remote::connect(&remote_cfg).map_err(|e| UnlockError::Config(e.to_string()))?)
+        }
     };
-    remote
-        .set_key(vk.provider(), vk.metadata_key())
-        .map_err(|e| UnlockError::Config(e.to_string()))?;
+    remote.set_keys(current, retiring);
     engine.set_remote(Some(remote));
     Ok(())
 }
@@ -189,7 +206,6 @@ pub fn unlock_with_password(
     let mut ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
     reconcile_config(store, &ks)?;
-    attach_remote(engine, &vk)?;
     load(engine, derive(&ks, vk)?)
 }
 
@@ -206,7 +222,6 @@ pub fn unlock_at_boot(
     match ks.unlock_at_boot(&KatSet::embedded())? {
         Some(vk) => {
             reconcile_config(store, &ks)?;
-            attach_remote(engine, &vk)?;
             load(engine, derive(&ks, vk)?).map(Some)
         }
         None => Ok(None),

@@ -114,12 +114,23 @@ pub struct RemoteStatus {
     pub last_error: Option<String>,
 }
 
+/// A mirror sealing key: the provider it runs through and the key.
+pub type MirrorKey = (Provider, Arc<LockedBox<GcmKey>>);
+
+struct MirrorKeys {
+    current: MirrorKey,
+    retiring: Option<MirrorKey>,
+}
+
 pub struct Remote {
     cfg: RemoteConfig,
     prefix: String,
     s3: AmazonS3,
     rt: tokio::runtime::Runtime,
-    key: Mutex<Option<(Provider, Arc<LockedBox<GcmKey>>)>>,
+    keys: Mutex<Option<MirrorKeys>>,
+    /// The next upload starts a new chain with a full checkpoint (the
+    /// sealing key changed); read and cleared under the `keys` lock.
+    new_chain: std::sync::atomic::AtomicBool,
     backlog: AtomicU64,
     uploaded: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -232,7 +243,8 @@ impl Remote {
             prefix,
             s3,
             rt,
-            key: Mutex::new(None),
+            keys: Mutex::new(None),
+            new_chain: std::sync::atomic::AtomicBool::new(false),
             backlog: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -250,29 +262,91 @@ impl Remote {
         &self.cfg
     }
 
-    /// Loads the mirror key (derived from the metadata key) after unlock.
-    pub fn set_key(&self, provider: Provider, metadata_key: &[u8; 32]) -> Result<(), RemoteError> {
+    /// The mirror key of a metadata key: AES-256-GCM under a KBKDF of it,
+    /// through `provider`.
+    pub fn derive_key(
+        provider: Provider,
+        metadata_key: &[u8; 32],
+    ) -> Result<MirrorKey, RemoteError> {
         let key = LockedBox::try_new_with(|| {
             let mut k = provider.kbkdf_hmac_sha256(metadata_key, MIRROR_LABEL)?;
             let gcm = provider.aes256_gcm(&k);
             zeroize::Zeroize::zeroize(&mut k);
             gcm
         })?;
-        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some((provider, Arc::new(key)));
+        Ok((provider, Arc::new(key)))
+    }
+
+    /// Loads the mirror key (derived from the metadata key) after unlock.
+    pub fn set_key(&self, provider: Provider, metadata_key: &[u8; 32]) -> Result<(), RemoteError> {
+        self.set_keys(Self::derive_key(provider, metadata_key)?, None);
         Ok(())
     }
 
-    /// Drops the mirror key (lock).
-    pub fn clear_key(&self) {
-        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Loads the mirror keys after unlock: the current one seals, and while
+    /// a key conversion runs the retiring one still opens what was sealed
+    /// before it began.
+    pub fn set_keys(&self, current: MirrorKey, retiring: Option<MirrorKey>) {
+        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(MirrorKeys { current, retiring });
     }
 
-    fn key(&self) -> Result<(Provider, Arc<LockedBox<GcmKey>>), RemoteError> {
-        self.key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(RemoteError::Locked)
+    /// Switches sealing to a new key (a conversion began): the next upload
+    /// is a full checkpoint under it, and the chain sealed under the old
+    /// key is deleted once the new head is in place.
+    pub fn rekey(&self, current: MirrorKey, retiring: Option<MirrorKey>) {
+        let mut k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        *k = Some(MirrorKeys { current, retiring });
+        self.new_chain.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes the next upload a full checkpoint that replaces the current
+    /// chain (a conversion ends: no journal entry of the old values stays).
+    pub fn start_new_chain(&self) {
+        let _k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        self.new_chain.store(true, Ordering::SeqCst);
+    }
+
+    /// Drops the retiring key (the conversion is done and the bucket holds
+    /// nothing sealed under it).
+    pub fn forget_retiring_key(&self) {
+        if let Some(k) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            k.retiring = None;
+        }
+    }
+
+    /// Drops the mirror keys (lock).
+    pub fn clear_key(&self) {
+        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The sealing key, and whether this upload must start a new chain
+    /// (the flag is taken: give it back with `retry_new_chain` on failure).
+    fn sealing_key(&self) -> Result<(MirrorKey, bool), RemoteError> {
+        let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let current = k.as_ref().ok_or(RemoteError::Locked)?.current.clone();
+        Ok((current, self.new_chain.swap(false, Ordering::SeqCst)))
+    }
+
+    fn retry_new_chain(&self) {
+        self.new_chain.store(true, Ordering::SeqCst);
+    }
+
+    /// Opens a sealed blob with the current key, or failing that with the
+    /// retiring one.
+    fn open_blob(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let (current, retiring) = {
+            let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let k = k.as_ref().ok_or(RemoteError::Locked)?;
+            (k.current.clone(), k.retiring.clone())
+        };
+        match blob::open(&current.1, name, sealed) {
+            Ok(p) => Ok(p),
+            Err(first) => match retiring {
+                Some(old) => blob::open(&old.1, name, sealed).map_err(|_| first.into()),
+                None => Err(first.into()),
+            },
+        }
     }
 
     fn path(&self, rel: &str) -> ObjPath {

@@ -96,11 +96,10 @@ impl Remote {
     /// (newest object, its base checkpoint) of the bucket's metadata
     /// chain; (0, 0) when there is none yet.
     fn head(&self) -> Result<(u64, u64), RemoteError> {
-        let (_, key) = self.key()?;
         let Some(b) = self.get("head")? else {
             return Ok((0, 0));
         };
-        let plain = blob::open(&key, "head", &b)?;
+        let plain = self.open_blob("head", &b)?;
         let bad = || RemoteError::Config("the bucket's head object is malformed".into());
         let word = |at: usize| -> Result<u64, RemoteError> {
             Ok(u64::from_le_bytes(
@@ -125,7 +124,21 @@ impl Remote {
     }
 
     fn sync_inner(&self, engine: &Engine) -> Result<(), RemoteError> {
-        let (provider, key) = self.key()?;
+        let ((provider, key), new_chain) = self.sealing_key()?;
+        let r = self.upload(engine, provider, &key, new_chain);
+        if r.is_err() && new_chain {
+            self.retry_new_chain();
+        }
+        r
+    }
+
+    fn upload(
+        &self,
+        engine: &Engine,
+        provider: keystore::Provider,
+        key: &keystore::LockedBox<keystore::GcmKey>,
+        new_chain: bool,
+    ) -> Result<(), RemoteError> {
         let meta = engine.meta();
         let segments: HashMap<u64, u64> = meta
             .segments()
@@ -182,7 +195,12 @@ impl Remote {
         let hashes = journal::block_hashes(provider, &db)?;
         let mut shipped = self.shipped.lock().unwrap_or_else(|e| e.into_inner());
         let previous = match shipped.as_ref() {
-            Some(s) => s.clone(),
+            Some(s) if !new_chain => s.clone(),
+            Some(s) => Shipped {
+                hashes: Vec::new(),
+                journal_bytes: u64::MAX,
+                ..s.clone()
+            },
             None => {
                 let (last, base) = self.head()?;
                 Shipped {
@@ -193,7 +211,7 @@ impl Remote {
                 }
             }
         };
-        let entry = if shipped.is_some() {
+        let entry = if shipped.is_some() && !new_chain {
             match journal::diff(&db, &previous.hashes, &hashes) {
                 None if dead.is_empty() && new_bytes == 0 => {
                     // Nothing changed since the last upload.
@@ -238,15 +256,15 @@ impl Remote {
         let ks = std::fs::read(Keystore::dir_of(store).join(keystore::file::FILE_NAME))
             .map_err(|e| local("read keystore", e))?;
         self.put_many(vec![
-            (name.clone(), blob::seal(&key, &name, &body)?),
-            ("config".into(), blob::seal(&key, "config", &config)?),
+            (name.clone(), blob::seal(key, &name, &body)?),
+            ("config".into(), blob::seal(key, "config", &config)?),
             ("keystore".into(), ks),
         ])?;
         // 3. The head names the new object and its base.
         let mut head = Vec::with_capacity(16);
         head.extend_from_slice(&next.last.to_le_bytes());
         head.extend_from_slice(&next.base.to_le_bytes());
-        self.put("head", blob::seal(&key, "head", &head)?)?;
+        self.put("head", blob::seal(key, "head", &head)?)?;
         let replaced_chain = next.base != previous.base && previous.last > 0;
         *shipped = Some(next);
         drop(shipped);
@@ -330,9 +348,16 @@ pub fn attach(
         .map_err(|e| local("write the keystore", e))?;
     let mut ks = Keystore::open(store, boot_dir)?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
-    remote.set_key(vk.provider(), vk.metadata_key())?;
+    // Mid-conversion, objects may still be sealed under the retiring key.
+    let retiring = match ks.retiring_key(&vk)? {
+        Some(old) => Some(Remote::derive_key(old.provider(), old.metadata_key())?),
+        None => None,
+    };
+    remote.set_keys(
+        Remote::derive_key(vk.provider(), vk.metadata_key())?,
+        retiring,
+    );
     drop(vk);
-    let (_, key) = remote.key()?;
     let (last, base) = remote.head()?;
     if last == 0 {
         return Err(RemoteError::Config(format!(
@@ -345,7 +370,7 @@ pub fn attach(
         let sealed = remote
             .get(&name)?
             .ok_or_else(|| RemoteError::Config(format!("{} lacks {name}", cfg.url)))?;
-        let plain = blob::open(&key, &name, &sealed)?;
+        let plain = remote.open_blob(&name, &sealed)?;
         if i == 0 {
             db = plain;
         } else {
@@ -355,7 +380,7 @@ pub fn attach(
     let config = remote
         .get("config")?
         .ok_or_else(|| RemoteError::Config(format!("{} lacks the store config", cfg.url)))?;
-    let config = blob::open(&key, "config", &config)?;
+    let config = remote.open_blob("config", &config)?;
     let meta_dir = store.join("meta");
     std::fs::create_dir_all(&meta_dir).map_err(|e| local("create meta", e))?;
     crate::fsutil::write_atomic(&meta_dir.join("index.redb"), &db)

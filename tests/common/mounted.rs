@@ -84,6 +84,35 @@ impl Fixture {
     pub fn unmount(&self) {
         self.ok(&["unmount", self.mnt().to_str().unwrap()]);
     }
+    /// The daemon serving this mount (the background `mount` process).
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let mnt = self.mnt();
+        let want = mnt.to_str().unwrap().as_bytes();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            if args.contains(&&b"mount"[..]) && args.contains(&want) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+    /// SIGKILL of the daemon (a crash), then a lazy unmount of what it left.
+    pub fn kill_daemon(&self) {
+        let pid = self.daemon_pid().expect("daemon running");
+        // SAFETY: kill(2) on a pid we just found.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let t = std::time::Instant::now();
+        while self.daemon_pid().is_some() && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+    }
     pub fn is_mounted(&self) -> bool {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let m = self.mnt();
