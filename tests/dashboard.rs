@@ -1,7 +1,8 @@
 //! The daemon's web endpoints on a real mount: /metrics counters move when
 //! files are written and read; the dashboard's data matches `datastore
 //! status --json`; the shield is amber for an encrypted store, grey when
-//! locked and green in FIPS mode validated; nothing served names a file or
+//! locked, green in FIPS mode validated, red for an unencrypted store and
+//! amber with a job line while its conversion runs; nothing served names a file or
 //! a password; a non-loopback address needs a token, and requests without
 //! it are refused.
 
@@ -293,4 +294,57 @@ fn the_dashboard_renders_the_shield_and_the_status_numbers_in_chromium() {
         assert!(!dom.contains(PW) && !dom.contains("filename-marker-42"));
         f.unmount();
     }
+}
+
+#[test]
+fn an_unencrypted_store_shows_red_and_its_conversion_shows_as_a_job() {
+    let f = Fixture::new(&["--no-encryption"]);
+    let port = common::free_port();
+    mount_http(&f, port);
+    let file = f.mnt().join("data.bin");
+    std::fs::write(&file, common::random_bytes(5, 32 << 20)).unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let api = || -> serde_json::Value {
+        let (code, body) = get(port, "/api/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let a = api();
+    assert_eq!(a["shield"]["state"], "red", "{a}");
+    assert!(a["shield"]["label"]
+        .as_str()
+        .unwrap()
+        .contains("Not encrypted"));
+    assert_eq!(get(port, "/metrics", None).0, 200);
+    let pw = f.pw();
+    f.ok(&[
+        "encryption",
+        "set",
+        "--fips-mode",
+        "disabled",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--max-rate",
+        "4M",
+        "--no-wait",
+    ]);
+    let a = api();
+    assert_eq!(a["shield"]["state"], "amber", "{a}");
+    assert!(
+        a["shield"]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("Converting"),
+        "{a}"
+    );
+    let jobs = a["jobs"].as_array().unwrap();
+    assert!(
+        jobs.len() == 1
+            && jobs[0]
+                .as_str()
+                .unwrap()
+                .starts_with("key conversion: converting"),
+        "{a}"
+    );
+    f.unmount();
 }

@@ -110,14 +110,24 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pw = f.pw();
+    let pw = pw.to_str().unwrap();
+    let set = ["encryption", "set", "--fips-mode", "validated"];
     let out = f.ok(&[
-        "encryption",
-        "set",
-        "--fips-mode",
-        "validated",
-        "--password-file",
-        pw.to_str().unwrap(),
-    ]);
+        &set[..],
+        &["--password-file", pw, "--max-rate", "16M", "--no-wait"],
+    ]
+    .concat());
+    assert!(out.contains("converting"), "{out}");
+    // Mid-way, show does not claim compliance for what is still in the clear.
+    let show: serde_json::Value =
+        serde_json::from_str(&f.ok(&["encryption", "show", "--json"])).unwrap();
+    let compliance = show["compliance"].as_str().unwrap();
+    assert!(
+        compliance.starts_with("NOT YET") && compliance.contains("in the clear"),
+        "{compliance}"
+    );
+    // The same command again waits for the running conversion.
+    let out = f.ok(&[&set[..], &["--password-file", pw]].concat());
     assert!(out.contains("Conversion done"), "{out}");
     // One more full loop after the conversion ended.
     let after = loops.load(Ordering::SeqCst);
@@ -139,6 +149,13 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
     assert_eq!(show["encrypted"], true);
     assert_eq!(show["fips_mode"], "validated");
     assert!(show["keystore"]["converting_from"].is_null(), "{show}");
+    assert!(
+        show["compliance"]
+            .as_str()
+            .unwrap()
+            .starts_with("FIPS mode validated"),
+        "{show}"
+    );
     f.unmount();
     let (records, metadata) = generations(&scan(&f));
     assert_eq!(

@@ -200,37 +200,6 @@ fn outcome(p: &Progress) -> Result<(), Failure> {
     }
 }
 
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
-}
-
-/// One line: state, percentage, bytes, chunks, rate and ETA.
-pub fn progress_line(p: &Progress) -> String {
-    let pct = if p.bytes_total > 0 {
-        100.0 * p.bytes_done as f64 / p.bytes_total as f64
-    } else {
-        100.0
-    };
-    format!(
-        "{} {:.0}%: {:.1}/{:.1} MiB, {}/{} chunks, {:.1} MiB/s{}{}",
-        p.state,
-        pct.min(100.0),
-        mib(p.bytes_done),
-        mib(p.bytes_total),
-        p.chunks_done,
-        p.chunks_total,
-        mib(p.rate_bytes_per_sec as u64),
-        p.eta_secs
-            .map(|s| format!(", ETA {s}s"))
-            .unwrap_or_default(),
-        if p.max_rate > 0 {
-            format!(" (limit {:.0} MiB/s)", mib(p.max_rate))
-        } else {
-            String::new()
-        }
-    )
-}
-
 /// A progress bar on a terminal; a line every few seconds otherwise.
 struct Bar {
     tty: bool,
@@ -257,14 +226,14 @@ impl Bar {
                 "\r[{}{}] {}\x1b[K",
                 "#".repeat(filled),
                 ".".repeat(30 - filled),
-                progress_line(p)
+                p.line()
             );
         } else if self
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
         {
             self.last = Some(Instant::now());
-            eprintln!("{}", progress_line(p));
+            eprintln!("{}", p.line());
         }
     }
 
@@ -272,6 +241,6 @@ impl Bar {
         if self.tty {
             eprintln!();
         }
-        eprintln!("{}", progress_line(p));
+        eprintln!("{}", p.line());
     }
 }

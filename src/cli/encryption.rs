@@ -167,6 +167,27 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
             "FIPS mode disabled: Argon2id and keyed BLAKE3 in use (not a FIPS configuration).".into()
         }
     };
+    // Converting to validated mode from a non-FIPS key (or from the clear):
+    // what is not converted yet is still read with the old algorithms.
+    let compliance = match ks.retiring() {
+        Some(r)
+            if validated
+                && r.key
+                    .as_ref()
+                    .is_none_or(|k| k.fips_mode != FipsMode::Validated) =>
+        {
+            format!(
+                "NOT YET: converting to FIPS mode validated; until the conversion is done, data not yet converted is {} ({})",
+                if r.key.is_none() {
+                    "stored in the clear"
+                } else {
+                    "read with the previous, non-FIPS algorithms (keyed BLAKE3, the default provider)"
+                },
+                compliance
+            )
+        }
+        _ => compliance,
+    };
     let s = Show {
         encrypted: true,
         data_cipher: "AES-XTS-256 (two 256-bit keys; one data unit per chunk, tweak from the keyed fingerprint)",
@@ -209,7 +230,7 @@ fn print_show(s: &Show) {
         println!("Converting from:   {from} (its data stays readable until converted)");
     }
     if let Some(c) = &s.conversion {
-        println!("Conversion:        {}", super::conversion::progress_line(c));
+        println!("Conversion:        {}", c.line());
     }
     println!("Fingerprints:      {}", s.fingerprint);
     println!("Metadata:          {}", s.metadata_sealing);

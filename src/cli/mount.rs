@@ -367,7 +367,7 @@ pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("Segments:        {}", st.segments);
     println!("Encryption:      {}", st.encryption);
     if let Some(c) = &st.conversion {
-        println!("Conversion:      {}", super::conversion::progress_line(c));
+        println!("Conversion:      {}", c.line());
     }
     if let Some(r) = &st.remote {
         println!("Remote:          {} at {}", r.url, r.endpoint);

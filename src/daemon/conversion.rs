@@ -83,6 +83,40 @@ pub struct Progress {
     pub max_rate: u64,
 }
 
+impl Progress {
+    /// One line: state, percentage, bytes, chunks, rate and ETA.
+    pub fn line(&self) -> String {
+        let p = self;
+        let pct = if p.bytes_total > 0 {
+            100.0 * p.bytes_done as f64 / p.bytes_total as f64
+        } else {
+            100.0
+        };
+        format!(
+            "{} {:.0}%: {:.1}/{:.1} MiB, {}/{} chunks, {:.1} MiB/s{}{}",
+            p.state,
+            pct.min(100.0),
+            mib(p.bytes_done),
+            mib(p.bytes_total),
+            p.chunks_done,
+            p.chunks_total,
+            mib(p.rate_bytes_per_sec as u64),
+            p.eta_secs
+                .map(|s| format!(", ETA {s}s"))
+                .unwrap_or_default(),
+            if p.max_rate > 0 {
+                format!(" (limit {:.0} MiB/s)", mib(p.max_rate))
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
 /// A running (or finished) job and its progress.
 pub struct Job {
     pub progress: Mutex<Progress>,

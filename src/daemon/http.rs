@@ -61,15 +61,33 @@ struct ApiStatus {
     jobs: Vec<String>,
 }
 
-fn shield(st: &Status, validated: bool) -> Shield {
+/// What the keystore says about the store's keys (None: not encrypted).
+struct KeyState {
+    validated: bool,
+    converting_from: Option<String>,
+}
+
+fn shield(st: &Status, keys: Option<&KeyState>) -> Shield {
     let module = st.crypto_module.as_ref();
+    let Some(keys) = keys else {
+        return Shield {
+            state: "red",
+            label: "Not encrypted: file data and metadata are stored in the clear".into(),
+        };
+    };
     if st.locked {
         return Shield {
             state: "grey",
             label: "Locked: no key is loaded".into(),
         };
     }
-    match (validated, module) {
+    if let Some(from) = &keys.converting_from {
+        return Shield {
+            state: "amber",
+            label: format!("Converting from {from}: not all data is under the new key yet"),
+        };
+    }
+    match (keys.validated, module) {
         (true, Some(m)) if m.fips_mode && m.power_on_self_tests && m.known_answer_tests.passed => {
             Shield {
                 state: "green",
@@ -105,21 +123,38 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
 
 fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
     let status = shared.status().map_err(|e| e.to_string())?;
-    let ks = keystore::Keystore::open(&shared.store, &crate::cli::boot_key_dir())
-        .map_err(|e| e.to_string())?;
-    let info = ks.info();
-    let validated = info.fips_mode == keystore::FipsMode::Validated;
+    let info = if super::keys::has_keystore(&shared.store) {
+        let ks = keystore::Keystore::open(&shared.store, &crate::cli::boot_key_dir())
+            .map_err(|e| e.to_string())?;
+        Some(ks.info())
+    } else {
+        None
+    };
+    let keys = info.as_ref().map(|i| KeyState {
+        validated: i.fips_mode == keystore::FipsMode::Validated,
+        converting_from: i.converting_from.clone(),
+    });
+    let jobs = status
+        .conversion
+        .iter()
+        .filter(|p| p.state == "converting" || p.state == "finishing")
+        .map(|p| format!("key conversion: {}", p.line()))
+        .collect();
     Ok(ApiStatus {
-        shield: shield(&status, validated),
+        shield: shield(&status, keys.as_ref()),
+        fips_mode: info.as_ref().map_or("none (not encrypted)".into(), |i| {
+            format!("{:?}", i.fips_mode).to_lowercase()
+        }),
+        startup_mode: info.as_ref().map_or("unlocked (no key)".into(), |i| {
+            format!("{:?}", i.startup).to_lowercase()
+        }),
+        shipping_mode: info.as_ref().is_some_and(|i| i.shipping_mode),
         status,
-        fips_mode: format!("{:?}", info.fips_mode).to_lowercase(),
-        startup_mode: format!("{:?}", info.startup).to_lowercase(),
-        shipping_mode: info.shipping_mode,
         free_bytes: free_bytes(&shared.store),
         read_bytes: metrics::READ_BYTES.load(std::sync::atomic::Ordering::Relaxed),
         write_bytes: metrics::WRITE_BYTES.load(std::sync::atomic::Ordering::Relaxed),
         history: metrics::history(),
-        jobs: Vec::new(),
+        jobs,
     })
 }
 
