@@ -50,6 +50,16 @@ fn generations(scan: &serde_json::Value) -> (Vec<String>, Vec<String>) {
     (records, metadata)
 }
 
+/// Generations of every record in the segment files, indexed or not.
+fn segment_generations(scan: &serde_json::Value) -> Vec<String> {
+    scan["segments"]["records_by_generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].to_string())
+        .collect()
+}
+
 /// Incompressible data with `marker` in it, so only encryption hides it.
 fn with_marker(seed: u64, len: usize, marker: &str) -> Vec<u8> {
     let mut d = random_bytes(seed, len);
@@ -157,12 +167,14 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
         "{show}"
     );
     f.unmount();
-    let (records, metadata) = generations(&scan(&f));
+    let scanned = scan(&f);
+    let (records, metadata) = generations(&scanned);
     assert_eq!(
         records,
         vec![r#"{"Key":0}"#.to_string()],
         "records left behind"
     );
+    assert_eq!(segment_generations(&scanned), records, "{scanned}");
     assert_eq!(
         metadata,
         vec!["key generation 0".to_string()],
@@ -250,12 +262,14 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
         assert!(a == b, "r{i} differs");
     }
     f.unmount();
-    let (records, metadata) = generations(&scan(&f));
+    let scanned = scan(&f);
+    let (records, metadata) = generations(&scanned);
     assert_eq!(
         records,
         vec![r#"{"Key":1}"#.to_string()],
         "records under the old key"
     );
+    assert_eq!(segment_generations(&scanned), records, "{scanned}");
     assert_eq!(metadata, vec!["key generation 1".to_string()]);
     for name in ["keystore.json", "keystore.json.bak"] {
         let text = std::fs::read_to_string(f.store().join("keystore").join(name)).unwrap();

@@ -475,12 +475,20 @@ fn chain_objects(server: &S3Server, prefix: &str) -> BTreeSet<String> {
 fn scan_generations(f: &Fixture) -> (Vec<String>, Vec<String>) {
     let scan: serde_json::Value =
         serde_json::from_str(&f.ok(&["encryption", "scan", "--json"])).unwrap();
-    let records = scan["records"]["by_generation"]
+    let records: Vec<String> = scan["records"]["by_generation"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["generation"].to_string())
         .collect();
+    // Every record in the segment files, indexed or not, agrees.
+    let in_files: Vec<String> = scan["segments"]["records_by_generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].to_string())
+        .collect();
+    assert_eq!(in_files, records, "{scan}");
     let metadata = scan["metadata"]
         .as_array()
         .unwrap()

@@ -423,7 +423,10 @@ pub fn encryption_summary(store: &std::path::Path) -> Result<String, Failure> {
 
 #[derive(Serialize)]
 struct Scan {
+    /// Records the index names, by generation.
     records: crate::engine::GenerationScan,
+    /// Every record in the segment files, by generation.
+    segments: crate::engine::SegmentScan,
     /// Sealed metadata values by key generation ("unencrypted" = plain form).
     metadata: Vec<(String, u64)>,
 }
@@ -433,12 +436,17 @@ fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
     let engine = Engine::open(&cli.store, None)?;
     let records = engine.scan_generations()?;
+    let segments = engine.walk_generations()?;
     let metadata = crate::volume::count_sealed_in(&engine.meta().database())
         .map_err(|e| Failure::new(Exit::Error, e.to_string()))?
         .into_iter()
         .map(|(g, n)| (g.map_or("untagged".into(), |g| g.to_string()), n))
         .collect();
-    let s = Scan { records, metadata };
+    let s = Scan {
+        records,
+        segments,
+        metadata,
+    };
     if json {
         return print_json(&s);
     }
@@ -450,8 +458,27 @@ fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
             c.dead
         );
     }
+    for (g, n) in &s.segments.records_by_generation {
+        println!(
+            "segments {:<22} {:>10} records (every record in the files, indexed or not)",
+            g.to_string(),
+            n
+        );
+    }
+    if s.segments.segments_not_local > 0 {
+        println!(
+            "segments not local (in the bucket only): {}",
+            s.segments.segments_not_local
+        );
+    }
     for (g, n) in &s.metadata {
         println!("metadata {g:<22} {n:>10} values");
+    }
+    if s.segments.damaged > 0 {
+        println!(
+            "damaged spans in segments: {} (run `datastore scrub`)",
+            s.segments.damaged
+        );
     }
     if s.records.unreadable > 0 {
         println!(

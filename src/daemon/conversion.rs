@@ -40,7 +40,11 @@ const TOTAL_BYTES: &str = "convert_total_bytes";
 const DONE_CHUNKS: &str = "convert_done_chunks";
 const DONE_BYTES: &str = "convert_done_bytes";
 pub const MAX_RATE: &str = "convert_max_rate";
-const ALL: [&str; 9] = [
+/// The segment being appended to when the job first started: every record
+/// written under the old key is in it or an older one (or was moved by GC
+/// and is found through the index).
+const SEGMENT_MARK: &str = "convert_segment_mark";
+const ALL: [&str; 10] = [
     CURSOR,
     CURSOR_OFFSET,
     PASS,
@@ -50,6 +54,7 @@ const ALL: [&str; 9] = [
     DONE_CHUNKS,
     DONE_BYTES,
     MAX_RATE,
+    SEGMENT_MARK,
 ];
 
 /// Inodes read from the database per round.
@@ -279,6 +284,7 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             (TOTAL_CHUNKS, Some(total_chunks)),
             (TOTAL_BYTES, Some(total_bytes)),
             (MAX_RATE, Some(rate)),
+            (SEGMENT_MARK, Some(engine.active_segment())),
         ]);
         vol.set_counters(&changes);
         vol.commit(true).map_err(|x| e(&x))?;
@@ -418,7 +424,39 @@ fn finish(store: &Path, vol: &Arc<Volume>, current: crate::crypto::KeyGen) -> Re
         .as_ref()
         .is_some_and(|r| r.generation == crate::crypto::KeyGen::Plain);
     vol.commit(true).map_err(|x| e(&x))?;
-    vol.gc(1.0).map_err(|x| e(&x))?;
+    // Compacted: the segments from before the job (old records the index
+    // no longer names may sit there too) and any later one the index
+    // places an old record in. Not the rest: foreground I/O waits while
+    // GC runs.
+    let before = engine.scan_generations().map_err(|x| e(&x))?;
+    let mark = vol
+        .counter(SEGMENT_MARK)
+        .map_err(|x| e(&x))?
+        .unwrap_or(u64::MAX);
+    let mut old_segments = before.segments_other_than(current);
+    old_segments.extend(
+        engine
+            .meta()
+            .segments()
+            .map_err(|x| e(&x))?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .filter(|id| *id <= mark),
+    );
+    vol.gc_segments(&old_segments).map_err(|x| e(&x))?;
+    let kept: Vec<u64> = engine
+        .meta()
+        .segments()
+        .map_err(|x| e(&x))?
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .filter(|id| old_segments.contains(id))
+        .collect();
+    if !kept.is_empty() {
+        return Err(format!(
+            "GC could not compact segments {kept:?} (damaged, or not fetched from the bucket); the old key is kept (run `datastore scrub`)"
+        ));
+    }
     let scan = engine.scan_generations().map_err(|x| e(&x))?;
     let left = scan.other_than(current);
     if left.live + left.dead > 0 || scan.unreadable > 0 {

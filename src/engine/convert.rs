@@ -8,7 +8,7 @@
 //! the next commit; the caller installs it in an extent or releases it.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::chunker::Batch;
 use super::{io_err, lock, ChunkRef, Engine, EngineError, Result};
@@ -23,6 +23,20 @@ pub struct GenerationScan {
     pub by_generation: Vec<GenerationCount>,
     /// Records whose header could not be read (scrub them).
     pub unreadable: u64,
+    /// Segments holding records (live or dead) of each generation.
+    #[serde(skip)]
+    pub segments: BTreeMap<KeyGen, BTreeSet<u64>>,
+}
+
+/// Records found by walking the segment files (see `walk_generations`).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SegmentScan {
+    pub segments: u64,
+    /// Segments whose file is not here (evicted to the bucket mirror).
+    pub segments_not_local: u64,
+    pub records_by_generation: Vec<(KeyGen, u64)>,
+    /// Damaged spans (run `datastore scrub`).
+    pub damaged: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -38,6 +52,15 @@ pub struct GenerationCount {
 
 impl GenerationScan {
     /// Counts of every generation but `current`, summed.
+    /// Segments holding any record of a generation other than `current`.
+    pub fn segments_other_than(&self, current: KeyGen) -> BTreeSet<u64> {
+        self.segments
+            .iter()
+            .filter(|(g, _)| **g != current)
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect()
+    }
+
     pub fn other_than(&self, current: KeyGen) -> GenerationCount {
         let mut sum = GenerationCount::default();
         for c in self
@@ -131,6 +154,10 @@ impl Engine {
             });
             match header.map(|h| record::parse_header(&h)) {
                 Ok(Ok(h)) if h.fingerprint == fp => {
+                    scan.segments
+                        .entry(h.key_gen())
+                        .or_default()
+                        .insert(e.segment);
                     let c = counts.entry(h.key_gen()).or_insert(GenerationCount {
                         generation: h.key_gen(),
                         ..Default::default()
@@ -147,6 +174,36 @@ impl Engine {
         }
         scan.by_generation = counts.into_values().collect();
         Ok(scan)
+    }
+
+    /// Walks every record of every local segment file, indexed or not, and
+    /// counts them by key generation: the audit that no ciphertext of an
+    /// old key is left anywhere in the segments (the index scan only sees
+    /// records the index names). Reads the whole store; works without keys.
+    pub fn walk_generations(&self) -> Result<SegmentScan> {
+        let mut counts: BTreeMap<KeyGen, u64> = BTreeMap::new();
+        let mut out = SegmentScan::default();
+        for (id, committed, _) in self.meta.segments()? {
+            let path = segment::segment_path(&self.segments_dir, id);
+            let mut image = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    out.segments_not_local += 1;
+                    continue;
+                }
+                Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
+            };
+            image.truncate(committed as usize);
+            out.segments += 1;
+            segment::walk_records(&image, id, |item| match item {
+                segment::WalkItem::Record { header, .. } => {
+                    *counts.entry(header.key_gen()).or_default() += 1;
+                }
+                segment::WalkItem::Damaged { .. } => out.damaged += 1,
+            });
+        }
+        out.records_by_generation = counts.into_iter().collect();
+        Ok(out)
     }
 
     /// Replaces the metadata database with a fresh copy (see

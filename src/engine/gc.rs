@@ -31,38 +31,56 @@ pub struct GcReport {
 impl Engine {
     /// Compacts every sealed segment whose live bytes are below
     /// `threshold` (0.0..=1.0) of its size. Writes and reads wait while it
-    /// runs.
+    /// compacts a segment (one at a time), not for the whole run.
     pub fn gc(&self, threshold: f64) -> Result<GcReport> {
         self.gc_with_hook(threshold, |_| {})
     }
 
     /// `gc` with a hook called after each segment (tests use it to crash).
-    pub fn gc_with_hook(
+    pub fn gc_with_hook(&self, threshold: f64, after_segment: impl FnMut(u64)) -> Result<GcReport> {
+        self.compact(
+            |_, committed, live| {
+                let size = committed.saturating_sub(segment::SEGMENT_HEADER_LEN);
+                (live as f64) < threshold * size as f64
+            },
+            after_segment,
+        )
+    }
+
+    /// Compacts exactly the segments in `ids` whatever their live fraction
+    /// (the open one is sealed first, so it can be among them): a key
+    /// conversion's finish drops the segments that hold old-key records.
+    pub fn gc_segments(&self, ids: &std::collections::BTreeSet<u64>) -> Result<GcReport> {
+        self.compact(|id, _, _| ids.contains(&id), |_| {})
+    }
+
+    /// Compacts the sealed segments `pick(id, committed, live)` chooses.
+    fn compact(
         &self,
-        threshold: f64,
+        pick: impl Fn(u64, u64, u64) -> bool,
         mut after_segment: impl FnMut(u64),
     ) -> Result<GcReport> {
-        let _gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
-        self.commit(true)?;
-        let _c = lock(&self.commit_lock);
-        let mut report = GcReport {
-            bytes_before: self.segment_bytes()?,
-            ..Default::default()
+        let (mut report, candidates) = {
+            let _gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
+            self.commit(true)?;
+            let _c = lock(&self.commit_lock);
+            let report = GcReport {
+                bytes_before: self.segment_bytes()?,
+                ..Default::default()
+            };
+            let mut w = lock(&self.writer);
+            w.force_roll()
+                .map_err(|e| self.poison(io_err("roll segment")(e)))?;
+            let open_id = w.id();
+            let candidates: Vec<(u64, u64)> = self
+                .meta
+                .segments()?
+                .into_iter()
+                .filter(|&(id, committed, live)| id != open_id && pick(id, committed, live))
+                .map(|(id, committed, _)| (id, committed))
+                .collect();
+            (report, candidates)
         };
-        let mut w = lock(&self.writer);
-        w.force_roll()
-            .map_err(|e| self.poison(io_err("roll segment")(e)))?;
-        let open_id = w.id();
-        let candidates: Vec<(u64, u64)> = self
-            .meta
-            .segments()?
-            .into_iter()
-            .filter(|&(id, committed, live)| {
-                let size = committed.saturating_sub(segment::SEGMENT_HEADER_LEN);
-                id != open_id && (live as f64) < threshold * size as f64
-            })
-            .map(|(id, committed, _)| (id, committed))
-            .collect();
         for (id, committed) in candidates {
             let path = segment::segment_path(&self.segments_dir, id);
             if !path.exists() {
@@ -73,6 +91,11 @@ impl Engine {
                     }
                 }
             }
+            // One segment at a time behind the gate, so reads and writes
+            // wait for one segment's compaction, not the whole run. What
+            // they changed meanwhile is committed first: the index is then
+            // the whole truth about which of its records are live.
+            // The file is read first: a sealed segment changes only by GC.
             let image = match std::fs::read(&path) {
                 Ok(mut b) => {
                     b.truncate(committed as usize);
@@ -86,6 +109,10 @@ impl Engine {
                 }
                 Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
             };
+            let gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
+            self.commit(true)?;
+            let commit_lock = lock(&self.commit_lock);
+            let mut w = lock(&self.writer);
             let view = self.meta.read()?;
             let mut moves: Vec<(Fingerprint, u64, u64)> = Vec::new();
             let mut dead: Vec<Fingerprint> = Vec::new();
@@ -153,6 +180,12 @@ impl Engine {
             report.dead_chunks_removed += dead.len() as u64;
             if !drop_ids.is_empty() {
                 lock(&self.readers).remove(&id);
+            }
+            // The index no longer names the segment, and requests look it
+            // up behind the gate: the file goes without holding anyone up
+            // (unlinking can be slow, e.g. with online discard).
+            drop((w, commit_lock, gate));
+            if !drop_ids.is_empty() {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -163,7 +196,6 @@ impl Engine {
             }
             after_segment(id);
         }
-        drop(w);
         report.bytes_after = self.segment_bytes()?;
         Ok(report)
     }

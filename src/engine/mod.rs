@@ -34,7 +34,7 @@ use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
 use crate::meta::{ChunkChange, Meta, MetaError};
 use crate::store::segment::{self, SegmentWriter};
 
-pub use convert::{GenerationCount, GenerationScan};
+pub use convert::{GenerationCount, GenerationScan, SegmentScan};
 pub use gc::GcReport;
 pub use scrub::{BadRecord, ScrubReport};
 pub use stats::{Stats, StatsSnapshot};
@@ -267,8 +267,22 @@ impl Engine {
         durable: bool,
         extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
     ) -> Result<()> {
+        self.commit_releasing(durable, &[], extra)
+    }
+
+    /// `commit_with`, also dropping one reference per chunk of `releases`.
+    /// They join the batch under the commit lock, so no other commit (GC's)
+    /// can make them durable without the caller's tables: a chunk is never
+    /// dropped while committed metadata still names it.
+    pub fn commit_releasing(
+        &self,
+        durable: bool,
+        releases: &[ChunkRef],
+        extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
+    ) -> Result<()> {
         self.check_poisoned()?;
         let _c = lock(&self.commit_lock);
+        self.release(releases)?;
         let start = std::time::Instant::now();
         let (view, batch) = {
             let mut w = lock(&self.writer);

@@ -791,44 +791,44 @@ impl Volume {
         // The references these changes dropped join the engine batch this
         // commit writes; later ones wait in the state for the next commit.
         let releases = std::mem::take(&mut st.deferred_releases);
-        self.engine.release(&releases)?;
         st.dirty_inodes.clear();
         st.removed_inodes.clear();
         st.dirent_changes.clear();
         st.extent_changes.clear();
         drop(st);
-        self.engine.commit_with(durable, &mut |txn| {
-            let mut t = txn.open_table(INODES)?;
-            for (ino, v) in &inodes {
-                t.insert(*ino, v.as_slice())?;
-            }
-            for ino in &removed {
-                t.remove(*ino)?;
-            }
-            let mut t = txn.open_table(DIRENTS)?;
-            for (k, v) in &dirents {
-                match v {
-                    Some(v) => t.insert(*k, v.as_slice())?,
-                    None => t.remove(*k)?,
-                };
-            }
-            let mut t = txn.open_table(EXTENTS)?;
-            for (k, v) in &extents {
-                match v {
-                    Some(v) => t.insert(*k, v.as_slice())?,
-                    None => t.remove(*k)?,
-                };
-            }
-            let mut t = txn.open_table(VOLUME)?;
-            t.insert("next_ino", next_ino)?;
-            for (k, v) in &counters {
-                match v {
-                    Some(v) => t.insert(*k, *v)?,
-                    None => t.remove(*k)?,
-                };
-            }
-            Ok(())
-        })?;
+        self.engine
+            .commit_releasing(durable, &releases, &mut |txn| {
+                let mut t = txn.open_table(INODES)?;
+                for (ino, v) in &inodes {
+                    t.insert(*ino, v.as_slice())?;
+                }
+                for ino in &removed {
+                    t.remove(*ino)?;
+                }
+                let mut t = txn.open_table(DIRENTS)?;
+                for (k, v) in &dirents {
+                    match v {
+                        Some(v) => t.insert(*k, v.as_slice())?,
+                        None => t.remove(*k)?,
+                    };
+                }
+                let mut t = txn.open_table(EXTENTS)?;
+                for (k, v) in &extents {
+                    match v {
+                        Some(v) => t.insert(*k, v.as_slice())?,
+                        None => t.remove(*k)?,
+                    };
+                }
+                let mut t = txn.open_table(VOLUME)?;
+                t.insert("next_ino", next_ino)?;
+                for (k, v) in &counters {
+                    match v {
+                        Some(v) => t.insert(*k, *v)?,
+                        None => t.remove(*k)?,
+                    };
+                }
+                Ok(())
+            })?;
         Ok(())
     }
 }

@@ -273,13 +273,19 @@ impl Volume {
         Ok(())
     }
 
-    /// Garbage collection on a live volume: the volume's pending changes
-    /// are committed first and no volume commit runs meanwhile (so a
-    /// release is never committed without the change that dropped it).
-    pub fn gc(&self, threshold: f64) -> VResult<crate::engine::GcReport> {
-        let _one_at_a_time = lock(&self.commit_lock);
-        self.commit_locked(true)?;
-        Ok(self.engine.gc(threshold)?)
+    /// Garbage collection of `ids` on a live volume: a durable commit first
+    /// (so the references the volume dropped are released), then
+    /// `Engine::gc_segments` without the volume's commit lock, so fsync and
+    /// group commits go on between segments. What GC commits early of the
+    /// engine's pending changes are new references only (a crash leaks
+    /// them, space only): a release joins the batch of the commit that
+    /// writes the metadata change behind it (`commit_releasing`).
+    pub fn gc_segments(
+        &self,
+        ids: &std::collections::BTreeSet<u64>,
+    ) -> VResult<crate::engine::GcReport> {
+        self.commit(true)?;
+        Ok(self.engine.gc_segments(ids)?)
     }
 
     /// Forgets the retiring keys once a conversion has converted everything.

@@ -107,8 +107,17 @@ impl Fixture {
         let pid = self.daemon_pid().expect("daemon running");
         // SAFETY: kill(2) on a pid we just found.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Gone once it is reaped or a zombie: only then are its files (the
+        // control socket) closed. Its cmdline empties earlier, while it
+        // still exits.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                !s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
+        };
         let t = std::time::Instant::now();
-        while self.daemon_pid().is_some() && t.elapsed() < std::time::Duration::from_secs(10) {
+        while alive() && t.elapsed() < std::time::Duration::from_secs(10) {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
