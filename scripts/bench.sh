@@ -273,6 +273,7 @@ for name in disk bindfs gocryptfs datastore; do
     rm -f "$dir"/seq*
     drop_caches
     fio_run dup1 "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 --randrepeat=1 --randseed=7 >/dev/null
+    drop_caches
     record "$name" dupwrite_mbs "$(fio_run dup2 "$dir" write 1m "$size" --end_fsync=1 --refill_buffers=1 --randrepeat=1 --randseed=7 | bw_mbs)"
     rm -f "$dir"/dup*
     drop_caches

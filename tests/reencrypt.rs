@@ -1,6 +1,7 @@
 //! Online re-encryption (#6) on real mounts: an unencrypted store converted
 //! to FIPS mode while a reader checksums every file, and a key rotation
-//! whose daemon is killed with SIGKILL at five random moments.
+//! whose daemon is killed with SIGKILL at five random moments (a copy
+//! written mid-way dedups with the converted original).
 
 mod common;
 
@@ -186,9 +187,12 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
     assert_eq!(hashes(&f.mnt()), expected, "contents changed");
 }
 
+fn status(f: &Fixture) -> serde_json::Value {
+    serde_json::from_str(&f.ok(&["status", "--json"])).unwrap()
+}
+
 fn progress(f: &Fixture) -> serde_json::Value {
-    let st: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
-    st["conversion"].clone()
+    status(f)["conversion"].clone()
 }
 
 #[test]
@@ -212,6 +216,9 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
         )
         .unwrap();
     }
+    f.unmount(); // everything committed
+    f.mount();
+    let chunks_before = status(&f)["chunks"].as_u64().unwrap();
     let pw = f.pw();
     let pw = pw.to_str().unwrap();
     let out = f.ok(&[
@@ -224,6 +231,11 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
         "--no-wait",
     ]);
     assert!(out.contains("converting"), "{out}");
+    // Written under the new key while the original still waits for its
+    // conversion: the two must end up as the same chunks.
+    let copy = f.mnt().join("r0-copy");
+    std::fs::copy(src.path().join("r0"), &copy).unwrap();
+    std::fs::File::open(&copy).unwrap().sync_all().unwrap();
     let mut rng = rand::thread_rng();
     let mut done_before = 0u64;
     for kill in 0..5 {
@@ -261,6 +273,12 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
         let b = std::fs::read(f.mnt().join(format!("r{i}"))).unwrap();
         assert!(a == b, "r{i} differs");
     }
+    assert!(std::fs::read(&copy).unwrap() == random_bytes(100, 8 << 20));
+    assert_eq!(
+        status(&f)["chunks"].as_u64().unwrap(),
+        chunks_before,
+        "the copy written during the conversion did not dedup with the converted original"
+    );
     f.unmount();
     let scanned = scan(&f);
     let (records, metadata) = generations(&scanned);

@@ -19,8 +19,11 @@ use super::{lock, Extent, VResult, Volume};
 
 /// How far ahead of a sequential reader chunks are decoded.
 const WINDOW: u64 = 8 << 20;
-/// Decoded chunks kept (at most 256 KiB each).
-const CACHE_CHUNKS: usize = 128;
+/// Plaintext bytes of decoded chunks kept: a 4 KiB random read decodes a
+/// whole chunk (64 KiB on average), so the rest of it should still be here
+/// when a neighbouring read comes (the kernel caches only the pages it was
+/// given).
+const CACHE_BYTES: usize = 64 << 20;
 /// Read positions remembered (one per recently read file).
 const POSITIONS: usize = 1024;
 
@@ -30,6 +33,8 @@ type Fp = [u8; 32];
 struct Cached {
     chunks: HashMap<Fp, Arc<Vec<u8>>>,
     order: VecDeque<Fp>,
+    /// Sum of the cached chunks' lengths.
+    bytes: usize,
     loading: HashSet<Fp>,
 }
 
@@ -81,12 +86,17 @@ impl Volume {
         let mut c = lock(&cache.cached);
         c.loading.remove(&fp);
         if let Ok(data) = &decoded {
-            if c.chunks.len() >= CACHE_CHUNKS {
-                if let Some(old) = c.order.pop_front() {
-                    c.chunks.remove(&old);
+            if !c.chunks.contains_key(&fp) {
+                while c.bytes + data.len() > CACHE_BYTES {
+                    let Some(old) = c.order.pop_front() else {
+                        break;
+                    };
+                    if let Some(gone) = c.chunks.remove(&old) {
+                        c.bytes -= gone.len();
+                    }
                 }
-            }
-            if c.chunks.insert(fp, data.clone()).is_none() {
+                c.bytes += data.len();
+                c.chunks.insert(fp, data.clone());
                 c.order.push_back(fp);
             }
         }
