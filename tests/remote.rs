@@ -37,10 +37,6 @@ fn fsync_tree(root: &Path) -> std::io::Result<()> {
     std::fs::File::open(root)?.sync_all()
 }
 
-fn status(f: &Fixture) -> serde_json::Value {
-    serde_json::from_str(&f.ok(&["status", "--json"])).unwrap()
-}
-
 fn attach(f: &Fixture, server: &S3Server, prefix: &str) {
     std::fs::remove_dir_all(f.store()).unwrap();
     let url = format!("s3://{BUCKET}/{prefix}");
@@ -69,7 +65,7 @@ fn a_deleted_store_is_attached_back_from_the_bucket_identical() {
     common::copy_repo_parts(&["src", "keystore", "docs"], &tree);
     std::fs::write(tree.join("big"), common::random_bytes(11, 20 << 20)).unwrap();
     fsync_tree(&tree).unwrap();
-    let st = status(&f);
+    let st = f.status();
     assert_eq!(st["remote"]["backlog_bytes"], 0, "{st}");
     assert!(st["remote"]["checkpoint"].as_u64().unwrap() >= 1, "{st}");
     // A small change after that travels as a journal entry, not a whole
@@ -240,14 +236,14 @@ fn an_outage_fails_fsync_keeps_the_data_and_drains_when_the_server_returns() {
         (MAX_BACKLOG - PIECE..=MAX_BACKLOG + 4 * PIECE).contains(&accepted),
         "{accepted} bytes accepted with a 16 MiB backlog limit"
     );
-    let st = status(&f);
+    let st = f.status();
     assert!(st["remote"]["backlog_bytes"].as_u64().unwrap() > 0, "{st}");
     let why = st["remote"]["last_error"].as_str().unwrap();
     assert!(why.contains(&server.endpoint()), "{why}");
     // Back: the daemon drains the backlog by itself, writes resume.
     server.resume();
     let start = std::time::Instant::now();
-    while status(&f)["remote"]["backlog_bytes"] != 0 {
+    while f.status()["remote"]["backlog_bytes"] != 0 {
         assert!(start.elapsed().as_secs() < 60, "the backlog never drained");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -265,7 +261,7 @@ fn an_outage_fails_fsync_keeps_the_data_and_drains_when_the_server_returns() {
         accepted = at + PIECE;
         file.sync_all().unwrap();
     }
-    let st = status(&f);
+    let st = f.status();
     assert_eq!(st["remote"]["backlog_bytes"], 0, "{st}");
     assert!(st["remote"]["last_error"].is_null(), "{st}");
     f.unmount();
@@ -307,7 +303,7 @@ fn a_64_mib_cache_serves_500_mib_from_the_bucket_within_its_limit() {
     fsync_tree(&f.mnt()).unwrap();
     let now = local_segment_bytes(&f);
     assert!(now <= LIMIT, "local segments hold {now} bytes after fsync");
-    let st = status(&f);
+    let st = f.status();
     assert_eq!(st["remote"]["cache_limit"], LIMIT, "{st}");
     assert!(
         st["remote"]["evicted_bytes"].as_u64().unwrap() > 400 << 20,
@@ -347,7 +343,7 @@ fn a_64_mib_cache_serves_500_mib_from_the_bucket_within_its_limit() {
         let now = local_segment_bytes(&f);
         assert!(now <= LIMIT, "cache grew to {now} bytes while reading f{i}");
     }
-    let st = status(&f);
+    let st = f.status();
     assert!(
         st["remote"]["fetched_bytes"].as_u64().unwrap() > 350 << 20,
         "{st}"
@@ -471,33 +467,6 @@ fn chain_objects(server: &S3Server, prefix: &str) -> BTreeSet<String> {
     out
 }
 
-/// Key generations holding records and metadata values (`encryption scan`).
-fn scan_generations(f: &Fixture) -> (Vec<String>, Vec<String>) {
-    let scan: serde_json::Value =
-        serde_json::from_str(&f.ok(&["encryption", "scan", "--json"])).unwrap();
-    let records: Vec<String> = scan["records"]["by_generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["generation"].to_string())
-        .collect();
-    // Every record in the segment files, indexed or not, agrees.
-    let in_files: Vec<String> = scan["segments"]["records_by_generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c[0].to_string())
-        .collect();
-    assert_eq!(in_files, records, "{scan}");
-    let metadata = scan["metadata"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[0].as_str().unwrap().to_string())
-        .collect();
-    (records, metadata)
-}
-
 #[test]
 fn a_mirrored_store_rotates_its_key_through_a_crash_and_an_attach_leaving_nothing_of_the_old_key_in_the_bucket(
 ) {
@@ -515,41 +484,20 @@ fn a_mirrored_store_rotates_its_key_through_a_crash_and_an_attach_leaving_nothin
     let old_chain = chain_objects(&server, "rot");
     assert!(!old_packs.is_empty() && !old_chain.is_empty());
 
-    let pw = f.pw();
-    let pw = pw.to_str().unwrap();
-    let out = f.ok(&[
-        "encryption",
-        "rotate-key",
-        "--password-file",
-        pw,
-        "--max-rate",
-        "4M",
-        "--no-wait",
-    ]);
-    assert!(out.contains("converting"), "{out}");
+    f.start_rotation("4M");
     // Written under the new key, then durable points mid-conversion: the
     // bucket gets the new keystore and a head sealed under the new key.
     std::fs::write(f.mnt().join("after"), file(99)).unwrap();
     fsync_tree(&f.mnt()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     fsync_tree(&f.mnt()).unwrap();
-    let st = status(&f);
+    let st = f.status();
     assert_eq!(st["conversion"]["state"], "converting", "{st}");
     // The host dies mid-conversion; the store comes back from the bucket.
     f.kill_daemon();
     attach(&f, &server, "rot");
     f.mount(); // resumes the conversion
-    let t = std::time::Instant::now();
-    loop {
-        let st = status(&f);
-        let state = st["conversion"]["state"].as_str().unwrap_or("").to_string();
-        if state == "done" {
-            break;
-        }
-        assert!(state == "converting" || state == "finishing", "{st}");
-        assert!(t.elapsed().as_secs() < 300, "no end: {st}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    f.wait_for_conversion();
     let check = || {
         diff(&repo.join("src"), &f.mnt().join("tree"));
         for i in 0..8 {
@@ -576,18 +524,24 @@ fn a_mirrored_store_rotates_its_key_through_a_crash_and_an_attach_leaving_nothin
     );
     // What the bucket alone restores is all under the new key.
     attach(&f, &server, "rot");
-    let (records, metadata) = scan_generations(&f);
+    let (records, metadata) = f.scan_generations();
     assert_eq!(records, vec![r#"{"Key":1}"#.to_string()]);
     assert_eq!(metadata, vec!["key generation 1".to_string()]);
     f.mount();
     check();
     // A second rotation without a crash: the running daemon switches the
     // bucket to the new key too, so the bucket alone still restores it.
-    f.ok(&["encryption", "rotate-key", "--password-file", pw]);
+    let pw = f.pw();
+    f.ok(&[
+        "encryption",
+        "rotate-key",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
     f.unmount();
     assert!(objects(&server, "rot", "packs").is_disjoint(&packs));
     attach(&f, &server, "rot");
-    let (records, metadata) = scan_generations(&f);
+    let (records, metadata) = f.scan_generations();
     assert_eq!(records, vec![r#"{"Key":2}"#.to_string()]);
     assert_eq!(metadata, vec!["key generation 2".to_string()]);
     f.mount();

@@ -277,12 +277,6 @@ impl Remote {
         Ok((provider, Arc::new(key)))
     }
 
-    /// Loads the mirror key (derived from the metadata key) after unlock.
-    pub fn set_key(&self, provider: Provider, metadata_key: &[u8; 32]) -> Result<(), RemoteError> {
-        self.set_keys(Self::derive_key(provider, metadata_key)?, None);
-        Ok(())
-    }
-
     /// Loads the mirror keys after unlock: the current one seals, and while
     /// a key conversion runs the retiring one still opens what was sealed
     /// before it began.

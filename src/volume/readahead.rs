@@ -23,7 +23,7 @@ const WINDOW: u64 = 8 << 20;
 /// whole chunk (64 KiB on average), so the rest of it should still be here
 /// when a neighbouring read comes (the kernel caches only the pages it was
 /// given).
-const CACHE_BYTES: usize = 64 << 20;
+const CACHE_BYTES: usize = 16 << 20;
 /// Read positions remembered (one per recently read file).
 const POSITIONS: usize = 1024;
 

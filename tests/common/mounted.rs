@@ -107,20 +107,76 @@ impl Fixture {
         let pid = self.daemon_pid().expect("daemon running");
         // SAFETY: kill(2) on a pid we just found.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        // Gone once it is reaped or a zombie: only then are its files (the
-        // control socket) closed. Its cmdline empties earlier, while it
-        // still exits.
+        // Gone once it is reaped, or a zombie whose other threads have all
+        // exited: only then is its file table (the control socket) closed.
+        // Its cmdline empties earlier, while it still exits.
         let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-                !s.lines()
-                    .any(|l| l.starts_with("State:") && l.contains('Z'))
-            })
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+            !zombie || threads > 1
         };
         let t = std::time::Instant::now();
         while alive() && t.elapsed() < std::time::Duration::from_secs(10) {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+    }
+    /// `status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+    /// `encryption rotate-key --max-rate RATE --no-wait` (the mounted
+    /// daemon converts in the background).
+    pub fn start_rotation(&self, max_rate: &str) {
+        let pw = self.pw();
+        let out = self.ok(&[
+            "encryption",
+            "rotate-key",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--max-rate",
+            max_rate,
+            "--no-wait",
+        ]);
+        assert!(out.contains("converting"), "{out}");
+    }
+    /// Waits (at most 5 minutes) until the daemon's conversion is done.
+    pub fn wait_for_conversion(&self) {
+        let t = std::time::Instant::now();
+        loop {
+            let st = self.status();
+            let state = st["conversion"]["state"].as_str().unwrap_or("").to_string();
+            if state == "done" {
+                return;
+            }
+            assert!(state == "converting" || state == "finishing", "{st}");
+            assert!(t.elapsed().as_secs() < 300, "no end: {st}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    /// `encryption scan` (not mounted): the key generations holding records
+    /// (as the index names them) and metadata values; asserts that every
+    /// record in the segment files, indexed or not, agrees.
+    pub fn scan_generations(&self) -> (Vec<String>, Vec<String>) {
+        let scan: serde_json::Value =
+            serde_json::from_str(&self.ok(&["encryption", "scan", "--json"])).unwrap();
+        let list = |v: &serde_json::Value, f: &dyn Fn(&serde_json::Value) -> String| {
+            v.as_array().unwrap().iter().map(f).collect::<Vec<String>>()
+        };
+        let records = list(&scan["records"]["by_generation"], &|c| {
+            c["generation"].to_string()
+        });
+        let in_files = list(&scan["segments"]["records_by_generation"], &|c| {
+            c[0].to_string()
+        });
+        assert_eq!(in_files, records, "{scan}");
+        let metadata = list(&scan["metadata"], &|m| m[0].as_str().unwrap().to_string());
+        (records, metadata)
     }
     pub fn is_mounted(&self) -> bool {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
