@@ -484,7 +484,7 @@ fn a_mirrored_store_rotates_its_key_through_a_crash_and_an_attach_leaving_nothin
     let old_chain = chain_objects(&server, "rot");
     assert!(!old_packs.is_empty() && !old_chain.is_empty());
 
-    f.start_rotation("4M");
+    f.start_rotation("1M");
     // Written under the new key, then durable points mid-conversion: the
     // bucket gets the new keystore and a head sealed under the new key.
     std::fs::write(f.mnt().join("after"), file(99)).unwrap();
@@ -496,8 +496,14 @@ fn a_mirrored_store_rotates_its_key_through_a_crash_and_an_attach_leaving_nothin
     // The host dies mid-conversion; the store comes back from the bucket.
     f.kill_daemon();
     attach(&f, &server, "rot");
-    f.mount(); // resumes the conversion
+    f.mount(); // resumes the conversion (at its limit of 1 MiB/s)
+    f.set_conversion_rate("0");
     f.wait_for_conversion();
+    let st = f.status();
+    assert_eq!(
+        st["conversion"]["max_rate"], 0,
+        "the limit was not lifted: {st}"
+    );
     let check = || {
         diff(&repo.join("src"), &f.mnt().join("tree"));
         for i in 0..8 {

@@ -99,6 +99,10 @@ pub fn rotate_key(cli: &Cli, how: ConversionArgs) -> Result<(), Failure> {
 pub fn continue_conversion(cli: &Cli, how: ConversionArgs) -> Result<(), Failure> {
     if control(&cli.store, "status\n")?.is_some() {
         println!("A conversion is already running in the mounted daemon.");
+        if let Some(rate) = how.max_rate {
+            control(&cli.store, &format!("convert-rate {rate}\n"))?;
+            println!("{}", rate_line(rate));
+        }
         if !how.no_wait {
             return wait_for_daemon(cli);
         }
@@ -107,6 +111,14 @@ pub fn continue_conversion(cli: &Cli, how: ConversionArgs) -> Result<(), Failure
     println!("A conversion was interrupted; resuming it here.");
     let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
     offline(cli, &password, how)
+}
+
+fn rate_line(rate: u64) -> String {
+    if rate == 0 {
+        "Rate limit removed (automatic throttle).".into()
+    } else {
+        format!("Rate limit now {} MiB/s.", rate >> 20)
+    }
 }
 
 /// Hands the conversion to the mounted daemon, or runs it here.

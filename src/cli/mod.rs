@@ -213,9 +213,10 @@ pub enum EncryptionCommand {
 /// How a conversion runs.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct ConversionArgs {
-    /// Convert at most this many bytes per second (e.g. 50M). Default:
-    /// full speed while the filesystem is idle, a quarter duty cycle while
-    /// it serves reads and writes.
+    /// Convert at most this many bytes per second (e.g. 50M; 0: no limit).
+    /// Default: full speed while the filesystem is idle, a quarter duty
+    /// cycle while it serves reads and writes. Given again while a
+    /// conversion runs, it changes that conversion's limit.
     #[arg(long, value_parser = parse_rate)]
     pub max_rate: Option<u64>,
     /// Return once the conversion has started (it continues in the mounted
@@ -225,6 +226,9 @@ pub struct ConversionArgs {
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
     parse_size_at_least(s, 1 << 20)
 }
 

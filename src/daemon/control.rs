@@ -117,6 +117,22 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
             };
             answer(&mut stream, r)
         }
+        cmd if cmd.starts_with("convert-rate") => {
+            let rate = cmd
+                .strip_prefix("convert-rate")
+                .unwrap_or("")
+                .trim()
+                .parse();
+            let r = match (shared.volume(), rate) {
+                (_, Err(_)) => Err(Failure::new(Exit::Usage, "convert-rate needs a number")),
+                (None, _) => Err(Failure::new(Exit::Error, "locked: no conversion runs")),
+                (Some(v), Ok(rate)) => {
+                    v.set_counters(&[(super::conversion::MAX_RATE, Some(rate))]);
+                    Ok("limit set".to_string())
+                }
+            };
+            answer(&mut stream, r)
+        }
         cmd if cmd.starts_with("convert") => {
             let mut pw = Zeroizing::new(String::new());
             reader.read_line(&mut pw)?;

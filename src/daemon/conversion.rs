@@ -295,7 +295,7 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
     let mut converted = HashMap::new();
     let mut last_ops = vol.foreground_ops();
     let mut unmirrored = 0u64;
-    loop {
+    let last_scan = loop {
         let max_rate = counter(vol, MAX_RATE)?;
         let cursor = counter(vol, CURSOR)?;
         let inodes = vol
@@ -303,12 +303,10 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             .map_err(|x| e(&x))?;
         if inodes.is_empty() {
             vol.commit(true).map_err(|x| e(&x))?;
-            let left = engine
-                .scan_generations()
-                .map_err(|x| e(&x))?
-                .other_than(current);
+            let scan = engine.scan_generations().map_err(|x| e(&x))?;
+            let left = scan.other_than(current);
             if left.live == 0 {
-                break;
+                break scan;
             }
             let pass = counter(vol, PASS)? + 1;
             if pass >= MAX_PASSES {
@@ -381,10 +379,13 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
         let until = Instant::now() + pause;
         while Instant::now() < until && !job.stop.load(Ordering::SeqCst) {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+            if counter(vol, MAX_RATE)? != max_rate {
+                break; // a new limit (`--max-rate` again) applies at once
+            }
         }
-    }
+    };
     job.progress.lock().unwrap_or_else(|e| e.into_inner()).state = "finishing".into();
-    finish(store, vol, current).map(|()| true)
+    finish(store, vol, current, &last_scan).map(|()| true)
 }
 
 fn update(
@@ -413,8 +414,15 @@ fn update(
 }
 
 /// Drops the dead old records, proves nothing under the old key is left,
-/// then destroys the retiring key.
-fn finish(store: &Path, vol: &Arc<Volume>, current: crate::crypto::KeyGen) -> Result<(), String> {
+/// then destroys the retiring key. `before`: the index scan that found no
+/// live old record (the end of the last pass; nothing referenced under
+/// the old key can appear since: writers use the current key).
+fn finish(
+    store: &Path,
+    vol: &Arc<Volume>,
+    current: crate::crypto::KeyGen,
+    before: &crate::engine::GenerationScan,
+) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
     let engine = vol.engine();
     let from_plain = engine
@@ -428,7 +436,6 @@ fn finish(store: &Path, vol: &Arc<Volume>, current: crate::crypto::KeyGen) -> Re
     // no longer names may sit there too) and any later one the index
     // places an old record in. Not the rest: foreground I/O waits while
     // GC runs.
-    let before = engine.scan_generations().map_err(|x| e(&x))?;
     let mark = vol
         .counter(SEGMENT_MARK)
         .map_err(|x| e(&x))?

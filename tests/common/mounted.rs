@@ -145,6 +145,21 @@ impl Fixture {
         ]);
         assert!(out.contains("converting"), "{out}");
     }
+    /// `encryption rotate-key --max-rate RATE --no-wait` while a conversion
+    /// runs: changes its rate limit ("0": none).
+    pub fn set_conversion_rate(&self, max_rate: &str) {
+        let pw = self.pw();
+        let out = self.ok(&[
+            "encryption",
+            "rotate-key",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--max-rate",
+            max_rate,
+            "--no-wait",
+        ]);
+        assert!(out.contains("Rate limit"), "{out}");
+    }
     /// Waits (at most 5 minutes) until the daemon's conversion is done.
     pub fn wait_for_conversion(&self) {
         let t = std::time::Instant::now();
