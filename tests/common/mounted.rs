@@ -130,11 +130,10 @@ impl Fixture {
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
-    /// `encryption rotate-key --max-rate RATE --no-wait` (the mounted
-    /// daemon converts in the background).
-    pub fn start_rotation(&self, max_rate: &str) {
+    /// `encryption rotate-key --max-rate RATE --no-wait`: its output.
+    fn rotate_key_no_wait(&self, max_rate: &str) -> String {
         let pw = self.pw();
-        let out = self.ok(&[
+        self.ok(&[
             "encryption",
             "rotate-key",
             "--password-file",
@@ -142,22 +141,17 @@ impl Fixture {
             "--max-rate",
             max_rate,
             "--no-wait",
-        ]);
+        ])
+    }
+    /// Starts a key rotation that the mounted daemon runs in the background.
+    pub fn start_rotation(&self, max_rate: &str) {
+        let out = self.rotate_key_no_wait(max_rate);
         assert!(out.contains("converting"), "{out}");
     }
-    /// `encryption rotate-key --max-rate RATE --no-wait` while a conversion
-    /// runs: changes its rate limit ("0": none).
+    /// The same command while a conversion runs: changes its rate limit
+    /// ("0": none).
     pub fn set_conversion_rate(&self, max_rate: &str) {
-        let pw = self.pw();
-        let out = self.ok(&[
-            "encryption",
-            "rotate-key",
-            "--password-file",
-            pw.to_str().unwrap(),
-            "--max-rate",
-            max_rate,
-            "--no-wait",
-        ]);
+        let out = self.rotate_key_no_wait(max_rate);
         assert!(out.contains("Rate limit"), "{out}");
     }
     /// Waits (at most 5 minutes) until the daemon's conversion is done.
