@@ -65,6 +65,7 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
                 match keys::unlock_with_password(&shared.store, &shared.engine, pw.as_bytes()) {
                     Ok(v) => {
                         *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        shared.page_fill.resume();
                         eprintln!("datastore: unlocked");
                         shared.resume_conversion();
                         Ok("unlocked".to_string())
@@ -77,6 +78,7 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
         }
         "lock" => {
             shared.stop_conversion();
+            shared.page_fill.pause();
             let v = shared
                 .volume
                 .write()
@@ -91,16 +93,10 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
                             r.clear_key();
                         }
                         // Drop the kernel's cached pages of every file it
-                        // may have read, so nothing is served while locked.
-                        if let Some(n) = shared
-                            .notifier
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .as_ref()
-                        {
-                            for ino in v.cached_inodes() {
-                                let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
-                            }
+                        // may have read, so nothing is served while locked
+                        // (page fills are paused: none lands after this).
+                        for ino in v.cached_inodes() {
+                            shared.page_fill.invalidate(ino);
                         }
                         drop(v);
                         eprintln!("datastore: locked");
@@ -108,6 +104,7 @@ fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
                     }
                     Err(e) => {
                         *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        shared.page_fill.resume();
                         Err(Failure::new(
                             Exit::Io,
                             format!("flush before lock failed: {e}"),

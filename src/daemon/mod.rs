@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 use crate::engine::Engine;
-use crate::fs::{DatastoreFs, SharedVolume};
+use crate::fs::{DatastoreFs, PageFill, SharedVolume};
 
 pub const SOCKET: &str = "control.sock";
 /// Group commit interval: changes not fsync'ed become durable this often.
@@ -52,8 +52,9 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub volume: SharedVolume,
     pub shutdown: Arc<AtomicBool>,
-    /// Set once mounted: lets `lock` drop the kernel's cached file data.
-    pub notifier: std::sync::Mutex<Option<fuser::Notifier>>,
+    /// Fills the kernel's page cache around random reads; `lock` pauses it
+    /// and drops the kernel's cached file data through it.
+    pub page_fill: Arc<PageFill>,
     /// The key conversion running (or last run) in this daemon.
     pub conversion: std::sync::Mutex<Option<Arc<conversion::Job>>>,
 }
@@ -135,7 +136,7 @@ pub fn serve(
         engine,
         volume: Arc::new(RwLock::new(volume)),
         shutdown: Arc::new(AtomicBool::new(false)),
-        notifier: std::sync::Mutex::new(None),
+        page_fill: PageFill::new(),
         conversion: std::sync::Mutex::new(None),
     });
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shared.shutdown.clone())
@@ -160,11 +161,13 @@ pub fn serve(
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(2);
     config.clone_fd = true;
-    let session = fuser::spawn_mount(DatastoreFs::new(shared.volume.clone()), mountpoint, &config)
-        .map_err(|source| DaemonError::Io {
+    let fs = DatastoreFs::new(shared.volume.clone(), shared.page_fill.clone());
+    let session =
+        fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| DaemonError::Io {
             what: format!("mount {}", mountpoint.display()),
             source,
         })?;
+    shared.page_fill.set_notifier(session.notifier());
     if locked {
         eprintln!(
             "datastore: mounted {} locked: run `datastore unlock`",

@@ -27,6 +27,9 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+mod page_fill;
+pub use page_fill::PageFill;
+
 use crate::volume::{
     Attr, Caller, DirEntry, Kind, RenameMode, SetAttr, Time, VolError, Volume, XattrFlags, ROOT,
 };
@@ -39,6 +42,7 @@ pub type SharedVolume = Arc<RwLock<Option<Arc<Volume>>>>;
 
 pub struct DatastoreFs {
     volume: SharedVolume,
+    fill: Arc<PageFill>,
     /// Open directory handles: the snapshot readdir serves by index.
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
@@ -92,6 +96,11 @@ fn time_of(t: TimeOrNow) -> Option<Time> {
     }
 }
 
+/// Whether open flags give write access (an invalid access mode counts).
+fn writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -100,9 +109,10 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl DatastoreFs {
-    pub fn new(volume: SharedVolume) -> Self {
+    pub fn new(volume: SharedVolume, fill: Arc<PageFill>) -> Self {
         DatastoreFs {
             volume,
+            fill,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
@@ -254,10 +264,20 @@ impl Filesystem for DatastoreFs {
             mtime: mtime.map(time_of),
             ctime: ctime.map(Time::from_system),
         };
-        match v.setattr(ino.0, &set, caller(req)) {
+        let who = caller(req);
+        let apply = move || match v.setattr(ino.0, &set, who) {
             Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
             Err(e) => reply.error(errno(&e)),
+        };
+        if size.is_none() {
+            return apply();
         }
+        // A size change is ordered after any page fill of the file.
+        let fill = self.fill.clone();
+        self.fill.change(ino.0, move || {
+            apply();
+            fill.end_change(ino.0);
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -390,12 +410,23 @@ impl Filesystem for DatastoreFs {
         reply_entry(reply, v.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let v = vol_or_reply!(self, reply);
-        match v.open_file(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+        if !writable(flags.0) {
+            return match v.open_file(ino.0) {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            };
         }
+        // No page fill of a file open for writing (until its release).
+        let fill = self.fill.clone();
+        self.fill.change(ino.0, move || match v.open_file(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => {
+                fill.end_change(ino.0);
+                reply.error(errno(&e))
+            }
+        });
     }
 
     fn read(
@@ -411,10 +442,15 @@ impl Filesystem for DatastoreFs {
     ) {
         let v = vol_or_reply!(self, reply);
         let started = std::time::Instant::now();
-        match v.read(ino.0, offset, size) {
-            Ok(d) => {
+        let ticket = self.fill.ticket(ino.0);
+        match v.read_around(ino.0, offset, size) {
+            Ok((d, around)) => {
                 crate::daemon::metrics::record_read(d.len(), started);
-                reply.data(&d)
+                reply.data(&d);
+                if let (Some(t), Some(a)) = (ticket, around) {
+                    self.fill
+                        .offer(ino.0, t, offset, offset + d.len() as u64, a);
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -467,11 +503,14 @@ impl Filesystem for DatastoreFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if writable(flags.0) {
+            self.fill.end_change(ino.0);
+        }
         let v = vol_or_reply!(self, reply);
         reply_empty(reply, v.release(ino.0));
     }
@@ -614,7 +653,7 @@ impl Filesystem for DatastoreFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let v = vol_or_reply!(self, reply);
@@ -626,16 +665,37 @@ impl Filesystem for DatastoreFs {
             0,
             caller(req),
         );
-        match made.and_then(|a| v.open_file(a.ino).map(|_| a)) {
-            Ok(a) => reply.created(
-                &TTL,
-                &to_fuse(&a),
-                Generation(0),
-                FileHandle(0),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(&e)),
+        let a = match made {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let ino = a.ino;
+        let open = move || match v.open_file(a.ino) {
+            Ok(()) => {
+                reply.created(
+                    &TTL,
+                    &to_fuse(&a),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                );
+                true
+            }
+            Err(e) => {
+                reply.error(errno(&e));
+                false
+            }
+        };
+        if !writable(flags) {
+            open();
+            return;
         }
+        let fill = self.fill.clone();
+        self.fill.change(ino, move || {
+            if !open() {
+                fill.end_change(ino);
+            }
+        });
     }
 
     fn fallocate(

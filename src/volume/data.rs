@@ -13,6 +13,13 @@ use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
 use super::{lock, State, Volume, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
 use crate::engine::ChunkRef;
 
+/// The whole chunks a read decoded: (file offset, plaintext), in file
+/// order (there may be holes between them), and the file's size then.
+pub struct Around {
+    pub file_size: u64,
+    pub chunks: Vec<(u64, Arc<Vec<u8>>)>,
+}
+
 /// Extents a flush window replaces: (file offset, extent).
 type Replaced = Vec<(u64, Extent)>;
 /// A window to re-chunk: (start offset, extents it replaces, new content).
@@ -195,7 +202,7 @@ impl Volume {
         extents: &[(u64, Extent)],
         off: u64,
         out: &mut [u8],
-    ) -> VResult<()> {
+    ) -> VResult<Vec<Arc<Vec<u8>>>> {
         let end = off + out.len() as u64;
         // Few chunks: decode inline (the pool's idle workers would spin on
         // the cores the FUSE threads need).
@@ -204,8 +211,8 @@ impl Volume {
         } else {
             extents.iter().map(|(_, e)| self.chunk(e)).collect()
         };
-        for ((e_off, e), data) in extents.iter().zip(chunks) {
-            let data = data?;
+        let chunks: Vec<Arc<Vec<u8>>> = chunks.into_iter().collect::<VResult<_>>()?;
+        for ((e_off, e), data) in extents.iter().zip(&chunks) {
             let from = off.max(*e_off);
             let to = end.min(e_off + e.len as u64);
             if from < to {
@@ -213,7 +220,7 @@ impl Volume {
                     .copy_from_slice(&data[(from - e_off) as usize..(to - e_off) as usize]);
             }
         }
-        Ok(())
+        Ok(chunks)
     }
 
     pub fn open_file(&self, ino: u64) -> VResult<()> {
@@ -313,8 +320,17 @@ impl Volume {
     }
 
     pub fn read(&self, ino: u64, off: u64, size: u32) -> VResult<Vec<u8>> {
+        self.read_around(ino, off, size).map(|(data, _)| data)
+    }
+
+    /// A read, and for a read that does not continue the previous one of
+    /// the file, the whole chunks decoded to answer it (`Around`), so the
+    /// caller can hand their other pages to the kernel's page cache. None
+    /// while the file has buffered writes (the chunks would not be the
+    /// file's content).
+    pub fn read_around(&self, ino: u64, off: u64, size: u32) -> VResult<(Vec<u8>, Option<Around>)> {
         self.count_foreground_op();
-        let (extents, pieces, len) = {
+        let (extents, pieces, len, file_size, sequential) = {
             let mut st = lock(&self.state);
             let inode = self.load_inode(&mut st, ino)?;
             match inode.kind {
@@ -324,18 +340,20 @@ impl Volume {
             }
             let fsize = inode.size;
             if off >= fsize {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             let len = (size as u64).min(fsize - off);
             let end = off + len;
             let map = self.load_extents(&mut st, ino)?;
             let extents = overlapping(map, off, end);
-            if let Some((from, to)) = self.readahead_range(ino, off, end) {
+            let pattern = self.note_read(ino, off, end);
+            if let Some((from, to)) = pattern.ahead {
                 let ahead = overlapping(map, from, to).into_iter().map(|(_, e)| e);
                 self.queue_readahead(ahead.collect());
             }
             // Buffer being flushed first, the current buffer over it.
             let layers = [st.flushing.get(&ino).map(|b| &**b), st.buffers.get(&ino)];
+            let buffered = layers.iter().any(|l| l.is_some());
             let pieces: Vec<(u64, Vec<u8>)> = layers
                 .into_iter()
                 .flatten()
@@ -349,15 +367,19 @@ impl Volume {
                         })
                 })
                 .collect();
-            (extents, pieces, len)
+            (extents, pieces, len, fsize, pattern.sequential || buffered)
         };
         let mut out = vec![0u8; len as usize];
-        self.fill_from_extents(&extents, off, &mut out)?;
+        let chunks = self.fill_from_extents(&extents, off, &mut out)?;
         for (at, bytes) in pieces {
             let i = (at - off) as usize;
             out[i..i + bytes.len()].copy_from_slice(&bytes);
         }
-        Ok(out)
+        let around = (!sequential && !chunks.is_empty()).then(|| Around {
+            file_size,
+            chunks: extents.iter().map(|(o, _)| *o).zip(chunks).collect(),
+        });
+        Ok((out, around))
     }
 
     /// Waits until no flush of `ino` is running; returns the state lock.
@@ -402,7 +424,7 @@ impl Volume {
                 Content::Assemble { hi } => {
                     let mut bytes = vec![0u8; (hi - lo) as usize];
                     self.fill_from_extents(&olds, lo, &mut bytes)
-                        .map(|()| overlay_buffer(&buf, lo, &mut bytes))
+                        .map(|_| overlay_buffer(&buf, lo, &mut bytes))
                         .and_then(|()| self.engine.put_bytes(&bytes).map_err(VolError::from))
                 }
             };

@@ -995,4 +995,4 @@ fn inode_kind_is_file(st: &State, ino: u64) -> bool {
 }
 
 mod data;
-pub use data::StatFs;
+pub use data::{Around, StatFs};

@@ -46,6 +46,12 @@ struct Position {
     queued_to: u64,
 }
 
+/// What `note_read` saw.
+pub(super) struct ReadPattern {
+    pub sequential: bool,
+    pub ahead: Option<(u64, u64)>,
+}
+
 #[derive(Default)]
 pub(super) struct ChunkCache {
     cached: Mutex<Cached>,
@@ -104,32 +110,38 @@ impl Volume {
         decoded
     }
 
-    /// Notes a read of [off, end) of `ino`; when it continues the previous
-    /// one, returns the range whose chunks should be decoded ahead.
-    pub(super) fn readahead_range(&self, ino: u64, off: u64, end: u64) -> Option<(u64, u64)> {
-        lock(&self.cache.queue).as_ref()?;
+    /// Notes a read of [off, end) of `ino`: whether it continues the
+    /// previous one (or starts the file), and if so the range whose chunks
+    /// should be decoded ahead.
+    pub(super) fn note_read(&self, ino: u64, off: u64, end: u64) -> ReadPattern {
         let mut positions = lock(&self.cache.positions);
         if positions.len() >= POSITIONS && !positions.contains_key(&ino) {
             positions.clear();
         }
         let p = positions.entry(ino).or_insert(Position {
-            next: u64::MAX,
+            next: 0,
             queued_to: 0,
         });
         let sequential = p.next == off;
         p.next = end;
         if !sequential {
             p.queued_to = end;
-            return None;
+            return ReadPattern {
+                sequential,
+                ahead: None,
+            };
         }
         let from = p.queued_to.max(end);
         let to = end + WINDOW;
-        // Queue in steps of a quarter window, not on every read.
-        if to < from + WINDOW / 4 {
-            return None;
-        }
-        p.queued_to = to;
-        Some((from, to))
+        // Queue in steps of a quarter window, not on every read; nothing
+        // when no readahead thread runs.
+        let ahead = if to < from + WINDOW / 4 || lock(&self.cache.queue).is_none() {
+            None
+        } else {
+            p.queued_to = to;
+            Some((from, to))
+        };
+        ReadPattern { sequential, ahead }
     }
 
     /// Hands extents to the readahead thread (dropped if it is gone).
