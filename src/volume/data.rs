@@ -204,9 +204,10 @@ impl Volume {
         out: &mut [u8],
     ) -> VResult<Vec<Arc<Vec<u8>>>> {
         let end = off + out.len() as u64;
-        // Few chunks: decode inline (the pool's idle workers would spin on
+        // Few chunks to decode (the others cached or being decoded by
+        // readahead): decode inline (the pool's idle workers would spin on
         // the cores the FUSE threads need).
-        let chunks: Vec<VResult<Arc<Vec<u8>>>> = if extents.len() > 4 {
+        let chunks: Vec<VResult<Arc<Vec<u8>>>> = if self.chunks_to_decode(extents) > 4 {
             extents.par_iter().map(|(_, e)| self.chunk(e)).collect()
         } else {
             extents.iter().map(|(_, e)| self.chunk(e)).collect()

@@ -5,18 +5,20 @@
 //! (a chunk is decoded once even when a reader and the readahead thread
 //! want it at the same time), and per-file read positions. When a file is
 //! read where its previous read ended, the chunks of the next `WINDOW`
-//! bytes are decoded into the cache on a background thread, so disk reads
-//! and decryption overlap the transfers to the kernel.
+//! bytes are decoded into the cache by `DECODERS` background threads, so
+//! disk reads and decryption overlap the transfers to the kernel.
 //!
 //! Invariant: the cache only holds verified plaintext keyed by
 //! fingerprint, so a stale entry cannot exist (a chunk's content never
 //! changes); readahead only warms the cache and never answers a read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{lock, Extent, VResult, Volume};
 
+/// Threads decoding readahead chunks.
+const DECODERS: usize = 2;
 /// How far ahead of a sequential reader chunks are decoded.
 const WINDOW: u64 = 8 << 20;
 /// Plaintext bytes of decoded chunks kept: a 4 KiB random read decodes a
@@ -57,7 +59,32 @@ pub(super) struct ChunkCache {
     cached: Mutex<Cached>,
     loaded: Condvar,
     positions: Mutex<HashMap<u64, Position>>,
-    queue: Mutex<Option<mpsc::Sender<Vec<Extent>>>>,
+    /// Chunks for the decoder threads, in file order; None until
+    /// `start_readahead`.
+    queue: Mutex<Option<Arc<Queue>>>,
+}
+
+/// The decoders' work: chunks to decode, oldest first.
+#[derive(Default)]
+struct Queue {
+    work: Mutex<Work>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Work {
+    extents: VecDeque<Extent>,
+    /// Set when the volume goes: the decoders exit.
+    closed: bool,
+}
+
+impl Drop for ChunkCache {
+    fn drop(&mut self) {
+        if let Some(q) = lock(&self.queue).take() {
+            lock(&q.work).closed = true;
+            q.ready.notify_all();
+        }
+    }
 }
 
 impl Volume {
@@ -110,6 +137,17 @@ impl Volume {
         decoded
     }
 
+    /// How many of `extents` are neither cached nor being decoded.
+    pub(super) fn chunks_to_decode(&self, extents: &[(u64, Extent)]) -> usize {
+        let c = lock(&self.cache.cached);
+        extents
+            .iter()
+            .filter(|(_, e)| {
+                !c.chunks.contains_key(&e.fingerprint) && !c.loading.contains(&e.fingerprint)
+            })
+            .count()
+    }
+
     /// Notes a read of [off, end) of `ino`: whether it continues the
     /// previous one (or starts the file), and if so the range whose chunks
     /// should be decoded ahead.
@@ -144,31 +182,58 @@ impl Volume {
         ReadPattern { sequential, ahead }
     }
 
-    /// Hands extents to the readahead thread (dropped if it is gone).
+    /// Hands extents to the decoder threads (dropped if there are none).
     pub(super) fn queue_readahead(&self, extents: Vec<Extent>) {
         if extents.is_empty() {
             return;
         }
-        if let Some(tx) = lock(&self.cache.queue).as_ref() {
-            let _ = tx.send(extents);
+        if let Some(q) = lock(&self.cache.queue).as_ref() {
+            lock(&q.work).extents.extend(extents);
+            q.ready.notify_all();
         }
     }
 
-    /// Starts the thread that decodes readahead chunks into the cache.
+    /// Starts `DECODERS` threads that decode queued readahead chunks into
+    /// the cache, taking them in file order (the chunk the reader needs
+    /// next is never behind later ones; disk reads overlap each other and
+    /// decryption). Plain threads that sleep when idle: a pool's spinning
+    /// workers would take the cores from the FUSE threads.
     pub fn start_readahead(self: &Arc<Self>) {
-        let (tx, rx) = mpsc::channel::<Vec<Extent>>();
-        let weak = Arc::downgrade(self);
-        std::thread::spawn(move || {
-            while let Ok(extents) = rx.recv() {
-                let Some(v) = weak.upgrade() else { break };
-                for e in &extents {
-                    // A failure is reported to the reader that needs it.
-                    if v.chunk(e).is_err() {
-                        break;
-                    }
-                }
+        let q = Arc::new(Queue::default());
+        for i in 0..DECODERS {
+            let weak = Arc::downgrade(self);
+            let q = q.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("datastore-readahead-{i}"))
+                .spawn(move || decode_queued(&q, &weak));
+            if spawned.is_err() {
+                return;
             }
-        });
-        *lock(&self.cache.queue) = Some(tx);
+        }
+        *lock(&self.cache.queue) = Some(q);
+    }
+}
+
+/// A decoder thread: takes the next queued chunk and decodes it into the
+/// cache, until the volume goes. A failure drops what is queued (the
+/// reader that needs a chunk meets the error itself).
+fn decode_queued(q: &Queue, volume: &std::sync::Weak<Volume>) {
+    loop {
+        let e = {
+            let mut w = lock(&q.work);
+            loop {
+                if w.closed {
+                    return;
+                }
+                if let Some(e) = w.extents.pop_front() {
+                    break e;
+                }
+                w = q.ready.wait(w).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let Some(v) = volume.upgrade() else { return };
+        if v.chunk(&e).is_err() {
+            lock(&q.work).extents.clear();
+        }
     }
 }
