@@ -348,6 +348,27 @@ settle datastore "$dir"
 record datastore versions_s "$(since "$t")"
 record datastore versions_bytes "$(bytes_of "$dir.store")"
 
+# The same three ingests with `datastore import` (the bulk path: no FUSE
+# round trip per file; durable when it returns, as restic and borg are).
+echo "==> datastore import: the Linux tree once, twice, and the versions set"
+dir=$base/import-datastore
+mount_candidate datastore "$dir"
+t=$(now); "$bin" import "$linux" "$dir/linux" >/dev/null
+record datastore-import tree_copy_s "$(since "$t")"
+settle datastore "$dir"
+record datastore-import tree_once_bytes "$(bytes_of "$dir.store")"
+DATASTORE_STORE=$dir.store "$bin" mount "$dir" --password-file "$base/pw" >/dev/null
+t=$(now); "$bin" import "$base/linux-second-copy" "$dir/linux2" >/dev/null
+record datastore-import tree_twice_s "$(since "$t")"
+settle datastore "$dir"
+record datastore-import tree_twice_bytes "$(bytes_of "$dir.store")"
+dir=$base/import-versions-datastore
+mount_candidate datastore "$dir"
+t=$(now); "$bin" import "$versions/tree" "$dir/versions" >/dev/null
+record datastore-import versions_s "$(since "$t")"
+settle datastore "$dir"
+record datastore-import versions_bytes "$(bytes_of "$dir.store")"
+
 # --- 4. the engine alone (full mode) --------------------------------------------
 if [ "$mode" = full ]; then
     echo "==> engine benchmark"

@@ -4,6 +4,7 @@
 mod conversion;
 mod encryption;
 pub mod exit;
+mod import;
 mod maintenance;
 mod mount;
 mod secrets;
@@ -143,6 +144,11 @@ pub enum Command {
     },
     /// Flush everything and unmount.
     Unmount { mountpoint: PathBuf },
+    /// Copy a local file or tree into a running mount as `cp -a SRC DEST`
+    /// would (contents, owners, modes, times, xattrs and ACLs, symlinks,
+    /// hard links, device nodes), without a FUSE round trip per file.
+    /// DEST is a new path inside a datastore mount. Root only.
+    Import { source: PathBuf, dest: PathBuf },
     /// Unlock a running mount (password prompt, --password-file or stdin).
     Unlock,
     /// Flush, drop the keys, and refuse file access until unlocked again.
@@ -308,6 +314,7 @@ pub fn run(cli: Cli) -> i32 {
             },
         ),
         Command::Unmount { mountpoint } => mount::unmount(mountpoint),
+        Command::Import { source, dest } => import::import(source, dest),
         Command::Unlock => mount::unlock(&cli),
         Command::Lock => mount::lock(&cli),
         Command::Status { json } => mount::status(&cli, *json),

@@ -231,16 +231,21 @@ pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Fai
     let rest = reply.strip_prefix("err ").unwrap_or(&reply);
     let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
     let code = match code {
+        "2" => Exit::Usage,
         "3" => Exit::WrongPassword,
+        "4" => Exit::NotAStore,
+        "5" => Exit::Locked,
         "6" => Exit::SelfTest,
         "7" => Exit::Io,
-        "2" => Exit::Usage,
+        "8" => Exit::Refused,
+        "9" => Exit::InUse,
+        "10" => Exit::Damaged,
         _ => Exit::Error,
     };
     Err(Failure::new(code, msg.to_string()))
 }
 
-fn no_daemon(store: &Path) -> Failure {
+pub(crate) fn no_daemon(store: &Path) -> Failure {
     Failure::new(
         Exit::NotAStore,
         format!(
@@ -272,19 +277,25 @@ pub fn lock(cli: &Cli) -> Result<(), Failure> {
 /// Finds the store behind a datastore mount point in /proc/self/mountinfo.
 fn store_of_mount(mountpoint: &Path) -> Option<PathBuf> {
     let want = std::fs::canonicalize(mountpoint).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let mp = fields.get(4)?;
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let source = fields.get(sep + 2)?;
-        if Path::new(&mp.replace("\\040", " ")) == want {
-            return source
-                .strip_prefix("datastore:")
-                .map(|s| PathBuf::from(s.replace("\\040", " ")));
-        }
-    }
-    None
+    datastore_mounts()
+        .into_iter()
+        .find(|(mp, _)| *mp == want)
+        .map(|(_, store)| store)
+}
+
+/// Every datastore mount of this machine: (mount point, store).
+pub(crate) fn datastore_mounts() -> Vec<(PathBuf, PathBuf)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let unescape = |s: &str| PathBuf::from(s.replace("\\040", " "));
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let mp = fields.get(4)?;
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let store = fields.get(sep + 2)?.strip_prefix("datastore:")?;
+            Some((unescape(mp), unescape(store)))
+        })
+        .collect()
 }
 
 /// True when no process holds the store's lock.

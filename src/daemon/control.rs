@@ -48,11 +48,30 @@ fn answer(stream: &mut UnixStream, r: Result<String, Failure>) -> std::io::Resul
     }
 }
 
-fn handle(shared: &Shared, mut stream: UnixStream) -> std::io::Result<()> {
+fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut cmd = String::new();
     reader.read_line(&mut cmd)?;
     match cmd.trim() {
+        "import" => {
+            // Two more lines: the source and the destination (absolute).
+            let mut src = String::new();
+            let mut dest = String::new();
+            reader.read_line(&mut src)?;
+            reader.read_line(&mut dest)?;
+            let (src, dest) = (PathBuf::from(src.trim_end_matches('\n')), dest);
+            let dest = PathBuf::from(dest.trim_end_matches('\n'));
+            // An import can take long: on its own thread, so status, lock
+            // and the rest keep answering.
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let r = super::import::run(&shared, &src, &dest);
+                if let Err(e) = answer(&mut stream, r) {
+                    eprintln!("datastore: control request failed: {e}");
+                }
+            });
+            Ok(())
+        }
         "unlock" => {
             let mut pw = Zeroizing::new(String::new());
             reader.read_line(&mut pw)?;

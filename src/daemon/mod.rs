@@ -10,6 +10,7 @@
 mod control;
 pub mod conversion;
 pub mod http;
+mod import;
 pub mod keys;
 pub mod metrics;
 pub mod status;
@@ -132,7 +133,9 @@ pub fn serve(
     let locked = volume.is_none();
     let shared = Arc::new(Shared {
         store: store.to_path_buf(),
-        mountpoint: mountpoint.to_path_buf(),
+        // Canonical (imports compare destinations against it); resolved
+        // before the mount covers it.
+        mountpoint: std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf()),
         engine,
         volume: Arc::new(RwLock::new(volume)),
         shutdown: Arc::new(AtomicBool::new(false)),

@@ -28,6 +28,7 @@
 //! itself answered.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -100,6 +101,15 @@ impl PageFill {
     pub fn invalidate(&self, ino: u64) {
         if let Some(n) = lock(&self.notifier).as_ref() {
             let _ = n.inval_inode(INodeNo(ino), 0, 0);
+        }
+    }
+
+    /// Drops the kernel's cached entry `name` in `parent` (also a cached
+    /// "no such name") and the parent's attributes.
+    pub fn invalidate_entry(&self, parent: u64, name: &[u8]) {
+        if let Some(n) = lock(&self.notifier).as_ref() {
+            let _ = n.inval_entry(INodeNo(parent), std::ffi::OsStr::from_bytes(name));
+            let _ = n.inval_inode(INodeNo(parent), 0, 0);
         }
     }
 

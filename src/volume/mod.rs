@@ -995,4 +995,6 @@ fn inode_kind_is_file(st: &State, ino: u64) -> bool {
 }
 
 mod data;
+mod import;
 pub use data::{Around, StatFs};
+pub use import::ImportReport;
