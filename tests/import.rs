@@ -273,6 +273,12 @@ fn import_refuses_what_it_cannot_do_with_one_line_and_its_exit_code() {
         2,
         "is not a directory",
     );
+    let inner = mnt.join("file");
+    expect(
+        &["import", inner.to_str().unwrap(), dest.to_str().unwrap()],
+        2,
+        "inside this store's mount",
+    );
     f.ok(&["lock"]);
     expect(&["import", s, dest.to_str().unwrap()], 5, "locked");
     f.ok(&["unlock", "--password-file", f.pw().to_str().unwrap()]);

@@ -25,6 +25,13 @@ pub fn run(shared: &Shared, src: &Path, dest: &Path) -> Result<String, Failure> 
     if !src.is_absolute() || !dest.is_absolute() {
         return Err(usage("import needs absolute paths".into()));
     }
+    if src.starts_with(&shared.mountpoint) {
+        // The daemon would read it through its own mount.
+        return Err(usage(format!(
+            "{} is inside this store's mount: copy it with cp",
+            src.display()
+        )));
+    }
     let inside = dest.strip_prefix(&shared.mountpoint).map_err(|_| {
         usage(format!(
             "{} is not inside this store's mount ({})",
