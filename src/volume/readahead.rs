@@ -200,6 +200,8 @@ impl Volume {
     /// workers would take the cores from the FUSE threads.
     pub fn start_readahead(self: &Arc<Self>) {
         let q = Arc::new(Queue::default());
+        // Stored first: dropping the cache closes it, which ends the threads.
+        *lock(&self.cache.queue) = Some(q.clone());
         for i in 0..DECODERS {
             let weak = Arc::downgrade(self);
             let q = q.clone();
@@ -207,10 +209,13 @@ impl Volume {
                 .name(format!("datastore-readahead-{i}"))
                 .spawn(move || decode_queued(&q, &weak));
             if spawned.is_err() {
-                return;
+                // Fewer decoders; with none, no readahead is queued at all.
+                if i == 0 {
+                    *lock(&self.cache.queue) = None;
+                }
+                break;
             }
         }
-        *lock(&self.cache.queue) = Some(q);
     }
 }
 
