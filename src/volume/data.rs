@@ -331,7 +331,7 @@ impl Volume {
     /// file's content).
     pub fn read_around(&self, ino: u64, off: u64, size: u32) -> VResult<(Vec<u8>, Option<Around>)> {
         self.count_foreground_op();
-        let (extents, pieces, len, file_size, sequential) = {
+        let (extents, pieces, len, file_size, no_around) = {
             let mut st = lock(&self.state);
             let inode = self.load_inode(&mut st, ino)?;
             match inode.kind {
@@ -368,6 +368,8 @@ impl Volume {
                         })
                 })
                 .collect();
+            // A sequential reader has the kernel's readahead; buffered data
+            // would make the chunks differ from the file.
             (extents, pieces, len, fsize, pattern.sequential || buffered)
         };
         let mut out = vec![0u8; len as usize];
@@ -376,7 +378,7 @@ impl Volume {
             let i = (at - off) as usize;
             out[i..i + bytes.len()].copy_from_slice(&bytes);
         }
-        let around = (!sequential && !chunks.is_empty()).then(|| Around {
+        let around = (!no_around && !chunks.is_empty()).then(|| Around {
             file_size,
             chunks: extents.iter().map(|(o, _)| *o).zip(chunks).collect(),
         });
