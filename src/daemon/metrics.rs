@@ -55,6 +55,8 @@ impl Histogram {
 
 pub static READ_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static WRITE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes handed to the kernel's page cache around random reads.
+pub static FILL_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static READ_LATENCY: Histogram = Histogram::new();
 pub static WRITE_LATENCY: Histogram = Histogram::new();
 static ERRORS: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
@@ -62,6 +64,10 @@ static ERRORS: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
 pub fn record_read(bytes: usize, started: Instant) {
     READ_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
     READ_LATENCY.observe(started.elapsed());
+}
+
+pub fn record_fill(bytes: usize) {
+    FILL_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
 }
 
 pub fn record_write(bytes: usize, started: Instant) {
@@ -174,6 +180,13 @@ pub fn render_io(out: &mut String) {
         "counter",
         "Bytes read through the mount.",
         bytes(&READ_BYTES),
+    );
+    write_metric(
+        out,
+        "datastore_page_fill_bytes_total",
+        "counter",
+        "Bytes of decoded chunks handed to the kernel's page cache around random reads (the kernel answers later reads of them itself).",
+        bytes(&FILL_BYTES),
     );
     write_metric(
         out,

@@ -186,6 +186,7 @@ impl PageFill {
                 if n.store(INodeNo(job.ino), at, &bytes).is_err() {
                     break;
                 }
+                crate::daemon::metrics::record_fill(bytes.len());
             }
         }
         let deferred = {

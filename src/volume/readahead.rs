@@ -26,6 +26,8 @@ const WINDOW: u64 = 8 << 20;
 /// when a neighbouring read comes (the kernel caches only the pages it was
 /// given).
 const CACHE_BYTES: usize = 16 << 20;
+/// How far from where the previous read ended a read still continues it.
+const NEAR: u64 = 1 << 20;
 /// Read positions remembered (one per recently read file).
 const POSITIONS: usize = 1024;
 
@@ -160,8 +162,11 @@ impl Volume {
             next: 0,
             queued_to: 0,
         });
-        let sequential = p.next == off;
-        p.next = end;
+        // Near the previous end counts as continuing it: the kernel's
+        // readahead requests of one stream can arrive out of order (two
+        // FUSE threads).
+        let sequential = off.abs_diff(p.next) <= NEAR;
+        p.next = if sequential { p.next.max(end) } else { end };
         if !sequential {
             p.queued_to = end;
             return ReadPattern {
