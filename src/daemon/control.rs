@@ -59,7 +59,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
             let mut dest = String::new();
             reader.read_line(&mut src)?;
             reader.read_line(&mut dest)?;
-            let (src, dest) = (PathBuf::from(src.trim_end_matches('\n')), dest);
+            let src = PathBuf::from(src.trim_end_matches('\n'));
             let dest = PathBuf::from(dest.trim_end_matches('\n'));
             // An import can take long: on its own thread, so status, lock
             // and the rest keep answering.

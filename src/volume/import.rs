@@ -21,7 +21,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 
 use super::error::{VResult, VolError};
 use super::inode::{Kind, Time};
@@ -69,11 +69,11 @@ struct Queue {
 
 impl Volume {
     /// Imports `src` as `name` in directory `parent` with `threads`
-    /// walking threads. Fails (importing nothing) when `src` cannot be read
-    /// or `name` exists; otherwise reports what was imported and what
-    /// failed.
+    /// walking threads. Fails when `src` cannot be read or `name` exists
+    /// (nothing is created), or when the top entry itself fails; otherwise
+    /// reports what was imported and what failed below it.
     pub fn import(
-        self: &Arc<Self>,
+        &self,
         src: &Path,
         parent: u64,
         name: &[u8],
