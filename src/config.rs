@@ -2,7 +2,10 @@
 //! every reader of the store must agree on. Holds no secrets.
 //!
 //! Invariant: written atomically (temp file, fsync, rename, fsync dir); a
-//! file with an unknown format version is refused, never guessed at.
+//! file with an unknown format version is refused, never guessed at. A
+//! store is moved to the current version before anything only the current
+//! version can read is written to it (`upgrade_format`), so an older build
+//! refuses it rather than misreading it.
 
 use std::path::Path;
 
@@ -11,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::FingerprintAlg;
 
 pub const CONFIG_FILE: &str = "datastore.toml";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: inode rows may hold their file's extents (docs/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads (and upgrades when it writes).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,11 +106,12 @@ impl StoreConfig {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let cfg: StoreConfig = toml::from_str(&text)
             .map_err(|e| format!("{} is malformed: {}", path.display(), e.message()))?;
-        if cfg.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&cfg.format_version) {
             return Err(format!(
-                "{} has format version {}, this build reads {}",
+                "{} has format version {}, this build reads {} to {}",
                 path.display(),
                 cfg.format_version,
+                OLDEST_FORMAT_VERSION,
                 FORMAT_VERSION
             ));
         }
@@ -112,6 +119,18 @@ impl StoreConfig {
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Moves an older store's format version to the current one (nothing
+    /// else changes: this build reads both forms side by side).
+    pub fn upgrade_format(store: &Path) -> Result<(), String> {
+        let mut cfg = Self::load(store)?;
+        if cfg.format_version < FORMAT_VERSION {
+            cfg.format_version = FORMAT_VERSION;
+            cfg.save(store)
+                .map_err(|e| format!("cannot write {}: {e}", store.join(CONFIG_FILE).display()))?;
+        }
+        Ok(())
     }
 
     pub fn save(&self, store: &Path) -> std::io::Result<()> {

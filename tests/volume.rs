@@ -149,6 +149,136 @@ fn data_holes_overwrites_truncate_and_persistence() {
     assert!(v.engine().scrub().unwrap().is_clean());
 }
 
+/// Sealed values in the volume's tables (inode, directory entry and
+/// extent rows).
+fn sealed_rows(v: &Volume) -> u64 {
+    v.count_sealed().unwrap().values().sum()
+}
+
+fn read_all(v: &Volume, ino: u64) -> Vec<u8> {
+    let size = v.getattr(ino).unwrap().inode.size;
+    v.read(ino, 0, size as u32).unwrap()
+}
+
+fn put(v: &Volume, ino: u64, off: u64, data: &[u8]) {
+    v.open_file(ino).unwrap();
+    v.write(ino, off, data).unwrap();
+    v.release(ino).unwrap();
+}
+
+#[test]
+fn files_move_between_inline_and_table_extents_without_losing_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = random_bytes(21, 40_000);
+    let big = random_bytes(22, 3 << 20);
+    let (f, g);
+    {
+        let v = open(dir.path(), true);
+        f = create_file(&v, ROOT, "small");
+        g = create_file(&v, ROOT, "big");
+        put(&v, f, 0, &small);
+        put(&v, g, 0, &big);
+        v.sync_all().unwrap();
+        // root, f, g + two entries; a 3 MiB file's chunks are rows.
+        assert!(sealed_rows(&v) > 5 + 8, "{} rows", sealed_rows(&v));
+    }
+    let mut grown = small.clone();
+    grown.extend_from_slice(&big);
+    {
+        let v = open(dir.path(), false);
+        assert!(read_all(&v, f) == small, "content of f");
+        assert!(read_all(&v, g) == big, "content of g");
+        // The one-chunk file grows past the inline limit, the big one
+        // shrinks under it.
+        put(&v, f, small.len() as u64, &big);
+        let cut = SetAttr {
+            size: Some(30_000),
+            ..Default::default()
+        };
+        v.setattr(g, &cut, ME).unwrap();
+        v.sync_all().unwrap();
+        assert!(sealed_rows(&v) > 5 + 8, "{} rows", sealed_rows(&v));
+    }
+    {
+        let v = open(dir.path(), false);
+        assert!(read_all(&v, f) == grown, "content of f");
+        assert!(read_all(&v, g) == big[..30_000], "content of g");
+        let cut = SetAttr {
+            size: Some(50_000),
+            ..Default::default()
+        };
+        v.setattr(f, &cut, ME).unwrap();
+        v.sync_all().unwrap();
+        // Both files' extents now live in their inode rows: no row is
+        // left behind in the extents table.
+        assert_eq!(sealed_rows(&v), 5);
+    }
+    let v = open(dir.path(), false);
+    assert!(read_all(&v, f) == grown[..50_000], "content of f");
+    assert!(read_all(&v, g) == big[..30_000], "content of g");
+    v.unlink(ROOT, b"small").unwrap();
+    v.unlink(ROOT, b"big").unwrap();
+    v.sync_all().unwrap();
+    let mut referenced = 0;
+    v.engine()
+        .meta()
+        .for_each_chunk(|_, e| referenced += e.refcount)
+        .unwrap();
+    assert_eq!(referenced, 0, "every chunk reference was released once");
+    assert!(v.engine().scrub().unwrap().is_clean());
+}
+
+#[test]
+fn compacting_the_metadata_shrinks_its_file_and_keeps_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..6000).map(|i| format!("file-{i:05}")).collect();
+    {
+        let v = open(dir.path(), true);
+        let sub = v.mkdir(ROOT, b"d", 0o755, ME).unwrap().ino;
+        for (i, name) in names.iter().enumerate() {
+            let f = create_file(&v, sub, name);
+            put(&v, f, 0, &random_bytes(i as u64, 100 + i % 3000));
+            if i % 500 == 0 {
+                v.commit(false).unwrap();
+            }
+        }
+        v.sync_all().unwrap();
+        let (on_disk, _) = v.engine().meta().space().unwrap();
+        let (before, after) = v
+            .compact_metadata(u64::MAX)
+            .unwrap()
+            .expect("a grown database is worth compacting");
+        assert_eq!(before, on_disk);
+        assert!(after * 10 < before * 8, "{before} -> {after} bytes");
+        // Leaves of the new file are at least 3/4 full (rows inserted in
+        // key order alone would leave them half full), besides redb's own
+        // ~1.5 MB.
+        let (_, rows) = v.engine().meta().space().unwrap();
+        assert!(after < rows * 4 / 3 + (2 << 20), "{after} bytes for {rows}");
+        // A fresh file (nothing to save) and one over the limit are left.
+        assert_eq!(v.compact_metadata(u64::MAX).unwrap(), None);
+        assert_eq!(v.compact_metadata(after / 2).unwrap(), None);
+    }
+    let v = open(dir.path(), false);
+    let sub = v.lookup(ROOT, b"d").unwrap().ino;
+    let listed: Vec<Vec<u8>> = v
+        .read_dir(sub)
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, name)| name)
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    assert_eq!(listed.len(), names.len());
+    for (i, name) in names.iter().enumerate() {
+        let f = v.lookup(sub, name.as_bytes()).unwrap().ino;
+        assert!(
+            read_all(&v, f) == random_bytes(i as u64, 100 + i % 3000),
+            "content of {name}"
+        );
+    }
+    assert!(v.engine().scrub().unwrap().is_clean());
+}
+
 #[test]
 fn unlinked_open_file_lives_until_last_close() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,8 @@ use crate::engine::Engine;
 use crate::fs::{DatastoreFs, PageFill, SharedVolume};
 
 pub const SOCKET: &str = "control.sock";
+/// Largest metadata database compacted at unmount (about 10 s of work).
+const COMPACT_AT_EXIT_MAX: u64 = 1 << 30;
 /// Group commit interval: changes not fsync'ed become durable this often.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
@@ -223,6 +225,17 @@ pub fn serve(
         session.umount_and_join()
     };
     let _ = std::fs::remove_file(&socket);
+    if let (Some(Ok(())), Ok(()), Some(v)) = (&result, &unmounted, shared.volume()) {
+        // Nothing writes any more: shed the database's freed pages and
+        // half-empty leaves (a crash meanwhile leaves the old file whole).
+        match v.compact_metadata(COMPACT_AT_EXIT_MAX) {
+            Ok(Some((before, after))) => {
+                eprintln!("datastore: metadata compacted from {before} to {after} bytes")
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("datastore: metadata not compacted: {e}"),
+        }
+    }
     if let Some(Err(e)) = result {
         return Err(DaemonError::Io {
             what: "final sync".into(),

@@ -135,7 +135,18 @@ fn fresh_path(path: &Path) -> PathBuf {
     path.with_extension("redb.fresh")
 }
 
-/// Copies every row of one table (absent in `src`: nothing to copy).
+/// Of every `FIRST_PASS_OF` rows in key order, a fresh copy inserts the
+/// first `FIRST_PASS` in a first pass and the rest in a second. redb splits
+/// a full leaf in half, so rows inserted in key order alone leave every
+/// leaf half full; after a first pass of 5/9 of the rows (leaves half
+/// full) the second fills each to about 5/9 -> 90%. Measured on the
+/// metadata of a Linux source tree: 54.8 MB in key order, 40.9 MB in random
+/// order, 27.6 MB in two passes (rows: 23 MB).
+const FIRST_PASS: usize = 5;
+const FIRST_PASS_OF: usize = 9;
+
+/// Copies every row of one table (absent in `src`: nothing to copy), in
+/// the two passes above; memory stays flat (each pass streams the table).
 pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     src: &ReadTransaction,
     dst: &redb::WriteTransaction,
@@ -147,9 +158,13 @@ pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
         Err(e) => return Err(e.into()),
     };
     let mut to = dst.open_table(def)?;
-    for row in from.iter()? {
-        let (k, v) = row?;
-        to.insert(k.value(), v.value())?;
+    for first_pass in [true, false] {
+        for (i, row) in from.iter()?.enumerate() {
+            if (i % FIRST_PASS_OF < FIRST_PASS) == first_pass {
+                let (k, v) = row?;
+                to.insert(k.value(), v.value())?;
+            }
+        }
     }
     Ok(())
 }
@@ -231,6 +246,24 @@ impl Meta {
         }
         *slot = Arc::new(open_db(&self.path)?);
         Ok(())
+    }
+
+    /// Bytes the database file occupies on disk, and bytes its rows need
+    /// (keys, values and per-row bookkeeping, over every table): the
+    /// difference is freed pages and the free part of leaves.
+    pub fn space(&self) -> Result<(u64, u64), MetaError> {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = std::fs::metadata(&self.path)
+            .map_err(|e| MetaError::Db(e.to_string()))?
+            .blocks()
+            * 512;
+        let txn = self.database().begin_read()?;
+        let mut rows = 0;
+        for handle in txn.list_tables()? {
+            let stats = redb::ReadableTableMetadata::stats(&txn.open_untyped_table(handle)?)?;
+            rows += stats.stored_bytes() + stats.metadata_bytes();
+        }
+        Ok((on_disk, rows))
     }
 
     /// (id, committed_len, live_bytes) for every segment with a row.

@@ -2,13 +2,13 @@
 //! overlay buffers on extents, truncate, fallocate, and the commit that
 //! persists everything the volume changed (sealed) with the chunk index.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::error::{err, VResult, VolError};
-use super::inode::{DirentRecord, Extent, Kind, Time};
+use super::inode::{DirentRecord, Extent, Kind, Time, INLINE_EXTENTS_MAX};
 use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
 use super::{lock, State, Volume, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
 use crate::engine::ChunkRef;
@@ -763,19 +763,49 @@ impl Volume {
         let mut st = lock(&self.state);
         let sealer = self.sealer();
         let s = &*sealer;
+        // Inode rows to write: changed inodes and files whose extents
+        // changed (a row may hold its file's extents).
+        let mut to_write: Vec<u64> = st.dirty_inodes.iter().copied().collect();
+        to_write.extend(
+            st.extent_changes
+                .keys()
+                .map(|(ino, _)| *ino)
+                .filter(|ino| !st.dirty_inodes.contains(ino)),
+        );
+        to_write.sort_unstable();
+        to_write.dedup();
         let mut inodes = Vec::new();
-        for ino in st.dirty_inodes.iter() {
-            if let Some(i) = st.inodes.get(ino) {
-                let sealed = match st.stored_size.get(ino) {
-                    Some(&size) if size < i.size => {
-                        let mut stored = i.clone();
-                        stored.size = size;
-                        store::seal_inode(s, *ino, &stored)?
-                    }
-                    _ => store::seal_inode(s, *ino, i)?,
-                };
-                inodes.push((*ino, sealed));
+        // Files whose rows now hold their extents, and of those, the ones
+        // whose extents may still be table rows (cleared in the commit).
+        let mut now_inline = HashSet::new();
+        let mut clear_rows = Vec::new();
+        // Files going back to table rows: every extent is written.
+        let mut extents = Vec::new();
+        for ino in to_write {
+            let Some(i) = st.inodes.get(&ino) else {
+                continue;
+            };
+            let map = st.extents.get(&ino).filter(|_| i.kind == Kind::File);
+            let inline = map.filter(|m| m.len() <= INLINE_EXTENTS_MAX);
+            if inline.is_some() {
+                now_inline.insert(ino);
+                if !st.inline.contains(&ino) {
+                    clear_rows.push(ino);
+                }
+            } else if let Some(m) = map.filter(|_| st.inline.contains(&ino)) {
+                for (off, e) in m {
+                    extents.push(((ino, *off), Some(store::seal_extent(s, ino, *off, e)?)));
+                }
             }
+            let sealed = match st.stored_size.get(&ino) {
+                Some(&size) if size < i.size => {
+                    let mut stored = i.clone();
+                    stored.size = size;
+                    store::seal_inode(s, ino, &stored, inline)?
+                }
+                _ => store::seal_inode(s, ino, i, inline)?,
+            };
+            inodes.push((ino, sealed));
         }
         let removed: Vec<u64> = st.removed_inodes.iter().copied().collect();
         let mut dirents = Vec::new();
@@ -803,8 +833,11 @@ impl Volume {
             };
             dirents.push(((*parent, mac), value));
         }
-        let mut extents = Vec::new();
         for ((ino, off), change) in &st.extent_changes {
+            if now_inline.contains(ino) || (change.is_some() && st.inline.contains(ino)) {
+                // Held by the row (or all written above).
+                continue;
+            }
             let value = match change {
                 Some(e) => Some(store::seal_extent(s, *ino, *off, e)?),
                 None => None,
@@ -820,6 +853,13 @@ impl Volume {
         st.removed_inodes.clear();
         st.dirent_changes.clear();
         st.extent_changes.clear();
+        for ino in inodes.iter().map(|(ino, _)| ino) {
+            if now_inline.contains(ino) {
+                st.inline.insert(*ino);
+            } else {
+                st.inline.remove(ino);
+            }
+        }
         drop(st);
         self.engine
             .commit_releasing(durable, &releases, &mut |txn| {
@@ -838,6 +878,9 @@ impl Volume {
                     };
                 }
                 let mut t = txn.open_table(EXTENTS)?;
+                for ino in &clear_rows {
+                    t.retain_in((*ino, 0)..=(*ino, u64::MAX), |_, _| false)?;
+                }
                 for (k, v) in &extents {
                     match v {
                         Some(v) => t.insert(*k, v.as_slice())?,

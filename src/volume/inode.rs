@@ -1,13 +1,20 @@
 //! Inode and extent records as the volume keeps them in memory and (sealed)
 //! on disk. Encoded with postcard; the encoding is versioned by the record's
-//! first field.
+//! first field: version 1 is the inode alone, version 2 is the inode
+//! followed by `Option<Vec<(offset, Extent)>>`, the file's extents when it
+//! has at most `INLINE_EXTENTS_MAX` (None: they are rows of the extents
+//! table). A decoded inode always carries the current version.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
+/// A file with at most this many extents keeps them in its inode row
+/// rather than one extents-table row each (a row costs a key, a seal and
+/// a B-tree slot: most files are one chunk).
+pub const INLINE_EXTENTS_MAX: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -111,4 +118,96 @@ pub struct Extent {
 pub struct DirentRecord {
     pub name: Vec<u8>,
     pub ino: u64,
+}
+
+/// An inode row decoded: the inode and, if the row holds them, its extents.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InodeRow {
+    pub inode: Inode,
+    pub extents: Option<BTreeMap<u64, Extent>>,
+}
+
+/// The plaintext of an inode row (current version).
+pub fn encode_row(
+    inode: &Inode,
+    extents: Option<&BTreeMap<u64, Extent>>,
+) -> Result<Vec<u8>, postcard::Error> {
+    let mut current = inode.clone();
+    current.version = RECORD_VERSION;
+    let plain = postcard::to_stdvec(&current)?;
+    let inline: Option<Vec<(u64, Extent)>> =
+        extents.map(|m| m.iter().map(|(off, e)| (*off, *e)).collect());
+    postcard::to_extend(&inline, plain)
+}
+
+/// Decodes an inode row of any version this build knows.
+pub fn decode_row(plain: &[u8]) -> Result<InodeRow, String> {
+    let (mut inode, rest) = postcard::take_from_bytes::<Inode>(plain).map_err(|e| e.to_string())?;
+    let extents = match inode.version {
+        1 => None,
+        2 => postcard::from_bytes::<Option<Vec<(u64, Extent)>>>(rest)
+            .map_err(|e| e.to_string())?
+            .map(|v| v.into_iter().collect()),
+        v => {
+            return Err(format!(
+                "inode record version {v} is newer than this datastore"
+            ))
+        }
+    };
+    inode.version = RECORD_VERSION;
+    Ok(InodeRow { inode, extents })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Inode {
+        let mut i = Inode::new(Kind::File, 0o644, 1000, 1000, 1);
+        i.size = 70_000;
+        i
+    }
+
+    #[test]
+    fn version_1_rows_still_decode_with_extents_in_the_table() {
+        let mut old = sample();
+        old.version = 1;
+        let plain = postcard::to_stdvec(&old).unwrap();
+        let row = decode_row(&plain).unwrap();
+        assert_eq!(row.extents, None);
+        assert_eq!(row.inode.version, RECORD_VERSION);
+        assert_eq!(row.inode.size, 70_000);
+    }
+
+    #[test]
+    fn inline_extents_round_trip_and_newer_versions_are_refused() {
+        let map: BTreeMap<u64, Extent> = [
+            (
+                0,
+                Extent {
+                    fingerprint: [7; 32],
+                    len: 65_536,
+                },
+            ),
+            (
+                65_536,
+                Extent {
+                    fingerprint: [9; 32],
+                    len: 4_464,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let inode = sample();
+        let plain = encode_row(&inode, Some(&map)).unwrap();
+        let row = decode_row(&plain).unwrap();
+        assert_eq!(row.extents.as_ref(), Some(&map));
+        assert_eq!(row.inode, inode);
+        let none = decode_row(&encode_row(&inode, None).unwrap()).unwrap();
+        assert_eq!(none.extents, None);
+        let mut newer = plain.clone();
+        newer[0] = RECORD_VERSION + 1;
+        assert!(decode_row(&newer).unwrap_err().contains("newer"));
+    }
 }

@@ -37,6 +37,12 @@ use crate::crypto::seal::{MetaSealer, NONCE_BLOCK};
 use crate::engine::{ChunkRef, Engine};
 
 pub const ROOT: u64 = 1;
+/// How full a freshly rewritten metadata database's leaves are (about;
+/// see `meta::copy_table`).
+const FRESH_FILL: f64 = 0.85;
+/// What a fresh metadata database holds besides its tables' pages
+/// (redb's header and allocator state: 1.5-1.8 MB measured).
+const FRESH_BASE: u64 = 2 << 20;
 /// A file's write buffer is turned into chunks once it holds this much.
 const DIRTY_LIMIT: usize = 32 << 20;
 /// Past this much buffered or being flushed in all files, writers flush
@@ -98,6 +104,9 @@ struct State {
     inodes: HashMap<u64, Inode>,
     dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
     extents: HashMap<u64, BTreeMap<u64, Extent>>,
+    /// Files whose inode row (as last committed, or as the commit being
+    /// written) holds their extents; every other file's are table rows.
+    inline: HashSet<u64>,
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
     /// Buffers being chunked right now (reads overlay them under `buffers`).
     flushing: HashMap<u64, Arc<BTreeMap<u64, Vec<u8>>>>,
@@ -197,6 +206,8 @@ impl Volume {
         engine: Arc<Engine>,
         make_sealer: &dyn Fn(u64) -> VResult<MetaSealer>,
     ) -> VResult<Self> {
+        // Rows this build writes are unreadable to a build before format 2.
+        crate::config::StoreConfig::upgrade_format(engine.store_dir()).map_err(VolError::io)?;
         let db = &engine.meta().database();
         let next_ino = store::get_counter(db, "next_ino")?.unwrap_or(ROOT + 1);
         let sealer = make_sealer(reserve_nonce_block(&engine)?)?;
@@ -273,6 +284,20 @@ impl Volume {
         Ok(())
     }
 
+    /// Rewrites the metadata database into a fresh, dense file (see
+    /// `rewrite_metadata`) when that would save a quarter of it and at
+    /// least 1 MiB, and the file is at most `max_bytes` (a rewrite takes about a
+    /// second per 100 MB). Returns (bytes on disk before, after) if it did.
+    pub fn compact_metadata(&self, max_bytes: u64) -> VResult<Option<(u64, u64)>> {
+        let (on_disk, rows) = self.engine.meta().space()?;
+        let fresh = (rows as f64 / FRESH_FILL) as u64 + FRESH_BASE;
+        if on_disk > max_bytes || on_disk.saturating_sub(fresh) < (on_disk / 4).max(1 << 20) {
+            return Ok(None);
+        }
+        self.rewrite_metadata()?;
+        Ok(Some((on_disk, self.engine.meta().space()?.0)))
+    }
+
     /// Garbage collection of `ids` on a live volume: a durable commit first
     /// (so the references the volume dropped are released), then
     /// `Engine::gc_segments` without the volume's commit lock, so fsync and
@@ -332,8 +357,12 @@ impl Volume {
                 .get(ino)
                 .map_err(VolError::io)?
                 .ok_or(VolError::new(libc::ENOENT))?;
-            let inode = store::open_inode(&self.sealer(), ino, sealed.value())?;
-            st.inodes.insert(ino, inode);
+            let row = store::open_inode(&self.sealer(), ino, sealed.value())?;
+            if let Some(map) = row.extents {
+                st.inline.insert(ino);
+                st.extents.entry(ino).or_insert(map);
+            }
+            st.inodes.insert(ino, row.inode);
         }
         Ok(st.inodes.get_mut(&ino).expect("just inserted"))
     }
@@ -375,6 +404,10 @@ impl Volume {
         st: &'s mut State,
         ino: u64,
     ) -> VResult<&'s mut BTreeMap<u64, Extent>> {
+        if !st.inodes.contains_key(&ino) && !st.removed_inodes.contains(&ino) {
+            // An inode row that holds its extents brings them along.
+            self.load_inode(st, ino)?;
+        }
         if !st.extents.contains_key(&ino) {
             let db = self.engine.meta().database();
             let txn = db.begin_read().map_err(VolError::io)?;
@@ -600,8 +633,11 @@ impl Volume {
             })
             .collect();
         st.deferred_releases.extend(refs);
-        for off in extents.keys() {
-            st.extent_changes.insert((ino, *off), None);
+        // Extents held in the inode row go with it.
+        if !st.inline.remove(&ino) {
+            for off in extents.keys() {
+                st.extent_changes.insert((ino, *off), None);
+            }
         }
         st.extents.remove(&ino);
         st.buffers.remove(&ino);
@@ -621,8 +657,8 @@ impl Volume {
         let mut orphans = Vec::new();
         for row in t.iter().map_err(VolError::io)? {
             let (k, v) = row.map_err(VolError::io)?;
-            let inode = store::open_inode(&self.sealer(), k.value(), v.value())?;
-            if inode.nlink == 0 {
+            let row = store::open_inode(&self.sealer(), k.value(), v.value())?;
+            if row.inode.nlink == 0 {
                 orphans.push(k.value());
             }
         }

@@ -1,7 +1,7 @@
 //! The volume's tables in the metadata database, every value sealed with
 //! AES-256-GCM under the metadata key (see crypto::seal):
 //!
-//! - `inodes`:  ino -> sealed(Inode)                       AAD "inode" || ino
+//! - `inodes`:  ino -> sealed(Inode [+ inline extents])    AAD "inode" || ino
 //! - `dirents`: (parent, MAC(parent, name)) -> sealed(DirentRecord)
 //!   AAD "dirent" || parent || mac
 //! - `extents`: (ino, file offset) -> sealed(Extent)       AAD "extent" || ino || offset
@@ -14,7 +14,9 @@
 
 use redb::{TableDefinition, WriteTransaction};
 
-use super::inode::{DirentRecord, Extent, Inode};
+use std::collections::BTreeMap;
+
+use super::inode::{self, DirentRecord, Extent, Inode, InodeRow};
 use crate::crypto::seal::MetaSealer;
 use crate::meta::MetaError;
 
@@ -34,14 +36,20 @@ pub fn meta_err(e: impl std::fmt::Display) -> MetaError {
     MetaError::Db(e.to_string())
 }
 
-pub fn seal_inode(s: &MetaSealer, ino: u64, inode: &Inode) -> Result<Vec<u8>, MetaError> {
-    let plain = postcard::to_stdvec(inode)?;
+/// Seals an inode row; `extents` given: the file's extents live in it.
+pub fn seal_inode(
+    s: &MetaSealer,
+    ino: u64,
+    inode: &Inode,
+    extents: Option<&BTreeMap<u64, Extent>>,
+) -> Result<Vec<u8>, MetaError> {
+    let plain = inode::encode_row(inode, extents)?;
     s.seal(&aad("inode", ino, &[]), &plain).map_err(meta_err)
 }
 
-pub fn open_inode(s: &MetaSealer, ino: u64, sealed: &[u8]) -> Result<Inode, MetaError> {
+pub fn open_inode(s: &MetaSealer, ino: u64, sealed: &[u8]) -> Result<InodeRow, MetaError> {
     let plain = s.open(&aad("inode", ino, &[]), sealed).map_err(meta_err)?;
-    postcard::from_bytes(&plain).map_err(meta_err)
+    inode::decode_row(&plain).map_err(|e| meta_err(format!("inode {ino}: {e}")))
 }
 
 pub fn seal_dirent(
@@ -128,4 +136,136 @@ pub fn count_sealed(
         count(row?.1.value());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Stores written before inode rows could hold extents (version 1 rows,
+    //! every extent a table row) stay readable, and move to the new form
+    //! file by file as files change.
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{EngineConfig, StoreConfig};
+    use crate::crypto::{ChunkCrypto, FingerprintAlg};
+    use crate::engine::Engine;
+    use crate::volume::{Caller, Kind, Volume, ROOT};
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+    const META_KEY: [u8; 32] = [0x44; 32];
+
+    fn open(dir: &std::path::Path) -> Volume {
+        let crypto = ChunkCrypto::new(
+            keystore::Provider::DEFAULT,
+            &std::array::from_fn(|i| i as u8),
+            &[0x5a; 32],
+            FingerprintAlg::Blake3Keyed,
+        )
+        .unwrap();
+        let engine = Engine::open(dir, Some(Arc::new(crypto))).unwrap();
+        Volume::open(Arc::new(engine), &META_KEY).unwrap()
+    }
+
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Rewrites `ino`'s row the way version 1 stored it.
+    fn downgrade(v: &Volume, ino: u64) {
+        use redb::ReadableTable;
+        let s = v.sealer();
+        let db = v.engine().meta().database();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut inodes = txn.open_table(INODES).unwrap();
+            let sealed = inodes.get(ino).unwrap().unwrap().value().to_vec();
+            let row = open_inode(&s, ino, &sealed).unwrap();
+            let mut old = row.inode.clone();
+            old.version = 1;
+            let plain = postcard::to_stdvec(&old).unwrap();
+            let v1 = s.seal(&aad("inode", ino, &[]), &plain).unwrap();
+            inodes.insert(ino, v1.as_slice()).unwrap();
+            let mut extents = txn.open_table(EXTENTS).unwrap();
+            for (off, e) in row.extents.expect("a small file's row holds its extents") {
+                let sealed = seal_extent(&s, ino, off, &e).unwrap();
+                extents.insert((ino, off), sealed.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn extent_rows(v: &Volume, ino: u64) -> usize {
+        let db = v.engine().meta().database();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(EXTENTS).unwrap();
+        t.range((ino, 0)..=(ino, u64::MAX)).unwrap().count()
+    }
+
+    fn read_all(v: &Volume, ino: u64) -> Vec<u8> {
+        let size = v.getattr(ino).unwrap().inode.size;
+        v.read(ino, 0, size as u32).unwrap()
+    }
+
+    #[test]
+    fn version_1_rows_are_read_and_rewritten_in_the_current_form() {
+        let dir = tempfile::tempdir().unwrap();
+        Engine::create(dir.path(), "old-store", &EngineConfig::default()).unwrap();
+        let mut cfg = StoreConfig::load(dir.path()).unwrap();
+        cfg.format_version = 1;
+        cfg.save(dir.path()).unwrap();
+        let a = bytes(3, 150_000);
+        let b = bytes(4, 20_000);
+        let (f, g);
+        {
+            let v = open(dir.path());
+            f = v.mknod(ROOT, b"f", Kind::File, 0o600, 0, ME).unwrap().ino;
+            g = v.mknod(ROOT, b"g", Kind::File, 0o600, 0, ME).unwrap().ino;
+            for (ino, data) in [(f, &a), (g, &b)] {
+                v.open_file(ino).unwrap();
+                v.write(ino, 0, data).unwrap();
+                v.release(ino).unwrap();
+            }
+            v.sync_all().unwrap();
+            assert_eq!((extent_rows(&v, f), extent_rows(&v, g)), (0, 0));
+            downgrade(&v, f);
+            downgrade(&v, g);
+            assert!(extent_rows(&v, f) >= 1 && extent_rows(&v, g) == 1);
+        }
+        // Opening the volume moved the store to the format an older build
+        // refuses (rather than reading inline extents as holes).
+        assert_eq!(StoreConfig::load(dir.path()).unwrap().format_version, 2);
+        let mut cfg = StoreConfig::load(dir.path()).unwrap();
+        cfg.format_version = 3;
+        cfg.save(dir.path()).unwrap();
+        let refused = StoreConfig::load(dir.path()).unwrap_err();
+        assert!(refused.contains("format version 3"), "{refused}");
+        cfg.format_version = 2;
+        cfg.save(dir.path()).unwrap();
+        {
+            let v = open(dir.path());
+            assert!(read_all(&v, f) == a, "old-form file f reads back");
+            assert!(read_all(&v, g) == b, "old-form file g reads back");
+            v.open_file(g).unwrap();
+            v.write(g, b.len() as u64, b"!").unwrap();
+            v.release(g).unwrap();
+            v.sync_all().unwrap();
+            // g changed: its row now holds its extents; f is untouched.
+            assert_eq!(extent_rows(&v, g), 0);
+            assert!(extent_rows(&v, f) >= 1);
+        }
+        let v = open(dir.path());
+        assert!(read_all(&v, f) == a, "f after the reopen");
+        assert!(
+            read_all(&v, g) == [&b[..], b"!"].concat(),
+            "g after the reopen"
+        );
+    }
 }
