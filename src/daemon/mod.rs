@@ -27,8 +27,9 @@ use crate::engine::Engine;
 use crate::fs::{DatastoreFs, PageFill, SharedVolume};
 
 pub const SOCKET: &str = "control.sock";
-/// Largest metadata database compacted at unmount (about 10 s of work).
-const COMPACT_AT_EXIT_MAX: u64 = 1 << 30;
+/// Largest metadata database compacted at unmount: about 3 s of work
+/// (100 MB/s measured), well inside the 30 s `datastore unmount` waits.
+const COMPACT_AT_EXIT_MAX: u64 = 256 << 20;
 /// Group commit interval: changes not fsync'ed become durable this often.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
