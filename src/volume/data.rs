@@ -766,17 +766,12 @@ impl Volume {
         // Inode rows to write: changed inodes and files whose extents
         // changed (a row may hold its file's extents).
         let mut to_write: Vec<u64> = st.dirty_inodes.iter().copied().collect();
-        to_write.extend(
-            st.extent_changes
-                .keys()
-                .map(|(ino, _)| *ino)
-                .filter(|ino| !st.dirty_inodes.contains(ino)),
-        );
+        to_write.extend(st.extent_changes.keys().map(|(ino, _)| *ino));
         to_write.sort_unstable();
         to_write.dedup();
         let mut inodes = Vec::new();
         // Files whose rows now hold their extents, and of those, the ones
-        // whose extents may still be table rows (cleared in the commit).
+        // that may still have table rows (cleared in the commit).
         let mut now_inline = HashSet::new();
         let mut clear_rows = Vec::new();
         // Files going back to table rows: every extent is written.

@@ -104,8 +104,10 @@ struct State {
     inodes: HashMap<u64, Inode>,
     dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
     extents: HashMap<u64, BTreeMap<u64, Extent>>,
-    /// Files whose inode row (as last committed, or as the commit being
-    /// written) holds their extents; every other file's are table rows.
+    /// Files with no extents-table rows: their inode row (as last
+    /// committed, or as the commit being written) holds their extents, or
+    /// they were created since the last commit. Every other file's extents
+    /// are table rows.
     inline: HashSet<u64>,
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
     /// Buffers being chunked right now (reads overlay them under `buffers`).
@@ -528,6 +530,8 @@ impl Volume {
         }
         if inode_kind_is_file(st, ino) {
             st.extents.insert(ino, BTreeMap::new());
+            // No rows yet: nothing for its first commit to clear.
+            st.inline.insert(ino);
         }
         Self::set_dirent(st, parent, name, Some(ino));
         let now = Time::now();
