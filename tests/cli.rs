@@ -242,6 +242,8 @@ fn scrub_and_gc_run_without_the_key() {
     assert!(env.ok(&["scrub"], "").contains("Scrubbed"));
     let r: serde_json::Value = serde_json::from_str(&env.ok(&["gc", "--json"], "")).unwrap();
     assert!(r["bytes_after"].is_number());
+    // A fresh store's metadata is not worth compacting.
+    assert!(r["metadata_bytes_before"].is_null(), "{r}");
     let o = env.run(&["gc", "--threshold", "2"], "");
     assert_eq!(code(&o), 2);
 }

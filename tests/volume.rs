@@ -228,22 +228,75 @@ fn files_move_between_inline_and_table_extents_without_losing_data() {
     assert!(v.engine().scrub().unwrap().is_clean());
 }
 
+fn many_files() -> Vec<String> {
+    (0..6000).map(|i| format!("file-{i:05}")).collect()
+}
+
+fn content_of(i: usize) -> Vec<u8> {
+    random_bytes(i as u64, 100 + i % 3000)
+}
+
+/// Directory "d" of `names` files, committed in many small commits (so the
+/// metadata file holds freed pages and half-full leaves).
+fn write_many_files(v: &Volume, names: &[String]) {
+    let sub = v.mkdir(ROOT, b"d", 0o755, ME).unwrap().ino;
+    for (i, name) in names.iter().enumerate() {
+        let f = create_file(v, sub, name);
+        put(v, f, 0, &content_of(i));
+        if i % 500 == 0 {
+            v.commit(false).unwrap();
+        }
+    }
+    v.sync_all().unwrap();
+}
+
+/// Every file of `write_many_files` is listed and reads back.
+fn check_many_files(v: &Volume, names: &[String]) {
+    let sub = v.lookup(ROOT, b"d").unwrap().ino;
+    let listed = v
+        .read_dir(sub)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, _, n)| n != b"." && n != b"..")
+        .count();
+    assert_eq!(listed, names.len());
+    for (i, name) in names.iter().enumerate() {
+        let f = v.lookup(sub, name.as_bytes()).unwrap().ino;
+        assert!(read_all(v, f) == content_of(i), "content of {name}");
+    }
+    assert!(v.engine().scrub().unwrap().is_clean());
+}
+
+#[test]
+fn compacting_the_metadata_offline_needs_no_key_and_keeps_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = many_files();
+    write_many_files(&open(dir.path(), true), &names);
+    {
+        // What `datastore gc` does: the engine alone, without keys.
+        let e = datastore::engine::Engine::open(dir.path(), None).unwrap();
+        let (before, after) = datastore::volume::compact_metadata_offline(&e)
+            .unwrap()
+            .expect("a grown database is worth compacting");
+        assert!(after * 10 < before * 8, "{before} -> {after} bytes");
+        assert_eq!(
+            datastore::volume::compact_metadata_offline(&e).unwrap(),
+            None
+        );
+    }
+    check_many_files(&open(dir.path(), false), &names);
+}
+
 #[test]
 fn compacting_the_metadata_shrinks_its_file_and_keeps_every_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..6000).map(|i| format!("file-{i:05}")).collect();
+    let names = many_files();
     {
         let v = open(dir.path(), true);
-        let sub = v.mkdir(ROOT, b"d", 0o755, ME).unwrap().ino;
-        for (i, name) in names.iter().enumerate() {
-            let f = create_file(&v, sub, name);
-            put(&v, f, 0, &random_bytes(i as u64, 100 + i % 3000));
-            if i % 500 == 0 {
-                v.commit(false).unwrap();
-            }
-        }
-        v.sync_all().unwrap();
+        write_many_files(&v, &names);
         let (on_disk, _) = v.engine().meta().space().unwrap();
+        // A file over the limit is left as it is.
+        assert_eq!(v.compact_metadata(on_disk - 1).unwrap(), None);
         let (before, after) = v
             .compact_metadata(u64::MAX)
             .unwrap()
@@ -255,28 +308,10 @@ fn compacting_the_metadata_shrinks_its_file_and_keeps_every_entry() {
         // ~1.5 MB.
         let (_, rows) = v.engine().meta().space().unwrap();
         assert!(after < rows * 4 / 3 + (2 << 20), "{after} bytes for {rows}");
-        // A fresh file (nothing to save) and one over the limit are left.
+        // A fresh file (nothing to save) is left as it is.
         assert_eq!(v.compact_metadata(u64::MAX).unwrap(), None);
-        assert_eq!(v.compact_metadata(after / 2).unwrap(), None);
     }
-    let v = open(dir.path(), false);
-    let sub = v.lookup(ROOT, b"d").unwrap().ino;
-    let listed: Vec<Vec<u8>> = v
-        .read_dir(sub)
-        .unwrap()
-        .into_iter()
-        .map(|(_, _, name)| name)
-        .filter(|n| n != b"." && n != b"..")
-        .collect();
-    assert_eq!(listed.len(), names.len());
-    for (i, name) in names.iter().enumerate() {
-        let f = v.lookup(sub, name.as_bytes()).unwrap().ino;
-        assert!(
-            read_all(&v, f) == random_bytes(i as u64, 100 + i % 3000),
-            "content of {name}"
-        );
-    }
-    assert!(v.engine().scrub().unwrap().is_clean());
+    check_many_files(&open(dir.path(), false), &names);
 }
 
 #[test]

@@ -59,12 +59,31 @@ pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {
         }
     }
     let r = engine.gc(threshold)?;
+    let metadata = crate::volume::compact_metadata_offline(&engine)
+        .map_err(|e| Failure::new(Exit::Io, format!("compacting the metadata database: {e}")))?;
     if json {
-        return print_json(&r);
+        return print_json(&GcOutput {
+            report: r,
+            metadata_bytes_before: metadata.map(|m| m.0),
+            metadata_bytes_after: metadata.map(|m| m.1),
+        });
     }
     println!(
         "Compacted {} segments: moved {} records ({} bytes), removed {} dead chunks; segments {} -> {} bytes.",
         r.segments_compacted, r.records_moved, r.bytes_moved, r.dead_chunks_removed, r.bytes_before, r.bytes_after
     );
+    if let Some((before, after)) = metadata {
+        println!("Compacted the metadata database: {before} -> {after} bytes.");
+    }
     Ok(())
+}
+
+/// `gc --json`: the segment report, and the metadata database's size
+/// before and after if it was compacted (null: it was not worth it).
+#[derive(serde::Serialize)]
+struct GcOutput {
+    #[serde(flatten)]
+    report: crate::engine::GcReport,
+    metadata_bytes_before: Option<u64>,
+    metadata_bytes_after: Option<u64>,
 }

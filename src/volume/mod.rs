@@ -191,6 +191,26 @@ fn blocks_of(extents: Option<&BTreeMap<u64, Extent>>, buffered: usize) -> u64 {
     (stored + buffered as u64).div_ceil(512)
 }
 
+/// The metadata file's size on disk, if a fresh copy would save a quarter
+/// of it and at least 1 MiB and it is at most `max_bytes`.
+fn worth_compacting(engine: &Engine, max_bytes: u64) -> VResult<Option<u64>> {
+    let (on_disk, rows) = engine.meta().space()?;
+    let fresh = (rows as f64 / FRESH_FILL) as u64 + FRESH_BASE;
+    let saving = on_disk.saturating_sub(fresh);
+    Ok((on_disk <= max_bytes && saving >= (on_disk / 4).max(1 << 20)).then_some(on_disk))
+}
+
+/// `Volume::compact_metadata` for a store no volume has open (`datastore
+/// gc`): the volume's values are copied sealed, so no key is needed.
+/// Returns (bytes on disk before, after) if it compacted.
+pub fn compact_metadata_offline(engine: &Engine) -> VResult<Option<(u64, u64)>> {
+    let Some(before) = worth_compacting(engine, u64::MAX)? else {
+        return Ok(None);
+    };
+    engine.rewrite_metadata(&store::copy_tables)?;
+    Ok(Some((before, engine.meta().space()?.0)))
+}
+
 impl Volume {
     /// Opens the volume of an engine whose keys are loaded. Reserves a new
     /// block of metadata nonces durably before sealing anything, creates the
@@ -291,13 +311,11 @@ impl Volume {
     /// least 1 MiB, and the file is at most `max_bytes` (a rewrite takes about a
     /// second per 100 MB). Returns (bytes on disk before, after) if it did.
     pub fn compact_metadata(&self, max_bytes: u64) -> VResult<Option<(u64, u64)>> {
-        let (on_disk, rows) = self.engine.meta().space()?;
-        let fresh = (rows as f64 / FRESH_FILL) as u64 + FRESH_BASE;
-        if on_disk > max_bytes || on_disk.saturating_sub(fresh) < (on_disk / 4).max(1 << 20) {
+        let Some(before) = worth_compacting(&self.engine, max_bytes)? else {
             return Ok(None);
-        }
+        };
         self.rewrite_metadata()?;
-        Ok(Some((on_disk, self.engine.meta().space()?.0)))
+        Ok(Some((before, self.engine.meta().space()?.0)))
     }
 
     /// Garbage collection of `ids` on a live volume: a durable commit first
