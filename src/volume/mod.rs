@@ -191,13 +191,13 @@ fn blocks_of(extents: Option<&BTreeMap<u64, Extent>>, buffered: usize) -> u64 {
     (stored + buffered as u64).div_ceil(512)
 }
 
-/// The metadata file's size on disk, if a fresh copy would save a quarter
+/// The metadata file's size on disk, if a fresh copy would save a tenth
 /// of it and at least 1 MiB and it is at most `max_bytes`.
 fn worth_compacting(engine: &Engine, max_bytes: u64) -> VResult<Option<u64>> {
     let (on_disk, rows) = engine.meta().space()?;
     let fresh = (rows as f64 / FRESH_FILL) as u64 + FRESH_BASE;
     let saving = on_disk.saturating_sub(fresh);
-    Ok((on_disk <= max_bytes && saving >= (on_disk / 4).max(1 << 20)).then_some(on_disk))
+    Ok((on_disk <= max_bytes && saving >= (on_disk / 10).max(1 << 20)).then_some(on_disk))
 }
 
 /// `Volume::compact_metadata` for a store no volume has open (`datastore
@@ -307,7 +307,7 @@ impl Volume {
     }
 
     /// Rewrites the metadata database into a fresh, dense file (see
-    /// `rewrite_metadata`) when that would save a quarter of it and at
+    /// `rewrite_metadata`) when that would save a tenth of it and at
     /// least 1 MiB, and the file is at most `max_bytes` (a rewrite takes about a
     /// second per 100 MB). Returns (bytes on disk before, after) if it did.
     pub fn compact_metadata(&self, max_bytes: u64) -> VResult<Option<(u64, u64)>> {
