@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::FingerprintAlg;
 
 pub const CONFIG_FILE: &str = "datastore.toml";
-/// 2: inode rows may hold their file's extents (docs/FORMAT.md).
-pub const FORMAT_VERSION: u32 = 2;
+/// 2: inode rows may hold their file's extents; 3: and their directory's
+/// entries (docs/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format this build reads (and upgrades when it writes).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 

@@ -1,5 +1,5 @@
-//! Small file-system helpers shared by the layers: atomic replace and
-//! directory fsync.
+//! Small file-system helpers shared by the layers: atomic replace,
+//! directory fsync, and giving a file's all-zero pages back.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,4 +25,96 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     sync_dir(dir)
+}
+
+/// Page size `punch_zero_pages` works in.
+const PAGE: usize = 4096;
+
+/// Turns every run of all-zero 4 KiB pages of a file nobody else is
+/// writing into a hole (reads still return zeros, so the content is the
+/// same) and fsyncs it. Returns the bytes given back. A file system that
+/// cannot punch holes gives back nothing; that is not an error.
+pub fn punch_zero_pages(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    use std::os::unix::io::AsRawFd;
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut buf = vec![0u8; 256 * PAGE];
+    let (mut pos, mut run_start, mut punched) = (0u64, None::<u64>, 0u64);
+    let punch = |from: u64, to: u64| -> std::io::Result<bool> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on an open descriptor with in-range offsets.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, from as i64, (to - from) as i64) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+            _ => Err(e),
+        }
+    };
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match (&f).read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        for page in buf[..filled].chunks(PAGE) {
+            let zero = page.len() == PAGE && page.iter().all(|b| *b == 0);
+            match (zero, run_start) {
+                (true, None) => run_start = Some(pos),
+                (false, Some(start)) => {
+                    if !punch(start, pos)? {
+                        return Ok(0);
+                    }
+                    punched += pos - start;
+                    run_start = None;
+                }
+                _ => {}
+            }
+            pos += page.len() as u64;
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    if let Some(start) = run_start {
+        if !punch(start, pos)? {
+            return Ok(0);
+        }
+        punched += pos - start;
+    }
+    f.sync_all()?;
+    Ok(punched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn zero_pages_become_holes_and_the_content_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut content = vec![0u8; 300 * PAGE + 100];
+        content[..PAGE].fill(7); // data, then 3 zero pages
+        content[4 * PAGE + 5] = 1; // a page with one non-zero byte
+        content[200 * PAGE..201 * PAGE].fill(9); // across the read buffer's end
+        content[300 * PAGE + 3] = 2; // a short last page is never punched
+        std::fs::write(&path, &content).unwrap();
+        let before = std::fs::metadata(&path).unwrap().blocks() * 512;
+        let punched = punch_zero_pages(&path).unwrap();
+        assert_eq!(punched, (3 + 195 + 99) * PAGE as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        let after = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(after + punched <= before, "{before} -> {after}");
+        assert_eq!(
+            punch_zero_pages(&path).unwrap(),
+            punched,
+            "holes read as zeros"
+        );
+    }
 }

@@ -209,9 +209,10 @@ fn files_move_between_inline_and_table_extents_without_losing_data() {
         };
         v.setattr(f, &cut, ME).unwrap();
         v.sync_all().unwrap();
-        // Both files' extents now live in their inode rows: no row is
-        // left behind in the extents table.
-        assert_eq!(sealed_rows(&v), 5);
+        // Both files' extents now live in their inode rows (and root's
+        // two entries in root's): no row is left behind in the extents
+        // table.
+        assert_eq!(sealed_rows(&v), 3);
     }
     let v = open(dir.path(), false);
     assert!(read_all(&v, f) == grown[..50_000], "content of f");
@@ -225,6 +226,91 @@ fn files_move_between_inline_and_table_extents_without_losing_data() {
         .for_each_chunk(|_, e| referenced += e.refcount)
         .unwrap();
     assert_eq!(referenced, 0, "every chunk reference was released once");
+    assert!(v.engine().scrub().unwrap().is_clean());
+}
+
+/// Names of `d` as listed, without "." and "..".
+fn listed_names(v: &Volume, dir: u64) -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = v
+        .read_dir(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, n)| n)
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn directories_move_between_inline_and_table_entries_without_losing_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = |i: usize| format!("entry-{i:04}");
+    let mut inos = std::collections::BTreeMap::new();
+    let d;
+    {
+        let v = open(dir.path(), true);
+        d = v.mkdir(ROOT, b"d", 0o755, ME).unwrap().ino;
+        for i in 0..10 {
+            inos.insert(name(i), create_file(&v, d, &name(i)));
+        }
+        v.sync_all().unwrap();
+        // root, d and 10 files: both directories' entries are in their rows.
+        assert_eq!(sealed_rows(&v), 12);
+    }
+    {
+        // Past the inline limit: every entry becomes a row, the 10 that
+        // were in d's row too.
+        let v = open(dir.path(), false);
+        for i in 10..310 {
+            inos.insert(name(i), create_file(&v, d, &name(i)));
+        }
+        v.sync_all().unwrap();
+        assert_eq!(sealed_rows(&v), 2 + 310 + 310);
+    }
+    let moved_in;
+    {
+        let v = open(dir.path(), false);
+        let want: Vec<Vec<u8>> = inos.keys().map(|n| n.clone().into_bytes()).collect();
+        assert_eq!(listed_names(&v, d), want);
+        for (n, ino) in &inos {
+            assert_eq!(v.lookup(d, n.as_bytes()).unwrap().ino, *ino, "{n}");
+        }
+        // Back under the limit, with a rename out of d and one into it.
+        for i in 0..300 {
+            v.unlink(d, name(i).as_bytes()).unwrap();
+            inos.remove(&name(i));
+        }
+        v.rename(d, b"entry-0300", ROOT, b"out", RenameMode::NoReplace)
+            .unwrap();
+        inos.remove("entry-0300");
+        moved_in = create_file(&v, ROOT, "in");
+        v.rename(ROOT, b"in", d, b"moved-in", RenameMode::NoReplace)
+            .unwrap();
+        inos.insert("moved-in".to_string(), moved_in);
+        v.sync_all().unwrap();
+        // root, d, 11 files; no entry row is left behind.
+        assert_eq!(sealed_rows(&v), 13);
+    }
+    let v = open(dir.path(), false);
+    let want: Vec<Vec<u8>> = inos.keys().map(|n| n.clone().into_bytes()).collect();
+    assert_eq!(listed_names(&v, d), want);
+    for (n, ino) in &inos {
+        assert_eq!(v.lookup(d, n.as_bytes()).unwrap().ino, *ino, "{n}");
+    }
+    assert_eq!(v.lookup(d, b"entry-0000").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(v.lookup(d, b"entry-0300").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(listed_names(&v, ROOT), vec![b"d".to_vec(), b"out".to_vec()]);
+    for n in inos.keys() {
+        v.unlink(d, n.as_bytes()).unwrap();
+    }
+    v.rmdir(ROOT, b"d").unwrap();
+    v.unlink(ROOT, b"out").unwrap();
+    v.sync_all().unwrap();
+    assert_eq!(sealed_rows(&v), 1, "only root is left");
+    drop(v);
+    let v = open(dir.path(), false);
+    assert!(listed_names(&v, ROOT).is_empty());
     assert!(v.engine().scrub().unwrap().is_clean());
 }
 

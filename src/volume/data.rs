@@ -8,9 +8,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::error::{err, VResult, VolError};
-use super::inode::{DirentRecord, Extent, Kind, Time, INLINE_EXTENTS_MAX};
+use super::inode::{self, DirentRecord, Extent, Kind, Time, INLINE_EXTENTS_MAX};
 use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
 use super::{lock, State, Volume, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
+use crate::crypto::seal::MetaSealer;
 use crate::engine::ChunkRef;
 
 /// The whole chunks a read decoded: (file offset, plaintext), in file
@@ -24,6 +25,8 @@ pub struct Around {
 type Replaced = Vec<(u64, Extent)>;
 /// A window to re-chunk: (start offset, extents it replaces, new content).
 type Window = (u64, Replaced, Content);
+/// A dirents-table row to write: key and sealed value (None: remove).
+type DirentRow = ((u64, [u8; 32]), Option<Vec<u8>>);
 
 /// A window's new content: exactly one buffered piece, used in place (the
 /// common case of a sequential write into a hole or past the end), or
@@ -729,6 +732,37 @@ impl Volume {
         })
     }
 
+    /// The dirents-table rows that record `parent`'s entry `name` as
+    /// `child` (None: removed).
+    fn dirent_rows(
+        s: &MetaSealer,
+        parent: u64,
+        name: &[u8],
+        child: Option<u64>,
+    ) -> VResult<Vec<DirentRow>> {
+        let mac = s.name_mac(parent, name).map_err(store::meta_err)?;
+        let mut rows = Vec::with_capacity(2);
+        // During a conversion the entry may still sit under the retiring
+        // key's name MAC: that row goes in the same commit.
+        if let Some(old) = s.retiring_name_mac(parent, name).map_err(store::meta_err)? {
+            rows.push(((parent, old), None));
+        }
+        let value = match child {
+            Some(ino) => Some(store::seal_dirent(
+                s,
+                parent,
+                &mac,
+                &DirentRecord {
+                    name: name.to_vec(),
+                    ino,
+                },
+            )?),
+            None => None,
+        };
+        rows.push(((parent, mac), value));
+        Ok(rows)
+    }
+
     /// The daemon's group commit: a durable commit when anything changed
     /// since the last one.
     pub fn commit_if_pending(&self) -> VResult<()> {
@@ -763,12 +797,23 @@ impl Volume {
         let mut st = lock(&self.state);
         let sealer = self.sealer();
         let s = &*sealer;
-        // Inode rows to write: changed inodes and files whose extents
-        // changed (a row may hold its file's extents).
+        // Inode rows to write: changed inodes, files whose extents changed
+        // and directories whose entries changed (a row may hold either).
         let mut to_write: Vec<u64> = st.dirty_inodes.iter().copied().collect();
         to_write.extend(st.extent_changes.keys().map(|(ino, _)| *ino));
+        to_write.extend(st.dirent_changes.keys().map(|(dir, _)| *dir));
         to_write.sort_unstable();
         to_write.dedup();
+        // A directory's row form is decided from all its entries.
+        for &ino in &to_write {
+            if !st.removed_inodes.contains(&ino)
+                && !st.dirs.contains_key(&ino)
+                && st.inodes.get(&ino).is_none_or(|i| i.kind == Kind::Dir)
+                && st.dirent_changes.keys().any(|(dir, _)| *dir == ino)
+            {
+                self.load_dir(&mut st, ino)?;
+            }
+        }
         let mut inodes = Vec::new();
         // Files whose rows now hold their extents, and of those, the ones
         // that may still have table rows (cleared in the commit).
@@ -776,6 +821,10 @@ impl Volume {
         let mut clear_rows = Vec::new();
         // Files going back to table rows: every extent is written.
         let mut extents = Vec::new();
+        // The same for directories and their entries.
+        let mut now_inline_dirs = HashSet::new();
+        let mut clear_dirent_rows = Vec::new();
+        let mut dirents = Vec::new();
         for ino in to_write {
             let Some(i) = st.inodes.get(&ino) else {
                 continue;
@@ -792,41 +841,35 @@ impl Volume {
                     extents.push(((ino, *off), Some(store::seal_extent(s, ino, *off, e)?)));
                 }
             }
+            let entries = st.dirs.get(&ino).filter(|_| i.kind == Kind::Dir);
+            let inline_entries = entries.filter(|m| inode::entries_fit(m));
+            if inline_entries.is_some() {
+                now_inline_dirs.insert(ino);
+                if !st.inline_dirs.contains(&ino) {
+                    clear_dirent_rows.push(ino);
+                }
+            } else if let Some(m) = entries.filter(|_| st.inline_dirs.contains(&ino)) {
+                for (name, child) in m {
+                    dirents.extend(Self::dirent_rows(s, ino, name, Some(*child))?);
+                }
+            }
             let sealed = match st.stored_size.get(&ino) {
                 Some(&size) if size < i.size => {
                     let mut stored = i.clone();
                     stored.size = size;
-                    store::seal_inode(s, ino, &stored, inline)?
+                    store::seal_inode(s, ino, &stored, inline, inline_entries)?
                 }
-                _ => store::seal_inode(s, ino, i, inline)?,
+                _ => store::seal_inode(s, ino, i, inline, inline_entries)?,
             };
             inodes.push((ino, sealed));
         }
         let removed: Vec<u64> = st.removed_inodes.iter().copied().collect();
-        let mut dirents = Vec::new();
         for ((parent, name), change) in &st.dirent_changes {
-            let mac = s.name_mac(*parent, name).map_err(store::meta_err)?;
-            // During a conversion the entry may still sit under the
-            // retiring key's name MAC: that row goes in the same commit.
-            if let Some(old) = s
-                .retiring_name_mac(*parent, name)
-                .map_err(store::meta_err)?
-            {
-                dirents.push(((*parent, old), None));
+            if now_inline_dirs.contains(parent) || st.inline_dirs.contains(parent) {
+                // Held by the row, or all written above (no rows to remove).
+                continue;
             }
-            let value = match change {
-                Some(ino) => Some(store::seal_dirent(
-                    s,
-                    *parent,
-                    &mac,
-                    &DirentRecord {
-                        name: name.clone(),
-                        ino: *ino,
-                    },
-                )?),
-                None => None,
-            };
-            dirents.push(((*parent, mac), value));
+            dirents.extend(Self::dirent_rows(s, *parent, name, *change)?);
         }
         for ((ino, off), change) in &st.extent_changes {
             if now_inline.contains(ino) || (change.is_some() && st.inline.contains(ino)) {
@@ -854,6 +897,11 @@ impl Volume {
             } else {
                 st.inline.remove(ino);
             }
+            if now_inline_dirs.contains(ino) {
+                st.inline_dirs.insert(*ino);
+            } else {
+                st.inline_dirs.remove(ino);
+            }
         }
         drop(st);
         self.engine
@@ -866,6 +914,9 @@ impl Volume {
                     t.remove(*ino)?;
                 }
                 let mut t = txn.open_table(DIRENTS)?;
+                for dir in &clear_dirent_rows {
+                    t.retain_in((*dir, [0u8; 32])..=(*dir, [0xffu8; 32]), |_, _| false)?;
+                }
                 for (k, v) in &dirents {
                     match v {
                         Some(v) => t.insert(*k, v.as_slice())?,

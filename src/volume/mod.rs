@@ -109,6 +109,10 @@ struct State {
     /// they were created since the last commit. Every other file's extents
     /// are table rows.
     inline: HashSet<u64>,
+    /// Directories with no dirents-table rows: their inode row holds their
+    /// entries, or they were created since the last commit. Every other
+    /// directory's entries are table rows.
+    inline_dirs: HashSet<u64>,
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
     /// Buffers being chunked right now (reads overlay them under `buffers`).
     flushing: HashMap<u64, Arc<BTreeMap<u64, Vec<u8>>>>,
@@ -228,7 +232,7 @@ impl Volume {
         engine: Arc<Engine>,
         make_sealer: &dyn Fn(u64) -> VResult<MetaSealer>,
     ) -> VResult<Self> {
-        // Rows this build writes are unreadable to a build before format 2.
+        // Rows this build writes are unreadable to a build before format 3.
         crate::config::StoreConfig::upgrade_format(engine.store_dir()).map_err(VolError::io)?;
         let db = &engine.meta().database();
         let next_ino = store::get_counter(db, "next_ino")?.unwrap_or(ROOT + 1);
@@ -254,6 +258,7 @@ impl Volume {
                 st.inodes.insert(ROOT, root);
                 st.dirty_inodes.insert(ROOT);
                 st.dirs.insert(ROOT, BTreeMap::new());
+                st.inline_dirs.insert(ROOT);
             }
             vol.remove_orphans(&mut st)?;
         }
@@ -382,6 +387,13 @@ impl Volume {
                 st.inline.insert(ino);
                 st.extents.entry(ino).or_insert(map);
             }
+            if let Some(mut entries) = row.entries {
+                st.inline_dirs.insert(ino);
+                if !st.dirs.contains_key(&ino) {
+                    Self::apply_dirent_changes(st, ino, &mut entries);
+                    st.dirs.insert(ino, entries);
+                }
+            }
             st.inodes.insert(ino, row.inode);
         }
         Ok(st.inodes.get_mut(&ino).expect("just inserted"))
@@ -392,31 +404,39 @@ impl Volume {
             return err(libc::ENOTDIR);
         }
         if !st.dirs.contains_key(&ino) {
-            let db = self.engine.meta().database();
-            let txn = db.begin_read().map_err(VolError::io)?;
-            let t = txn.open_table(DIRENTS).map_err(VolError::io)?;
+            // (A directory whose row holds its entries got them loaded
+            // with its inode.)
             let mut entries = BTreeMap::new();
-            for row in t
-                .range((ino, [0u8; 32])..=(ino, [0xffu8; 32]))
-                .map_err(VolError::io)?
-            {
-                let (k, v) = row.map_err(VolError::io)?;
-                let (_, mac) = k.value();
-                let rec = store::open_dirent(&self.sealer(), ino, &mac, v.value())?;
-                entries.insert(rec.name, rec.ino);
-            }
-            // Uncommitted changes win over what the database says.
-            for ((parent, name), change) in &st.dirent_changes {
-                if *parent == ino {
-                    match change {
-                        Some(child) => entries.insert(name.clone(), *child),
-                        None => entries.remove(name),
-                    };
+            if !st.inline_dirs.contains(&ino) {
+                let db = self.engine.meta().database();
+                let txn = db.begin_read().map_err(VolError::io)?;
+                let t = txn.open_table(DIRENTS).map_err(VolError::io)?;
+                for row in t
+                    .range((ino, [0u8; 32])..=(ino, [0xffu8; 32]))
+                    .map_err(VolError::io)?
+                {
+                    let (k, v) = row.map_err(VolError::io)?;
+                    let (_, mac) = k.value();
+                    let rec = store::open_dirent(&self.sealer(), ino, &mac, v.value())?;
+                    entries.insert(rec.name, rec.ino);
                 }
             }
+            Self::apply_dirent_changes(st, ino, &mut entries);
             st.dirs.insert(ino, entries);
         }
         Ok(st.dirs.get_mut(&ino).expect("just inserted"))
+    }
+
+    /// Uncommitted changes win over what the database says.
+    fn apply_dirent_changes(st: &State, dir: u64, entries: &mut BTreeMap<Vec<u8>, u64>) {
+        for ((parent, name), change) in &st.dirent_changes {
+            if *parent == dir {
+                match change {
+                    Some(child) => entries.insert(name.clone(), *child),
+                    None => entries.remove(name),
+                };
+            }
+        }
     }
 
     fn load_extents<'s>(
@@ -545,6 +565,8 @@ impl Volume {
         Self::touch(st, ino);
         if is_dir {
             st.dirs.insert(ino, BTreeMap::new());
+            // No rows yet: nothing for its first commit to clear.
+            st.inline_dirs.insert(ino);
         }
         if inode_kind_is_file(st, ino) {
             st.extents.insert(ino, BTreeMap::new());
@@ -667,6 +689,9 @@ impl Volume {
         st.stored_size.remove(&ino);
         st.inodes.remove(&ino);
         st.dirs.remove(&ino);
+        // (A removed directory is empty: its pending entry removals, if it
+        // had table rows, are written as before.)
+        st.inline_dirs.remove(&ino);
         st.dirty_inodes.remove(&ino);
         st.removed_inodes.insert(ino);
         Ok(())

@@ -1,15 +1,16 @@
 //! The volume's tables in the metadata database, every value sealed with
 //! AES-256-GCM under the metadata key (see crypto::seal):
 //!
-//! - `inodes`:  ino -> sealed(Inode [+ inline extents])    AAD "inode" || ino
+//! - `inodes`:  ino -> sealed(Inode [+ inline extents or entries])  AAD "inode" || ino
 //! - `dirents`: (parent, MAC(parent, name)) -> sealed(DirentRecord)
 //!   AAD "dirent" || parent || mac
 //! - `extents`: (ino, file offset) -> sealed(Extent)       AAD "extent" || ino || offset
 //! - `volume`:  name -> u64 ("next_ino", "nonce_next")
 //!
-//! Visible without the key: inode numbers, how many entries each directory
-//! has, extent offsets (so file sizes to chunk granularity), and sealed
-//! value lengths. Names, contents, link targets, xattrs, modes, owners and
+//! Visible without the key: inode numbers, how many entries each large
+//! directory has, extent offsets of large files (so their sizes to chunk
+//! granularity), and sealed value lengths (so roughly how many entries or
+//! extents a small directory or file holds in its row). Names, contents, link targets, xattrs, modes, owners and
 //! times are sealed.
 
 use redb::{TableDefinition, WriteTransaction};
@@ -36,14 +37,16 @@ pub fn meta_err(e: impl std::fmt::Display) -> MetaError {
     MetaError::Db(e.to_string())
 }
 
-/// Seals an inode row; `extents` given: the file's extents live in it.
+/// Seals an inode row; `extents` / `entries` given: the file's extents or
+/// the directory's entries live in it.
 pub fn seal_inode(
     s: &MetaSealer,
     ino: u64,
     inode: &Inode,
     extents: Option<&BTreeMap<u64, Extent>>,
+    entries: Option<&BTreeMap<Vec<u8>, u64>>,
 ) -> Result<Vec<u8>, MetaError> {
-    let plain = inode::encode_row(inode, extents)?;
+    let plain = inode::encode_row(inode, extents, entries)?;
     s.seal(&aad("inode", ino, &[]), &plain).map_err(meta_err)
 }
 
@@ -146,7 +149,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::{EngineConfig, StoreConfig};
+    use crate::config::{EngineConfig, StoreConfig, FORMAT_VERSION};
     use crate::crypto::{ChunkCrypto, FingerprintAlg};
     use crate::engine::Engine;
     use crate::volume::{Caller, Kind, Volume, ROOT};
@@ -241,13 +244,17 @@ mod tests {
         }
         // Opening the volume moved the store to the format an older build
         // refuses (rather than reading inline extents as holes).
-        assert_eq!(StoreConfig::load(dir.path()).unwrap().format_version, 2);
+        assert_eq!(
+            StoreConfig::load(dir.path()).unwrap().format_version,
+            FORMAT_VERSION
+        );
         let mut cfg = StoreConfig::load(dir.path()).unwrap();
-        cfg.format_version = 3;
+        cfg.format_version = FORMAT_VERSION + 1;
         cfg.save(dir.path()).unwrap();
         let refused = StoreConfig::load(dir.path()).unwrap_err();
-        assert!(refused.contains("format version 3"), "{refused}");
-        cfg.format_version = 2;
+        let newer = format!("format version {}", FORMAT_VERSION + 1);
+        assert!(refused.contains(&newer), "{refused}");
+        cfg.format_version = FORMAT_VERSION;
         cfg.save(dir.path()).unwrap();
         {
             let v = open(dir.path());
@@ -267,5 +274,98 @@ mod tests {
             read_all(&v, g) == [&b[..], b"!"].concat(),
             "g after the reopen"
         );
+    }
+
+    /// Rewrites directory `ino`'s row and entries the way version 2 stored
+    /// them: one dirents-table row per entry.
+    fn downgrade_dir(v: &Volume, ino: u64) {
+        use redb::ReadableTable;
+        let s = v.sealer();
+        let db = v.engine().meta().database();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut inodes = txn.open_table(INODES).unwrap();
+            let sealed = inodes.get(ino).unwrap().unwrap().value().to_vec();
+            let row = open_inode(&s, ino, &sealed).unwrap();
+            let mut old = row.inode.clone();
+            old.version = 2;
+            let plain = postcard::to_stdvec(&old).unwrap();
+            let plain = postcard::to_extend(&None::<Vec<(u64, Extent)>>, plain).unwrap();
+            let v2 = s.seal(&aad("inode", ino, &[]), &plain).unwrap();
+            inodes.insert(ino, v2.as_slice()).unwrap();
+            let mut dirents = txn.open_table(DIRENTS).unwrap();
+            for (name, child) in row
+                .entries
+                .expect("a small directory's row holds its entries")
+            {
+                let mac = s.name_mac(ino, &name).unwrap();
+                let rec = DirentRecord { name, ino: child };
+                let sealed = seal_dirent(&s, ino, &mac, &rec).unwrap();
+                dirents.insert((ino, mac), sealed.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn dirent_rows(v: &Volume, ino: u64) -> usize {
+        let db = v.engine().meta().database();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(DIRENTS).unwrap();
+        t.range((ino, [0u8; 32])..=(ino, [0xffu8; 32]))
+            .unwrap()
+            .count()
+    }
+
+    fn names(v: &Volume, dir: u64) -> Vec<Vec<u8>> {
+        let mut n: Vec<Vec<u8>> = v.read_dir(dir).unwrap().into_iter().map(|e| e.2).collect();
+        n.retain(|n| n != b"." && n != b"..");
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn version_2_directories_are_read_and_move_into_their_rows_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        Engine::create(dir.path(), "old-store", &EngineConfig::default()).unwrap();
+        let mut cfg = StoreConfig::load(dir.path()).unwrap();
+        cfg.format_version = 2;
+        cfg.save(dir.path()).unwrap();
+        let (a, b);
+        {
+            let v = open(dir.path());
+            a = v.mkdir(ROOT, b"a", 0o755, ME).unwrap().ino;
+            b = v.mkdir(ROOT, b"b", 0o755, ME).unwrap().ino;
+            for d in [a, b] {
+                v.mknod(d, b"x", Kind::File, 0o600, 0, ME).unwrap();
+                v.mknod(d, b"y", Kind::Fifo, 0o600, 0, ME).unwrap();
+            }
+            v.sync_all().unwrap();
+            assert_eq!((dirent_rows(&v, a), dirent_rows(&v, b)), (0, 0));
+            for d in [ROOT, a, b] {
+                downgrade_dir(&v, d);
+            }
+            assert_eq!((dirent_rows(&v, a), dirent_rows(&v, b)), (2, 2));
+        }
+        assert_eq!(
+            StoreConfig::load(dir.path()).unwrap().format_version,
+            FORMAT_VERSION
+        );
+        {
+            let v = open(dir.path());
+            assert_eq!(names(&v, ROOT), [b"a".to_vec(), b"b".to_vec()]);
+            for d in [a, b] {
+                assert_eq!(names(&v, d), [b"x".to_vec(), b"y".to_vec()]);
+                assert_eq!(v.lookup(d, b"y").unwrap().inode.kind, Kind::Fifo);
+            }
+            v.mknod(b, b"z", Kind::File, 0o600, 0, ME).unwrap();
+            v.unlink(b, b"x").unwrap();
+            v.sync_all().unwrap();
+            // b changed: its row now holds its entries; a is untouched.
+            assert_eq!((dirent_rows(&v, a), dirent_rows(&v, b)), (2, 0));
+        }
+        let v = open(dir.path());
+        assert_eq!(names(&v, a), [b"x".to_vec(), b"y".to_vec()]);
+        assert_eq!(names(&v, b), [b"y".to_vec(), b"z".to_vec()]);
+        assert_eq!(v.lookup(b, b"x").unwrap_err().errno, libc::ENOENT);
     }
 }
