@@ -805,11 +805,11 @@ impl Volume {
         to_write.sort_unstable();
         to_write.dedup();
         // A directory's row form is decided from all its entries.
-        for &ino in &to_write {
+        let changed_dirs: HashSet<u64> = st.dirent_changes.keys().map(|(dir, _)| *dir).collect();
+        for ino in changed_dirs {
             if !st.removed_inodes.contains(&ino)
                 && !st.dirs.contains_key(&ino)
                 && st.inodes.get(&ino).is_none_or(|i| i.kind == Kind::Dir)
-                && st.dirent_changes.keys().any(|(dir, _)| *dir == ino)
             {
                 self.load_dir(&mut st, ino)?;
             }

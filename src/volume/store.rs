@@ -181,21 +181,33 @@ mod tests {
             .collect()
     }
 
+    /// Rewrites `ino`'s inode row as record `version` (1 or 2) stored it,
+    /// without what the row held besides the inode; returns the row as it
+    /// was (its extents or entries go to table rows).
+    fn write_old_row(v: &Volume, txn: &redb::WriteTransaction, ino: u64, version: u8) -> InodeRow {
+        use redb::ReadableTable;
+        let s = v.sealer();
+        let mut inodes = txn.open_table(INODES).unwrap();
+        let sealed = inodes.get(ino).unwrap().unwrap().value().to_vec();
+        let row = open_inode(&s, ino, &sealed).unwrap();
+        let mut old = row.inode.clone();
+        old.version = version;
+        let mut plain = postcard::to_stdvec(&old).unwrap();
+        if version == 2 {
+            plain = postcard::to_extend(&None::<Vec<(u64, Extent)>>, plain).unwrap();
+        }
+        let sealed = s.seal(&aad("inode", ino, &[]), &plain).unwrap();
+        inodes.insert(ino, sealed.as_slice()).unwrap();
+        row
+    }
+
     /// Rewrites `ino`'s row the way version 1 stored it.
     fn downgrade(v: &Volume, ino: u64) {
-        use redb::ReadableTable;
         let s = v.sealer();
         let db = v.engine().meta().database();
         let txn = db.begin_write().unwrap();
         {
-            let mut inodes = txn.open_table(INODES).unwrap();
-            let sealed = inodes.get(ino).unwrap().unwrap().value().to_vec();
-            let row = open_inode(&s, ino, &sealed).unwrap();
-            let mut old = row.inode.clone();
-            old.version = 1;
-            let plain = postcard::to_stdvec(&old).unwrap();
-            let v1 = s.seal(&aad("inode", ino, &[]), &plain).unwrap();
-            inodes.insert(ino, v1.as_slice()).unwrap();
+            let row = write_old_row(v, &txn, ino, 1);
             let mut extents = txn.open_table(EXTENTS).unwrap();
             for (off, e) in row.extents.expect("a small file's row holds its extents") {
                 let sealed = seal_extent(&s, ino, off, &e).unwrap();
@@ -279,20 +291,11 @@ mod tests {
     /// Rewrites directory `ino`'s row and entries the way version 2 stored
     /// them: one dirents-table row per entry.
     fn downgrade_dir(v: &Volume, ino: u64) {
-        use redb::ReadableTable;
         let s = v.sealer();
         let db = v.engine().meta().database();
         let txn = db.begin_write().unwrap();
         {
-            let mut inodes = txn.open_table(INODES).unwrap();
-            let sealed = inodes.get(ino).unwrap().unwrap().value().to_vec();
-            let row = open_inode(&s, ino, &sealed).unwrap();
-            let mut old = row.inode.clone();
-            old.version = 2;
-            let plain = postcard::to_stdvec(&old).unwrap();
-            let plain = postcard::to_extend(&None::<Vec<(u64, Extent)>>, plain).unwrap();
-            let v2 = s.seal(&aad("inode", ino, &[]), &plain).unwrap();
-            inodes.insert(ino, v2.as_slice()).unwrap();
+            let row = write_old_row(v, &txn, ino, 2);
             let mut dirents = txn.open_table(DIRENTS).unwrap();
             for (name, child) in row
                 .entries
