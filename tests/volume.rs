@@ -629,3 +629,39 @@ fn streams_reuse_flushed_buffers_without_mixing_contents() {
         );
     }
 }
+
+#[test]
+fn entries_survive_commits_racing_directories_across_the_inline_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(open(dir.path(), true));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committer = {
+        let (v, stop) = (v.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                v.commit(false).unwrap();
+            }
+        })
+    };
+    let mut want = std::collections::BTreeMap::new();
+    for d in 0..4 {
+        let name = format!("d{d}");
+        let ino = v.mkdir(ROOT, name.as_bytes(), 0o755, ME).unwrap().ino;
+        let names: Vec<String> = (0..400).map(|i| format!("botocore-entry-{i:04}")).collect();
+        for n in &names {
+            create_file(&v, ino, n);
+        }
+        want.insert(ino, names);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    committer.join().unwrap();
+    v.sync_all().unwrap();
+    drop(v);
+    let v = open(dir.path(), false);
+    for (ino, names) in &want {
+        let listed: Vec<Vec<u8>> = listed_names(&v, *ino);
+        let expected: Vec<Vec<u8>> = names.iter().map(|n| n.clone().into_bytes()).collect();
+        assert_eq!(listed.len(), expected.len(), "directory {ino}");
+        assert_eq!(listed, expected, "directory {ino}");
+    }
+}
