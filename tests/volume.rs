@@ -643,16 +643,33 @@ fn entries_survive_commits_racing_directories_across_the_inline_limit() {
             }
         })
     };
-    let mut want = std::collections::BTreeMap::new();
-    for d in 0..4 {
-        let name = format!("d{d}");
-        let ino = v.mkdir(ROOT, name.as_bytes(), 0o755, ME).unwrap().ino;
-        let names: Vec<String> = (0..400).map(|i| format!("botocore-entry-{i:04}")).collect();
-        for n in &names {
-            create_file(&v, ino, n);
-        }
-        want.insert(ino, names);
+    // Like `datastore import`: several threads create entries in the same
+    // directories at once.
+    let dirs: Vec<u64> = (0..4)
+        .map(|d| {
+            v.mkdir(ROOT, format!("d{d}").as_bytes(), 0o755, ME)
+                .unwrap()
+                .ino
+        })
+        .collect();
+    let creators: Vec<_> = (0..3)
+        .map(|t| {
+            let (v, dirs) = (v.clone(), dirs.clone());
+            std::thread::spawn(move || {
+                for i in (t..400).step_by(3) {
+                    for d in &dirs {
+                        create_file(&v, *d, &format!("botocore-entry-{i:04}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in creators {
+        c.join().unwrap();
     }
+    let names: Vec<String> = (0..400).map(|i| format!("botocore-entry-{i:04}")).collect();
+    let want: std::collections::BTreeMap<u64, Vec<String>> =
+        dirs.iter().map(|d| (*d, names.clone())).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     committer.join().unwrap();
     v.sync_all().unwrap();
