@@ -113,3 +113,30 @@ fn reads_of_pending_chunks_while_appending_do_not_deadlock() {
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("reads and appends deadlocked");
 }
+
+/// A chunk stored since the last commit, referenced again while that
+/// commit is being written (so the new reference waits in the next batch),
+/// must stay readable: reads once looked only at the newest batch, found a
+/// reference without a location there, and then missed the index, which
+/// did not hold the chunk yet ("chunk ... is not in the index").
+#[test]
+fn chunks_being_committed_stay_readable_when_referenced_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    let data = random_bytes(700, 40 << 10);
+    let recipe = e.put_bytes(&data).unwrap();
+    assert_eq!(recipe.len(), 1);
+    let mut checked = false;
+    e.commit_with(false, &mut |_txn| {
+        // Inside the commit: the batch holding the new record is being
+        // written; this reference lands in the next one.
+        assert_eq!(e.put_bytes(&data).unwrap(), recipe);
+        assert_eq!(e.read_chunk(&recipe[0].fingerprint).unwrap(), data);
+        checked = true;
+        Ok(())
+    })
+    .unwrap();
+    assert!(checked);
+    e.commit(true).unwrap();
+    assert_eq!(e.read_to_vec(&recipe).unwrap(), data);
+}

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{EngineConfig, StoreConfig};
 use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
-use crate::meta::{ChunkChange, Meta, MetaError};
+use crate::meta::{ChunkChange, Meta, MetaError, NewRecord};
 use crate::store::segment::{self, SegmentWriter};
 
 pub use convert::{GenerationCount, GenerationScan, SegmentScan};
@@ -99,10 +99,20 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// A change to `fp` in either batch (the newest first): Some means
+    /// the chunk is stored, pending or indexed.
     pub fn get(&self, fp: &Fingerprint) -> Option<&ChunkChange> {
         self.current
             .get(fp)
             .or_else(|| self.committing.as_ref().and_then(|c| c.get(fp)))
+    }
+
+    /// Where a chunk stored since the last finished commit is: its record
+    /// may be in the batch being committed while the newest batch holds
+    /// only a further reference to it, so both are looked at.
+    pub fn record(&self, fp: &Fingerprint) -> Option<NewRecord> {
+        let in_batch = |b: &HashMap<Fingerprint, ChunkChange>| b.get(fp).and_then(|c| c.new_record);
+        in_batch(&self.current).or_else(|| self.committing.as_deref().and_then(in_batch))
     }
 }
 

@@ -75,7 +75,7 @@ impl Engine {
     pub(super) fn locate(&self, fp: &Fingerprint) -> Result<IndexEntry> {
         // Copy the location out first: the pending guard must be dropped
         // before the writer lock is taken (lock order: writer, pending).
-        let pending = lock(&self.pending).get(fp).and_then(|c| c.new_record);
+        let pending = lock(&self.pending).record(fp);
         if let Some(r) = pending {
             lock(&self.writer)
                 .flush_through(r.segment, r.offset + r.record_len as u64)
