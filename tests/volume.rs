@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use datastore::volume::inode::INLINE_ENTRIES_MAX;
 use datastore::volume::{Caller, Kind, RenameMode, SetAttr, Volume, XattrFlags, ROOT};
 
 const META_KEY: [u8; 32] = [0x33; 32];
@@ -246,6 +247,7 @@ fn listed_names(v: &Volume, dir: u64) -> Vec<Vec<u8>> {
 fn directories_move_between_inline_and_table_entries_without_losing_names() {
     let dir = tempfile::tempdir().unwrap();
     let name = |i: usize| format!("entry-{i:04}");
+    let over = INLINE_ENTRIES_MAX + 10;
     let mut inos = std::collections::BTreeMap::new();
     let d;
     {
@@ -262,13 +264,14 @@ fn directories_move_between_inline_and_table_entries_without_losing_names() {
         // Past the inline limit: every entry becomes a row, the 10 that
         // were in d's row too.
         let v = open(dir.path(), false);
-        for i in 10..310 {
+        for i in 10..over {
             inos.insert(name(i), create_file(&v, d, &name(i)));
         }
         v.sync_all().unwrap();
-        assert_eq!(sealed_rows(&v), 2 + 310 + 310);
+        assert_eq!(sealed_rows(&v), 2 + 2 * over as u64);
     }
     let moved_in;
+    let last_out;
     {
         let v = open(dir.path(), false);
         let want: Vec<Vec<u8>> = inos.keys().map(|n| n.clone().into_bytes()).collect();
@@ -277,13 +280,14 @@ fn directories_move_between_inline_and_table_entries_without_losing_names() {
             assert_eq!(v.lookup(d, n.as_bytes()).unwrap().ino, *ino, "{n}");
         }
         // Back under the limit, with a rename out of d and one into it.
-        for i in 0..300 {
+        for i in 0..over - 10 {
             v.unlink(d, name(i).as_bytes()).unwrap();
             inos.remove(&name(i));
         }
-        v.rename(d, b"entry-0300", ROOT, b"out", RenameMode::NoReplace)
+        last_out = name(over - 10);
+        v.rename(d, last_out.as_bytes(), ROOT, b"out", RenameMode::NoReplace)
             .unwrap();
-        inos.remove("entry-0300");
+        inos.remove(&last_out);
         moved_in = create_file(&v, ROOT, "in");
         v.rename(ROOT, b"in", d, b"moved-in", RenameMode::NoReplace)
             .unwrap();
@@ -299,7 +303,10 @@ fn directories_move_between_inline_and_table_entries_without_losing_names() {
         assert_eq!(v.lookup(d, n.as_bytes()).unwrap().ino, *ino, "{n}");
     }
     assert_eq!(v.lookup(d, b"entry-0000").unwrap_err().errno, libc::ENOENT);
-    assert_eq!(v.lookup(d, b"entry-0300").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(
+        v.lookup(d, last_out.as_bytes()).unwrap_err().errno,
+        libc::ENOENT
+    );
     assert_eq!(listed_names(&v, ROOT), vec![b"d".to_vec(), b"out".to_vec()]);
     for n in inos.keys() {
         v.unlink(d, n.as_bytes()).unwrap();
@@ -644,7 +651,8 @@ fn entries_survive_commits_racing_directories_across_the_inline_limit() {
         })
     };
     // Like `datastore import`: several threads create entries in the same
-    // directories at once.
+    // directories at once, past the inline limit.
+    let racing_entries = INLINE_ENTRIES_MAX + 150;
     let dirs: Vec<u64> = (0..4)
         .map(|d| {
             v.mkdir(ROOT, format!("d{d}").as_bytes(), 0o755, ME)
@@ -656,7 +664,7 @@ fn entries_survive_commits_racing_directories_across_the_inline_limit() {
         .map(|t| {
             let (v, dirs) = (v.clone(), dirs.clone());
             std::thread::spawn(move || {
-                for i in (t..400).step_by(3) {
+                for i in (t..racing_entries).step_by(3) {
                     for d in &dirs {
                         create_file(&v, *d, &format!("botocore-entry-{i:04}"));
                     }
@@ -667,7 +675,9 @@ fn entries_survive_commits_racing_directories_across_the_inline_limit() {
     for c in creators {
         c.join().unwrap();
     }
-    let names: Vec<String> = (0..400).map(|i| format!("botocore-entry-{i:04}")).collect();
+    let names: Vec<String> = (0..racing_entries)
+        .map(|i| format!("botocore-entry-{i:04}"))
+        .collect();
     let want: std::collections::BTreeMap<u64, Vec<String>> =
         dirs.iter().map(|d| (*d, names.clone())).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

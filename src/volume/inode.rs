@@ -20,10 +20,13 @@ pub const INLINE_EXTENTS_MAX: usize = 8;
 /// A directory whose entries take at most `INLINE_ENTRIES_BYTES` encoded
 /// (at most `INLINE_ENTRIES_MAX` of them) keeps them in its inode row
 /// rather than one dirents-table row each (a row costs a 40-byte key, a
-/// seal and a B-tree slot: about 75 bytes besides the name). The byte
-/// bound keeps the row inside one 4 KiB B-tree page.
-pub const INLINE_ENTRIES_MAX: usize = 256;
-pub const INLINE_ENTRIES_BYTES: usize = 3584;
+/// seal and a B-tree slot: about 75 bytes besides the name). A row larger
+/// than a 4 KiB page gets a leaf of its own (8 or 16 KiB), still a
+/// fraction of the table rows it replaces; the byte bound keeps the row
+/// within 16 KiB, and so bounds what a commit rewrites per changed
+/// directory.
+pub const INLINE_ENTRIES_MAX: usize = 1024;
+pub const INLINE_ENTRIES_BYTES: usize = 16000;
 
 /// Bytes of `v` as a postcard varint.
 fn varint_len(v: u64) -> usize {
