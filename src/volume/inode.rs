@@ -302,18 +302,18 @@ mod tests {
         let mut one_more = many.clone();
         one_more.insert(b"~".to_vec(), 1);
         assert!(!entries_fit(&one_more));
-        // Long names: the bytes bound, and the worst-case row still fits
-        // in a 4 KiB page with the inode and the seal.
-        let long: BTreeMap<Vec<u8>, u64> = (0..14u8)
-            .map(|i| (vec![b'a' + i; 255], u64::MAX - i as u64))
+        // Long names: the bytes bound, and the worst-case row (with the
+        // inode, the seal and the key) still fits in 16 KiB.
+        let long: BTreeMap<Vec<u8>, u64> = (0..60u8)
+            .map(|i| (vec![b'A' + i; 255], u64::MAX - i as u64))
             .collect();
         assert!(!entries_fit(&long));
-        let fits: BTreeMap<Vec<u8>, u64> = long.into_iter().take(13).collect();
+        let fits: BTreeMap<Vec<u8>, u64> = long.into_iter().take(59).collect();
         let encoded: usize = fits.keys().map(|n| n.len() + 2 + 10).sum();
         assert!(encoded <= INLINE_ENTRIES_BYTES);
         assert!(entries_fit(&fits));
         let dir = Inode::new(Kind::Dir, 0o755, u32::MAX, u32::MAX, u64::MAX);
         let row = encode_row(&dir, None, Some(&fits)).unwrap();
-        assert!(row.len() + 28 <= 4000, "{} bytes", row.len());
+        assert!(row.len() + 32 + 8 <= 16 << 10, "{} bytes", row.len());
     }
 }
