@@ -129,7 +129,8 @@ struct State {
     // What the next commit writes.
     dirty_inodes: HashSet<u64>,
     removed_inodes: HashSet<u64>,
-    dirent_changes: HashMap<(u64, Vec<u8>), Option<u64>>,
+    /// Ordered by directory, so loading one overlays only its own changes.
+    dirent_changes: BTreeMap<(u64, Vec<u8>), Option<u64>>,
     extent_changes: HashMap<(u64, u64), Option<Extent>>,
     /// Chunk references the changes above dropped: released in the engine
     /// batch of the commit that writes those changes, never earlier (a
@@ -429,13 +430,16 @@ impl Volume {
 
     /// Uncommitted changes win over what the database says.
     fn apply_dirent_changes(st: &State, dir: u64, entries: &mut BTreeMap<Vec<u8>, u64>) {
-        for ((parent, name), change) in &st.dirent_changes {
-            if *parent == dir {
-                match change {
-                    Some(child) => entries.insert(name.clone(), *child),
-                    None => entries.remove(name),
-                };
-            }
+        let from = (dir, Vec::new());
+        for ((_, name), change) in st
+            .dirent_changes
+            .range(from..)
+            .take_while(|((p, _), _)| *p == dir)
+        {
+            match change {
+                Some(child) => entries.insert(name.clone(), *child),
+                None => entries.remove(name),
+            };
         }
     }
 
