@@ -500,15 +500,15 @@ impl Volume {
                 _ => windows.push((*off, end)),
             }
         }
-        let extents = self.load_extents(st, ino)?.clone();
+        let extents: &BTreeMap<u64, Extent> = self.load_extents(st, ino)?;
         let widened: Vec<(u64, u64)> = windows
             .iter()
             .filter(|(lo, hi)| lo < hi)
             .map(|&(lo, hi)| {
-                let lo2 = overlapping(&extents, lo, lo + 1)
+                let lo2 = overlapping(extents, lo, lo + 1)
                     .first()
                     .map_or(lo, |(o, _)| *o);
-                let hi2 = overlapping(&extents, hi - 1, hi)
+                let hi2 = overlapping(extents, hi - 1, hi)
                     .first()
                     .map_or(hi, |(o, e)| o + e.len as u64);
                 (lo2.min(lo), hi2.max(hi).min(size.max(hi)))
@@ -523,7 +523,7 @@ impl Volume {
         }
         let mut plans = Vec::new();
         for (lo, hi) in merged {
-            let olds = overlapping(&extents, lo, hi);
+            let olds = overlapping(extents, lo, hi);
             if olds.is_empty() && buf.get(&lo).is_some_and(|p| lo + p.len() as u64 == hi) {
                 // One buffered piece over nothing stored: chunked in place,
                 // however large (nothing to assemble, so no need to cut).
