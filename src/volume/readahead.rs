@@ -22,15 +22,16 @@ use super::{lock, Extent, VResult, Volume};
 /// 2 GiB read: ~72% of the cores busy with two decoders).
 const DECODERS: usize = 3;
 /// How far ahead of a sequential reader chunks are decoded. Cold 2 GiB
-/// reads, six each: 2 decoders and 8 MiB ~1,085 MB/s, 3 and 8 MiB ~1,135-
-/// 1,185, 3 and 16 MiB ~1,225.
-const WINDOW: u64 = 16 << 20;
+/// reads, six each: 2 decoders ~1,085 MB/s, 3 decoders ~1,150; 16 MiB
+/// ahead with a 32 MiB cache ~1,225, but that cache stays resident and
+/// took the fio run's peak RSS to 499 MiB (target < 512), so not taken.
+const WINDOW: u64 = 8 << 20;
 /// Plaintext bytes of decoded chunks kept: a 4 KiB random read decodes a
 /// whole chunk (64 KiB on average), so the rest of it should still be here
 /// when a neighbouring read comes (the kernel caches only the pages it was
 /// given). Twice the readahead window, so decoded chunks are not evicted
 /// before the reader gets to them.
-const CACHE_BYTES: usize = 32 << 20;
+const CACHE_BYTES: usize = 16 << 20;
 /// How far from where the previous read ended a read still continues it.
 const NEAR: u64 = 1 << 20;
 /// Read positions remembered (one per recently read file).
