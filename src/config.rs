@@ -33,6 +33,23 @@ pub struct EngineConfig {
     /// Record payload cipher: "aes-xts-256", or "none" for a store made
     /// with `init --no-encryption` (no keystore; metadata not sealed either).
     pub cipher: String,
+    /// LZ4 effort: 0 = fast mode, 1..=12 = high-compression levels (see
+    /// engine/compress.rs). Same block format at every level, so this only
+    /// affects new records. Written to datastore.toml only when not the
+    /// default, which keeps such files readable by builds that predate it.
+    #[serde(
+        default = "default_compression_level",
+        skip_serializing_if = "is_default_compression_level"
+    )]
+    pub compression_level: u8,
+}
+
+fn default_compression_level() -> u8 {
+    crate::engine::compress::DEFAULT_LEVEL
+}
+
+fn is_default_compression_level(level: &u8) -> bool {
+    *level == default_compression_level()
 }
 
 impl Default for EngineConfig {
@@ -44,6 +61,7 @@ impl Default for EngineConfig {
             segment_size: 32 << 20,
             fingerprint: FingerprintAlg::Blake3Keyed,
             cipher: "aes-xts-256".into(),
+            compression_level: default_compression_level(),
         }
     }
 }
@@ -57,6 +75,12 @@ impl EngineConfig {
             && self.chunk_max <= crate::store::record::MAX_PLAIN;
         if !ok {
             return Err("chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB".into());
+        }
+        if self.compression_level > crate::engine::compress::MAX_LEVEL {
+            return Err(format!(
+                "compression_level must be between 0 (LZ4 fast) and {} (LZ4 HC max)",
+                crate::engine::compress::MAX_LEVEL
+            ));
         }
         if self.segment_size < (1 << 20) || self.segment_size > (1 << 32) {
             return Err("segment_size must be between 1 MiB and 4 GiB".into());

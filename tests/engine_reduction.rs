@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use datastore::config::{EngineConfig, StoreConfig};
 
 const MIB: usize = 1 << 20;
 
@@ -157,4 +158,68 @@ fn no_plaintext_marker_anywhere_in_the_store() {
         let hits = find_bytes(dir.path(), &window);
         assert!(hits.is_empty(), "plaintext found at {hits:?}");
     }
+}
+
+fn engine_at_level(dir: &std::path::Path, compression_level: u8) -> datastore::engine::Engine {
+    let config = EngineConfig {
+        compression_level,
+        ..EngineConfig::default()
+    };
+    datastore::engine::Engine::create(dir, "test-store", &config).unwrap();
+    open_engine(dir)
+}
+
+#[test]
+fn default_compression_stores_source_text_smaller_than_lz4_fast_mode() {
+    let text = source_text(8 * MIB);
+    let stored_at = |level: u8| {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine_at_level(dir.path(), level);
+        let recipe = e.put_bytes(&text).unwrap();
+        e.commit(true).unwrap();
+        assert_eq!(e.read_to_vec(&recipe).unwrap(), text, "level {level}");
+        e.segment_bytes().unwrap()
+    };
+    let fast = stored_at(0);
+    let default = stored_at(datastore::engine::compress::DEFAULT_LEVEL);
+    println!("8 MiB of source text: LZ4 fast {fast} bytes, default level {default} bytes");
+    assert!(
+        (default as f64) < 0.95 * fast as f64,
+        "default level stored {default} bytes, fast mode {fast}"
+    );
+}
+
+#[test]
+fn changing_the_compression_level_keeps_every_record_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = source_text(2 * MIB);
+    let second = random_bytes(9, MIB);
+    let old = {
+        let e = engine_at_level(dir.path(), 0);
+        let recipe = e.put_bytes(&first).unwrap();
+        e.commit(true).unwrap();
+        recipe
+    };
+    let text = std::fs::read_to_string(dir.path().join("datastore.toml")).unwrap();
+    assert!(text.contains("compression_level = 0"), "{text}");
+    let mut cfg = StoreConfig::load(dir.path()).unwrap();
+    cfg.engine.compression_level = datastore::engine::compress::MAX_LEVEL;
+    cfg.save(dir.path()).unwrap();
+    let e = open_engine(dir.path());
+    let new = e.put_bytes(&second).unwrap();
+    let again = e.put_bytes(&first).unwrap();
+    e.commit(true).unwrap();
+    assert_eq!(again, old, "same data, same chunks whatever the level");
+    assert_eq!(e.read_to_vec(&old).unwrap(), first);
+    assert_eq!(e.read_to_vec(&new).unwrap(), second);
+    assert!(e.scrub().unwrap().is_clean());
+
+    // Out of range is refused with the valid range named.
+    cfg.engine.compression_level = 13;
+    cfg.save(dir.path()).unwrap();
+    let err = datastore::engine::Engine::open(dir.path(), Some(crypto()))
+        .err()
+        .expect("level 13 refused")
+        .to_string();
+    assert!(err.contains("compression_level must be between 0"), "{err}");
 }

@@ -15,6 +15,7 @@
 //! - Lock order: gc_gate, commit_lock, writer, pending.
 
 mod chunker;
+pub mod compress;
 mod convert;
 mod gc;
 mod read;

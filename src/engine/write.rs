@@ -12,6 +12,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::chunker::{Batch, Chunker, SliceChunker};
+use super::compress;
 use super::{io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
 use crate::crypto::MIN_PAYLOAD;
 use crate::crypto::{ChunkCrypto, Fingerprint};
@@ -25,25 +26,26 @@ use crate::store::record::{
 /// copying the payload again.
 pub(crate) fn encode_record(
     crypto: &ChunkCrypto,
+    compression_level: u8,
     chunk: &[u8],
     fp: &Fingerprint,
     st: &stats::Stats,
 ) -> Result<Vec<u8>> {
     let t = Instant::now();
-    let max = lz4_flex::block::get_maximum_output_size(chunk.len()).max(MIN_PAYLOAD);
+    let max = compress::max_output(chunk.len()).max(MIN_PAYLOAD);
     let mut rec = vec![0u8; HEADER_LEN + max + TRAILER_LEN];
     let mut flags = 0;
-    let stored_len =
-        match lz4_flex::block::compress_into(chunk, &mut rec[HEADER_LEN..HEADER_LEN + max]) {
-            Ok(n) if n < chunk.len() => {
-                flags = FLAG_LZ4;
-                n
-            }
-            _ => {
-                rec[HEADER_LEN..HEADER_LEN + chunk.len()].copy_from_slice(chunk);
-                chunk.len()
-            }
-        };
+    let payload = &mut rec[HEADER_LEN..HEADER_LEN + max];
+    let stored_len = match compress::compress_into(compression_level, chunk, payload) {
+        Some(n) => {
+            flags = FLAG_LZ4;
+            n
+        }
+        None => {
+            payload[..chunk.len()].copy_from_slice(chunk);
+            chunk.len()
+        }
+    };
     stats::add_since(&st.ns_compress, t);
     let cipher_len = stored_len.max(MIN_PAYLOAD);
     // Padding bytes of a short payload must be zero (see FORMAT.md).
@@ -207,8 +209,9 @@ impl Engine {
         let fresh: Vec<usize> = (0..fps.len())
             .filter(|&i| !known[i] && seen.insert(fps[i]))
             .collect();
+        let level = self.config.compression_level;
         let encode = |&i: &usize| {
-            encode_record(crypto, chunk(&batch.cuts[i]), &fps[i], st).map(|rec| (i, rec))
+            encode_record(crypto, level, chunk(&batch.cuts[i]), &fps[i], st).map(|rec| (i, rec))
         };
         let mut records: Vec<(usize, Vec<u8>)> = if parallel {
             fresh.par_iter().map(encode).collect::<Result<_>>()?
