@@ -500,7 +500,7 @@ impl Volume {
                 _ => windows.push((*off, end)),
             }
         }
-        let extents: &BTreeMap<u64, Extent> = self.load_extents(st, ino)?;
+        let extents = self.load_extents(st, ino)?;
         let widened: Vec<(u64, u64)> = windows
             .iter()
             .filter(|(lo, hi)| lo < hi)
@@ -805,7 +805,9 @@ impl Volume {
         to_write.sort_unstable();
         to_write.dedup();
         // A directory's row form is decided from all its entries.
-        let changed_dirs: HashSet<u64> = st.dirent_changes.keys().map(|(dir, _)| *dir).collect();
+        // (`dirent_changes` is ordered by directory: dedup of the keys.)
+        let mut changed_dirs: Vec<u64> = st.dirent_changes.keys().map(|(dir, _)| *dir).collect();
+        changed_dirs.dedup();
         for ino in changed_dirs {
             if !st.removed_inodes.contains(&ino)
                 && !st.dirs.contains_key(&ino)
