@@ -2,6 +2,18 @@
 //! See ../shared/DESIGN.md for the layer map; each module's top comment says
 //! what it owns.
 
+/// `eprintln!` that never panics. A mounted daemon's stderr is
+/// `<store>/daemon.log`: on a full disk that write fails, and `eprintln!`
+/// would panic the thread reporting the error (a FUSE request thread or the
+/// flusher), which aborts the mount. A line that cannot be written is lost.
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -2,7 +2,8 @@
 //! without them): a tree copied in reads back identical across a remount;
 //! no plaintext marker reaches the store; locked mounts refuse access until
 //! unlocked; a second mount of a store is refused; kill -9 of the daemon
-//! loses nothing that was fsync'ed.
+//! loses nothing that was fsync'ed; a full disk fails writes, not the
+//! mount.
 
 mod common;
 
@@ -270,4 +271,64 @@ fn kill_9_keeps_every_fsynced_file() {
             );
         }
     }
+}
+
+#[test]
+fn full_disk_fails_writes_but_keeps_the_mount_and_committed_files() {
+    // The store, and with it daemon.log, on a 64 MiB tmpfs: when the disk
+    // fills, even the daemon's error messages cannot be written.
+    let f = Fixture::with_store_on_tmpfs("64m");
+    f.mount();
+    let mnt = f.mnt();
+    let kept = common::random_bytes(1, 3 << 20);
+    let mut file = std::fs::File::create(mnt.join("kept")).unwrap();
+    std::io::Write::write_all(&mut file, &kept).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let mut failure = None;
+    for i in 0..100u64 {
+        let fill = (|| {
+            let mut file = std::fs::File::create(mnt.join(format!("fill{i}")))?;
+            std::io::Write::write_all(&mut file, &common::random_bytes(100 + i, 2 << 20))?;
+            file.sync_all()
+        })();
+        if let Err(e) = fill {
+            failure = Some(e);
+            break;
+        }
+    }
+    let e = failure.expect("64 MiB filled up");
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EIO)),
+        "a full disk fails writes with ENOSPC or EIO, got {e}"
+    );
+    // More writes, closed without fsync: their flushes fail in the
+    // background, as do the periodic commits, and each failure is reported
+    // to daemon.log on the full disk.
+    for i in 0..5u64 {
+        let _ = std::fs::write(
+            mnt.join(format!("late{i}")),
+            common::random_bytes(200 + i, 1 << 20),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The mount still answers, and unmounts cleanly.
+    assert!(f.is_mounted(), "the mount went away when the disk filled");
+    let names: Vec<_> = std::fs::read_dir(&mnt)
+        .expect("the mount still answers")
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert!(names.iter().any(|n| n == "kept"), "{names:?}");
+    f.unmount();
+
+    // With room again, everything fsynced before the failure is intact.
+    f.resize_store_tmpfs("256m");
+    f.mount();
+    assert!(
+        std::fs::read(mnt.join("kept")).unwrap() == kept,
+        "kept differs"
+    );
+    f.unmount();
+    f.ok(&["scrub"]);
 }

@@ -34,7 +34,7 @@ pub fn start(shared: Arc<Shared>) -> Result<PathBuf, DaemonError> {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             if let Err(e) = handle(&shared, conn) {
-                eprintln!("datastore: control request failed: {e}");
+                crate::log_line!("datastore: control request failed: {e}");
             }
         }
     });
@@ -67,7 +67,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
             std::thread::spawn(move || {
                 let r = super::import::run(&shared, &src, &dest);
                 if let Err(e) = answer(&mut stream, r) {
-                    eprintln!("datastore: control request failed: {e}");
+                    crate::log_line!("datastore: control request failed: {e}");
                 }
             });
             Ok(())
@@ -85,7 +85,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
                     Ok(v) => {
                         *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
                         shared.page_fill.resume();
-                        eprintln!("datastore: unlocked");
+                        crate::log_line!("datastore: unlocked");
                         shared.resume_conversion();
                         Ok("unlocked".to_string())
                     }
@@ -118,7 +118,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
                             shared.page_fill.invalidate(ino);
                         }
                         drop(v);
-                        eprintln!("datastore: locked");
+                        crate::log_line!("datastore: locked");
                         Ok("locked".to_string())
                     }
                     Err(e) => {

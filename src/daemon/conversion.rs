@@ -205,7 +205,7 @@ pub fn start(store: &Path, vol: Arc<Volume>) -> Arc<Job> {
                 Ok(true) => "done".into(),
                 Ok(false) => "stopped".into(),
                 Err(e) => {
-                    eprintln!("datastore: conversion failed: {e}");
+                    crate::log_line!("datastore: conversion failed: {e}");
                     format!("failed: {e}")
                 }
             };
@@ -509,7 +509,7 @@ fn finish(
         // carries it, and status shows the error).
         r.forget_retiring_key();
         if let Err(x) = vol.persist() {
-            eprintln!("datastore: conversion done; the bucket's keystore copy still holds the old key (wrapped) until the next upload succeeds: {x}");
+            crate::log_line!("datastore: conversion done; the bucket's keystore copy still holds the old key (wrapped) until the next upload succeeds: {x}");
         }
     }
     Ok(())

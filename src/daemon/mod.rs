@@ -85,7 +85,7 @@ impl Shared {
         if self.job().is_some_and(|j| j.is_running()) || !conversion::pending(&self.store) {
             return;
         }
-        eprintln!("datastore: key conversion running");
+        crate::log_line!("datastore: key conversion running");
         *self.conversion.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(conversion::start(&self.store, v));
     }
@@ -175,7 +175,7 @@ pub fn serve(
         })?;
     shared.page_fill.set_notifier(session.notifier());
     if locked {
-        eprintln!(
+        crate::log_line!(
             "datastore: mounted {} locked: run `datastore unlock`",
             mountpoint.display()
         );
@@ -191,14 +191,14 @@ pub fn serve(
             last_commit = Instant::now();
             if let Some(v) = shared.volume() {
                 if let Err(e) = v.commit_if_pending() {
-                    eprintln!("datastore: periodic commit failed: {e}");
+                    crate::log_line!("datastore: periodic commit failed: {e}");
                 }
                 // A bounded cache: when local data outgrows it, upload now
                 // (only what is in the bucket can be evicted).
                 if let Some(r) = shared.engine.remote() {
                     if r.config().max_backlog.is_some() {
                         if let Err(e) = r.measure_backlog(&shared.engine) {
-                            eprintln!("datastore: cannot measure the bucket backlog: {e}");
+                            crate::log_line!("datastore: cannot measure the bucket backlog: {e}");
                         }
                     }
                     let over = r.config().cache_bytes.is_some_and(|limit| {
@@ -209,7 +209,7 @@ pub fn serve(
                     // the bucket is away, so it drains when it returns).
                     if over || r.backlog_full() {
                         if let Err(e) = v.persist() {
-                            eprintln!("datastore: upload to the bucket failed: {e}");
+                            crate::log_line!("datastore: upload to the bucket failed: {e}");
                         }
                     }
                 }
@@ -231,10 +231,10 @@ pub fn serve(
         // half-empty leaves (a crash meanwhile leaves the old file whole).
         match v.compact_metadata(COMPACT_AT_EXIT_MAX) {
             Ok(Some((before, after))) => {
-                eprintln!("datastore: metadata compacted from {before} to {after} bytes")
+                crate::log_line!("datastore: metadata compacted from {before} to {after} bytes")
             }
             Ok(None) => {}
-            Err(e) => eprintln!("datastore: metadata not compacted: {e}"),
+            Err(e) => crate::log_line!("datastore: metadata not compacted: {e}"),
         }
     }
     if let Some(Err(e)) = result {

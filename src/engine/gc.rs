@@ -87,7 +87,7 @@ impl Engine {
                 // Evicted to the bucket mirror: bring it back to compact it.
                 if let Some(r) = self.remote() {
                     if let Err(e) = r.fetch_segment_file(self, id) {
-                        eprintln!("datastore: gc skips segment {id}: {e}");
+                        crate::log_line!("datastore: gc skips segment {id}: {e}");
                     }
                 }
             }

@@ -83,7 +83,7 @@ fn to_fuse(a: &Attr) -> FileAttr {
 
 fn errno(e: &VolError) -> Errno {
     if let Some(cause) = &e.cause {
-        eprintln!("datastore: I/O error: {cause}");
+        crate::log_line!("datastore: I/O error: {cause}");
     }
     crate::daemon::metrics::record_error(e.errno);
     Errno::from_i32(e.errno)
@@ -128,7 +128,9 @@ impl DatastoreFs {
         {
             Some(v) => Ok(v.clone()),
             None => {
-                eprintln!("datastore: store is locked: request refused (run `datastore unlock`)");
+                crate::log_line!(
+                    "datastore: store is locked: request refused (run `datastore unlock`)"
+                );
                 Err(Errno::EACCES)
             }
         }
@@ -177,7 +179,7 @@ impl Filesystem for DatastoreFs {
             .as_ref()
         {
             if let Err(e) = v.sync_all() {
-                eprintln!("datastore: final sync failed: {e}");
+                crate::log_line!("datastore: final sync failed: {e}");
             }
         }
     }

@@ -602,7 +602,7 @@ impl Volume {
                 let Some(v) = weak.upgrade() else { break };
                 lock(&v.state).flush_queued.remove(&ino);
                 if let Err(e) = v.flush_inode(ino) {
-                    eprintln!("datastore: background flush failed: {e}");
+                    crate::log_line!("datastore: background flush failed: {e}");
                 }
             }
         });

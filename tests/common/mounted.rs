@@ -11,6 +11,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     /// Environment every `datastore` command of this fixture gets.
     pub env: Vec<(String, String)>,
+    /// The store directory is a tmpfs of this fixture's (unmounted on drop).
+    pub store_tmpfs: bool,
 }
 
 impl Fixture {
@@ -21,6 +23,28 @@ impl Fixture {
 
     /// `new`, with `env` set for every command (remote credentials).
     pub fn with_env(init_args: &[&str], env: Vec<(String, String)>) -> Self {
+        Self::build(init_args, env, None)
+    }
+
+    /// `new`, with the store directory (and so `daemon.log`) on a tmpfs of
+    /// `size` (as `mount -o size=` takes it), to run out of space.
+    pub fn with_store_on_tmpfs(size: &str) -> Self {
+        Self::build(&[], Vec::new(), Some(size))
+    }
+
+    /// Grows (or shrinks) the store's tmpfs.
+    pub fn resize_store_tmpfs(&self, size: &str) {
+        assert!(self.store_tmpfs);
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.store())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount the store's tmpfs with size={size}");
+    }
+
+    fn build(init_args: &[&str], env: Vec<(String, String)>, tmpfs: Option<&str>) -> Self {
         assert!(
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: the mount tests need FUSE"
@@ -30,8 +54,19 @@ impl Fixture {
         let f = Fixture {
             dir: tempfile::tempdir().unwrap(),
             env,
+            store_tmpfs: tmpfs.is_some(),
         };
         std::fs::create_dir(f.mnt()).unwrap();
+        if let Some(size) = tmpfs {
+            std::fs::create_dir(f.store()).unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(f.store())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mount a tmpfs for the store");
+        }
         std::fs::write(f.pw(), format!("{PW}\n")).unwrap();
         let pw = f.pw();
         let mut args = vec!["init", "--password-file", pw.to_str().unwrap()];
@@ -202,6 +237,9 @@ impl Drop for Fixture {
         }
         if self.is_mounted() {
             let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        }
+        if self.store_tmpfs {
+            let _ = Command::new("umount").arg(self.store()).status();
         }
     }
 }
