@@ -324,7 +324,9 @@ pub fn run(cli: Cli) -> i32 {
     match result {
         Ok(()) => Exit::Ok as i32,
         Err(f) => {
-            eprintln!("datastore: {}", f.message);
+            // Also the daemon's last words, into daemon.log: a full disk
+            // must not turn the documented exit code into a panic's.
+            crate::log_line!("datastore: {}", f.message);
             f.code as i32
         }
     }
