@@ -165,7 +165,7 @@ fn engine_at_level(dir: &std::path::Path, compression_level: u8) -> datastore::e
         compression_level,
         ..EngineConfig::default()
     };
-    datastore::engine::Engine::create(dir, "test-store", &config).unwrap();
+    create_store_with(dir, &config);
     open_engine(dir)
 }
 

@@ -37,7 +37,11 @@ pub fn crypto() -> Arc<ChunkCrypto> {
 }
 
 pub fn create_store(dir: &Path) {
-    Engine::create(dir, "test-store", &EngineConfig::default()).unwrap();
+    create_store_with(dir, &EngineConfig::default());
+}
+
+pub fn create_store_with(dir: &Path, config: &EngineConfig) {
+    Engine::create(dir, "test-store", config).unwrap();
 }
 
 pub fn new_engine(dir: &Path) -> Engine {
