@@ -1,7 +1,8 @@
 //! Bad input: a full disk. The store lives on a 48 MiB tmpfs; streams are
 //! written and committed until the disk fills. The failing call returns a
-//! clear I/O error, the engine refuses further writes, and after a reopen
-//! every stream committed before the failure reads back and scrub is clean.
+//! clear I/O error, the engine refuses further writes but still reads what
+//! was committed, and after a reopen every stream committed before the
+//! failure reads back and scrub is clean.
 //! Needs root (mounts a tmpfs).
 
 mod common;
@@ -49,8 +50,19 @@ fn full_disk_fails_cleanly_and_keeps_committed_data() {
             }
         }
         let failure = failure.expect("48 MiB filled up");
-        // After a failed write the engine refuses work instead of guessing.
+        // After a failed write the engine refuses writes instead of
+        // guessing, says why, and still serves what was committed (both
+        // read paths; on tmpfs the streaming one falls back to the page
+        // cache).
         assert!(matches!(e.put_bytes(b"more"), Err(EngineError::Poisoned)));
+        assert_eq!(e.stopped(), Some(failure.to_string()));
+        for (data, r) in &committed {
+            assert!(&e.read_to_vec(r).unwrap() == data);
+            let fps: Vec<_> = r.iter().map(|c| c.fingerprint).collect();
+            let chunks = e.read_chunks_streaming(&fps).unwrap();
+            let streamed: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
+            assert!(&streamed == data);
+        }
         failure
     };
     let msg = failure.to_string();

@@ -274,7 +274,7 @@ fn kill_9_keeps_every_fsynced_file() {
 }
 
 #[test]
-fn full_disk_fails_writes_but_keeps_the_mount_and_committed_files() {
+fn full_disk_fails_writes_but_keeps_the_mount_and_committed_files_readable() {
     // The store, and with it daemon.log, on a 64 MiB tmpfs: when the disk
     // fills, even the daemon's error messages cannot be written.
     let f = Fixture::with_store_on_tmpfs("64m");
@@ -320,6 +320,20 @@ fn full_disk_fails_writes_but_keeps_the_mount_and_committed_files() {
         .map(|d| d.unwrap().file_name())
         .collect();
     assert!(names.iter().any(|n| n == "kept"), "{names:?}");
+    // Files committed before the failure stay readable (each open drops the
+    // kernel's cached pages, so this read reaches the daemon), and status
+    // says why changes are refused.
+    assert!(
+        std::fs::read(mnt.join("kept")).expect("committed files stay readable") == kept,
+        "kept differs while the disk is full"
+    );
+    let why = f.status()["writes_stopped"]
+        .as_str()
+        .expect("status names the failed write")
+        .to_string();
+    assert!(why.contains("No space left on device"), "{why}");
+    let text = f.ok(&["status"]);
+    assert!(text.contains("Writes stopped:"), "{text}");
     f.unmount();
 
     // With room again, everything fsynced before the failure is intact.
@@ -329,6 +343,11 @@ fn full_disk_fails_writes_but_keeps_the_mount_and_committed_files() {
         std::fs::read(mnt.join("kept")).unwrap() == kept,
         "kept differs"
     );
+    assert!(
+        f.status().get("writes_stopped").is_none(),
+        "a remount resumes writes"
+    );
+    std::fs::write(mnt.join("after"), b"room again").unwrap();
     f.unmount();
     f.ok(&["scrub"]);
 }

@@ -377,6 +377,9 @@ pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("Chunks:          {}", st.chunks);
     println!("Segments:        {}", st.segments);
     println!("Encryption:      {}", st.encryption);
+    if let Some(why) = &st.writes_stopped {
+        println!("Writes stopped:  {why}; committed files stay readable; unmount and mount again to resume");
+    }
     if let Some(c) = &st.conversion {
         println!("Conversion:      {}", c.line());
     }

@@ -162,7 +162,7 @@ fn metrics_text(shared: &Shared) -> Result<String, String> {
     let a = api_status(shared)?;
     let s = &a.status;
     let mut out = String::new();
-    let gauges: [(&str, &str, f64); 9] = [
+    let gauges: [(&str, &str, f64); 10] = [
         (
             "datastore_logical_bytes",
             "Bytes of file data stored (before dedup and compression).",
@@ -193,6 +193,11 @@ fn metrics_text(shared: &Shared) -> Result<String, String> {
             "datastore_locked",
             "1 while no key is loaded.",
             f64::from(u8::from(s.locked)),
+        ),
+        (
+            "datastore_writes_stopped",
+            "1 after a failed write (e.g. a full disk) until the store is remounted.",
+            f64::from(u8::from(s.writes_stopped.is_some())),
         ),
         (
             "datastore_fips_validated",

@@ -32,6 +32,10 @@ pub struct Status {
     /// daemon, or as recorded in the store when not mounted.
     #[serde(default)]
     pub conversion: Option<super::conversion::Progress>,
+    /// Why the store stopped accepting changes (the failed write, e.g. a
+    /// full disk): committed files stay readable; remount to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_stopped: Option<String>,
 }
 
 pub fn collect(
@@ -75,5 +79,6 @@ pub fn collect(
                 }),
         },
         conversion: super::conversion::recorded_progress(engine),
+        writes_stopped: engine.stopped(),
     })
 }

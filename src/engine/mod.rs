@@ -10,8 +10,10 @@
 //! - At open, segment bytes past their committed length and segment files
 //!   without a row are removed: they belong to no committed chunk.
 //! - Any failed write to a segment or the index poisons the engine: it
-//!   refuses further work until reopened, and reopening restores exactly the
-//!   last durable commit (fail closed; committed data is never touched).
+//!   refuses further writes, and reads of chunks not yet committed, until
+//!   reopened, and reopening restores exactly the last durable commit (fail
+//!   closed; committed data is never touched). Committed chunks stay
+//!   readable meanwhile: every read verifies the chunk's fingerprint.
 //! - Lock order: gc_gate, commit_lock, writer, pending.
 
 mod chunker;
@@ -127,8 +129,11 @@ pub struct Engine {
     pending: Mutex<Pending>,
     commit_lock: Mutex<()>,
     gc_gate: RwLock<()>,
-    readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open read handles per segment: through the page cache, and direct.
+    readers: Mutex<HashMap<u64, SegmentReaders>>,
     poisoned: AtomicBool,
+    /// The failure that poisoned the engine (the first one), for status.
+    stop_reason: Mutex<Option<String>>,
     /// The bucket mirror, once the daemon has loaded its key.
     remote: RwLock<Option<Arc<crate::remote::Remote>>>,
     /// Bumped by every index change; `index_summary` reuses its last scan
@@ -137,6 +142,14 @@ pub struct Engine {
     summary: Mutex<Option<(u64, IndexSummary)>>,
     pub stats: Stats,
     _lock: File,
+}
+
+#[derive(Clone)]
+struct SegmentReaders {
+    cached: Arc<File>,
+    /// None until a streaming read asks; Some(None) where the file system
+    /// refused O_DIRECT (tmpfs).
+    direct: Option<Option<Arc<File>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,6 +206,7 @@ impl Engine {
             gc_gate: RwLock::new(()),
             readers: Mutex::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
             remote: RwLock::new(None),
             index_generation: AtomicU64::new(0),
             summary: Mutex::new(None),
@@ -260,8 +274,15 @@ impl Engine {
     }
 
     pub(crate) fn poison(&self, e: EngineError) -> EngineError {
+        lock(&self.stop_reason).get_or_insert_with(|| e.to_string());
         self.poisoned.store(true, Ordering::SeqCst);
         e
+    }
+
+    /// Why the engine stopped accepting writes (the first failed write),
+    /// or None while it works.
+    pub fn stopped(&self) -> Option<String> {
+        lock(&self.stop_reason).clone()
     }
 
     /// Makes every put and release so far part of the index. With
@@ -355,26 +376,53 @@ impl Engine {
     /// The segment file for reading. A segment the bucket mirror's cache
     /// evicted is fetched back from the bucket first.
     pub fn segment_file(&self, id: u64) -> Result<Arc<File>> {
+        Ok(self.segment_files(id, false)?.0)
+    }
+
+    /// A segment's read handle, and with `direct` its direct-I/O handle
+    /// where the file system has one.
+    pub(crate) fn segment_files(
+        &self,
+        id: u64,
+        direct: bool,
+    ) -> Result<(Arc<File>, Option<Arc<File>>)> {
         let remote = self.remote();
         if let Some(r) = &remote {
             r.touch(id);
         }
-        if let Some(f) = lock(&self.readers).get(&id) {
-            return Ok(f.clone());
+        let handles = |r: &SegmentReaders| {
+            let d = if direct {
+                r.direct.clone().flatten()
+            } else {
+                None
+            };
+            (r.cached.clone(), d)
+        };
+        let known = lock(&self.readers).get(&id).cloned();
+        if let Some(r) = &known {
+            if !direct || r.direct.is_some() {
+                return Ok(handles(r));
+            }
         }
         let path = segment::segment_path(&self.segments_dir, id);
-        let f = match (File::open(&path), &remote) {
-            (Ok(f), _) => f,
-            (Err(e), Some(r)) if e.kind() == std::io::ErrorKind::NotFound => {
-                r.fetch_segment(self, id)
-                    .map_err(|e| EngineError::Remote(e.to_string()))?;
-                File::open(&path).map_err(io_err(format!("open {}", path.display())))?
-            }
-            (Err(e), _) => return Err(io_err(format!("open {}", path.display()))(e)),
+        let cached = match known {
+            Some(r) => r.cached,
+            None => Arc::new(match (File::open(&path), &remote) {
+                (Ok(f), _) => f,
+                (Err(e), Some(r)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    r.fetch_segment(self, id)
+                        .map_err(|e| EngineError::Remote(e.to_string()))?;
+                    File::open(&path).map_err(io_err(format!("open {}", path.display())))?
+                }
+                (Err(e), _) => return Err(io_err(format!("open {}", path.display()))(e)),
+            }),
         };
-        let f = Arc::new(f);
-        lock(&self.readers).insert(id, f.clone());
-        Ok(f)
+        let readers = SegmentReaders {
+            cached,
+            direct: direct.then(|| segment::open_direct(&path).map(Arc::new)),
+        };
+        lock(&self.readers).insert(id, readers.clone());
+        Ok(handles(&readers))
     }
 
     /// Marks the index as changed (for `index_summary`'s reuse).

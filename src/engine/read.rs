@@ -1,6 +1,13 @@
 //! The read path: index -> record -> CRC -> decrypt -> decompress ->
 //! fingerprint check. Any mismatch is an integrity error naming the chunk;
 //! wrong bytes are never returned.
+//!
+//! Streaming reads (a file read front to back) fetch the records of
+//! several chunks that lie next to each other in a segment with one read,
+//! past the page cache where the file system allows: each record is read
+//! once, and the page cache would only keep an encrypted second copy of
+//! what the kernel caches as plaintext (and, in a VM, costs more than the
+//! disk: a buffered 1 MiB sequential read measured 620 MB/s, direct 2.4 GB/s).
 
 use std::io::Write;
 use std::time::Instant;
@@ -24,7 +31,43 @@ pub(crate) fn decode_record(
     mut rec: Vec<u8>,
     st: &stats::Stats,
 ) -> Result<Vec<u8>> {
-    let h = record::parse_header(&rec).map_err(|e| integrity(fp, e.to_string()))?;
+    let (h, crypto) = decrypt_record(keys, fp, &mut rec, st)?;
+    let plain = if h.compressed() {
+        decompress(&h, &rec, fp, st)?
+    } else {
+        // The record's own buffer becomes the plaintext.
+        rec.truncate(HEADER_LEN + h.stored_len as usize);
+        rec.drain(..HEADER_LEN);
+        rec
+    };
+    verify(crypto, fp, &h, plain, st)
+}
+
+/// `decode_record` of a record inside a larger buffer (a span read).
+fn decode_record_in(
+    keys: &KeyRing,
+    fp: &Fingerprint,
+    rec: &mut [u8],
+    st: &stats::Stats,
+) -> Result<Vec<u8>> {
+    let (h, crypto) = decrypt_record(keys, fp, rec, st)?;
+    let plain = if h.compressed() {
+        decompress(&h, rec, fp, st)?
+    } else {
+        rec[HEADER_LEN..HEADER_LEN + h.stored_len as usize].to_vec()
+    };
+    verify(crypto, fp, &h, plain, st)
+}
+
+/// Checks a record's header and ciphertext CRC and decrypts its payload
+/// in place; returns the header and the keys of its generation.
+fn decrypt_record<'k>(
+    keys: &'k KeyRing,
+    fp: &Fingerprint,
+    rec: &mut [u8],
+    st: &stats::Stats,
+) -> Result<(record::RecordHeader, &'k crate::crypto::ChunkCrypto)> {
+    let h = record::parse_header(rec).map_err(|e| integrity(fp, e.to_string()))?;
     let crypto = keys.for_generation(h.key_gen()).ok_or_else(|| {
         integrity(
             fp,
@@ -34,27 +77,41 @@ pub(crate) fn decode_record(
     if &h.fingerprint != fp {
         return Err(integrity(fp, "record holds another chunk"));
     }
-    if !record::check_body(&h, &rec) {
+    if !record::check_body(&h, rec) {
         return Err(integrity(fp, "ciphertext CRC mismatch"));
     }
-    // Decrypted in place: the record's buffer becomes the plaintext.
     let t = Instant::now();
     let payload = HEADER_LEN..HEADER_LEN + h.cipher_len as usize;
     if let Some(cipher) = &crypto.cipher {
         cipher.decrypt(&mut rec[payload], fp)?;
     }
     stats::add_since(&st.ns_decrypt, t);
+    Ok((h, crypto))
+}
+
+/// The plaintext of a decrypted, compressed record.
+fn decompress(
+    h: &record::RecordHeader,
+    decrypted: &[u8],
+    fp: &Fingerprint,
+    st: &stats::Stats,
+) -> Result<Vec<u8>> {
     let t = Instant::now();
     let stored = HEADER_LEN..HEADER_LEN + h.stored_len as usize;
-    let plain = if h.compressed() {
-        lz4_flex::block::decompress(&rec[stored], h.plain_len as usize)
-            .map_err(|e| integrity(fp, format!("decompression failed: {e}")))?
-    } else {
-        rec.truncate(stored.end);
-        rec.drain(..stored.start);
-        rec
-    };
+    let plain = lz4_flex::block::decompress(&decrypted[stored], h.plain_len as usize)
+        .map_err(|e| integrity(fp, format!("decompression failed: {e}")))?;
     stats::add_since(&st.ns_decompress, t);
+    Ok(plain)
+}
+
+/// Checks the decoded length and the keyed fingerprint.
+fn verify(
+    crypto: &crate::crypto::ChunkCrypto,
+    fp: &Fingerprint,
+    h: &record::RecordHeader,
+    plain: Vec<u8>,
+    st: &stats::Stats,
+) -> Result<Vec<u8>> {
     if plain.len() != h.plain_len as usize {
         return Err(integrity(fp, "decoded length differs from header"));
     }
@@ -70,6 +127,48 @@ pub(crate) fn decode_record(
     Ok(plain)
 }
 
+/// Most bytes one span read covers, and the largest gap between two
+/// records it reads through rather than splitting the span.
+const SPAN_MAX: u64 = 1 << 20;
+const SPAN_GAP: u64 = 64 << 10;
+
+/// Splits located chunks (in file order) into runs whose records follow
+/// each other in one segment, to be read with one read each.
+fn spans(located: &[(usize, IndexEntry)]) -> Vec<&[(usize, IndexEntry)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=located.len() {
+        let split = i == located.len() || {
+            let (first, prev, next) = (&located[start].1, &located[i - 1].1, &located[i].1);
+            let prev_end = prev.offset + prev.record_len as u64;
+            next.segment != first.segment
+                || next.offset < prev_end
+                || next.offset - prev_end > SPAN_GAP
+                || next.offset + next.record_len as u64 - first.offset > SPAN_MAX
+        };
+        if split {
+            out.push(&located[start..i]);
+            start = i;
+        }
+    }
+    out
+}
+
+/// The error of a failed record read.
+fn read_error(fp: &Fingerprint, e: &IndexEntry, err: &std::io::Error) -> EngineError {
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        integrity(
+            fp,
+            format!("record extends past the end of segment {:016x}", e.segment),
+        )
+    } else {
+        EngineError::Io {
+            what: format!("read segment {:016x}", e.segment),
+            source: std::io::Error::new(err.kind(), err.to_string()),
+        }
+    }
+}
+
 impl Engine {
     /// Where a chunk's record is: pending (this session) or indexed.
     pub(super) fn locate(&self, fp: &Fingerprint) -> Result<IndexEntry> {
@@ -77,6 +176,9 @@ impl Engine {
         // before the writer lock is taken (lock order: writer, pending).
         let pending = lock(&self.pending).record(fp);
         if let Some(r) = pending {
+            // After a failed write the segment's tail is suspect and is
+            // never written again: only committed chunks are served.
+            self.check_poisoned()?;
             lock(&self.writer)
                 .flush_through(r.segment, r.offset + r.record_len as u64)
                 .map_err(|e| self.poison(io_err("write segment")(e)))?;
@@ -98,19 +200,15 @@ impl Engine {
         let e = self.locate(fp)?;
         let t = Instant::now();
         let file = self.segment_file(e.segment)?;
-        let rec =
-            segment::read_exact_at(&file, e.offset, e.record_len as usize).map_err(|err| {
-                if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                    integrity(
-                        fp,
-                        format!("record extends past the end of segment {:016x}", e.segment),
-                    )
-                } else {
-                    io_err(format!("read segment {:016x}", e.segment))(err)
-                }
-            })?;
+        let rec = segment::read_exact_at(&file, e.offset, e.record_len as usize)
+            .map_err(|err| read_error(fp, &e, &err))?;
         stats::add_since(&self.stats.ns_read_io, t);
         let plain = decode_record(crypto, fp, rec, &self.stats)?;
+        self.check_decoded(fp, &e, plain)
+    }
+
+    /// The last checks of a decoded chunk, against its index entry.
+    fn check_decoded(&self, fp: &Fingerprint, e: &IndexEntry, plain: Vec<u8>) -> Result<Vec<u8>> {
         if plain.len() != e.plain_len as usize {
             return Err(integrity(fp, "length differs from the index"));
         }
@@ -121,15 +219,71 @@ impl Engine {
 
     /// Reads and verifies one chunk.
     pub fn read_chunk(&self, fp: &Fingerprint) -> Result<Vec<u8>> {
-        self.check_poisoned()?;
         let crypto = self.keys()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         self.read_chunk_ungated(&crypto, fp)
     }
 
+    /// Reads and verifies the chunks of `fps` for a reader streaming
+    /// through a file (they are in file order): records that lie next to
+    /// each other in a segment are read together (see the module comment).
+    /// One result per chunk; Err only when no key is loaded.
+    pub fn read_chunks_streaming(&self, fps: &[Fingerprint]) -> Result<Vec<Result<Vec<u8>>>> {
+        let crypto = self.keys()?;
+        let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Option<Result<Vec<u8>>>> = fps.iter().map(|_| None).collect();
+        let mut located = Vec::with_capacity(fps.len());
+        for (i, fp) in fps.iter().enumerate() {
+            match self.locate(fp) {
+                Ok(e) => located.push((i, e)),
+                Err(err) => out[i] = Some(Err(err)),
+            }
+        }
+        for span in spans(&located) {
+            let first = &span[0].1;
+            let from = first.offset;
+            let last = &span[span.len() - 1].1;
+            let to = last.offset + last.record_len as u64;
+            let t = Instant::now();
+            let mut read = self.read_span(first.segment, from, (to - from) as usize);
+            stats::add_since(&self.stats.ns_read_io, t);
+            for (i, e) in span {
+                let fp = &fps[*i];
+                out[*i] = Some(match &mut read {
+                    Ok((buf, base)) => {
+                        let at = *base + (e.offset - from) as usize;
+                        let rec = &mut buf[at..at + e.record_len as usize];
+                        decode_record_in(&crypto, fp, rec, &self.stats)
+                            .and_then(|plain| self.check_decoded(fp, e, plain))
+                    }
+                    Err(err) => Err(read_error(fp, e, err)),
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every chunk was located or failed"))
+            .collect())
+    }
+
+    /// Reads [from, from + len) of a segment in one go: direct where the
+    /// file system allows, else through the page cache. The bytes start at
+    /// the returned index of the buffer.
+    fn read_span(&self, segment: u64, from: u64, len: usize) -> std::io::Result<(Vec<u8>, usize)> {
+        let (cached, direct) = self
+            .segment_files(segment, true)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(d) = direct {
+            match segment::read_direct_at(&d, from, len) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                r => return r,
+            }
+        }
+        segment::read_exact_at(&cached, from, len).map(|b| (b, 0))
+    }
+
     /// Reads a whole stream into `out`, chunks decoded in parallel.
     pub fn read_stream(&self, recipe: &[ChunkRef], out: &mut impl Write) -> Result<()> {
-        self.check_poisoned()?;
         let crypto = self.keys()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         for window in recipe.chunks(READ_WINDOW) {
@@ -156,5 +310,49 @@ impl Engine {
         let mut out = Vec::with_capacity(total);
         self.read_stream(recipe, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(segment: u64, offset: u64, record_len: u32) -> IndexEntry {
+        IndexEntry {
+            segment,
+            offset,
+            record_len,
+            plain_len: record_len,
+            refcount: 1,
+        }
+    }
+
+    fn span_sizes(entries: &[IndexEntry]) -> Vec<usize> {
+        let located: Vec<_> = entries.iter().copied().enumerate().collect();
+        spans(&located).iter().map(|s| s.len()).collect()
+    }
+
+    #[test]
+    fn neighbouring_records_of_one_segment_share_a_span() {
+        assert_eq!(span_sizes(&[]), Vec::<usize>::new());
+        // Back to back, then a small hole: one span.
+        let e = [at(1, 32, 100), at(1, 132, 100), at(1, 232 + 4096, 100)];
+        assert_eq!(span_sizes(&e), vec![3]);
+        // Another segment, a hole beyond SPAN_GAP, a record before the
+        // previous one (out of file order): each starts a new span.
+        let e = [
+            at(1, 32, 100),
+            at(2, 132, 100),
+            at(2, 232 + SPAN_GAP + 1, 100),
+            at(2, 32, 100),
+        ];
+        assert_eq!(span_sizes(&e), vec![1, 1, 1, 1]);
+        // No span grows past SPAN_MAX.
+        let len = 200 << 10;
+        let e: Vec<_> = (0..12).map(|i| at(1, i * len as u64, len)).collect();
+        let sizes = span_sizes(&e);
+        assert_eq!(sizes.iter().sum::<usize>(), 12);
+        assert!(sizes.iter().all(|&n| n as u64 * u64::from(len) <= SPAN_MAX));
+        assert_eq!(sizes, vec![5, 5, 2]);
     }
 }

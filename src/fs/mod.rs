@@ -28,6 +28,7 @@ use fuser::{
 };
 
 mod page_fill;
+mod repeats;
 pub use page_fill::PageFill;
 
 use crate::volume::{
@@ -83,7 +84,7 @@ fn to_fuse(a: &Attr) -> FileAttr {
 
 fn errno(e: &VolError) -> Errno {
     if let Some(cause) = &e.cause {
-        crate::log_line!("datastore: I/O error: {cause}");
+        repeats::log_collapsed(format!("datastore: I/O error: {cause}"));
     }
     crate::daemon::metrics::record_error(e.errno);
     Errno::from_i32(e.errno)
@@ -128,8 +129,8 @@ impl DatastoreFs {
         {
             Some(v) => Ok(v.clone()),
             None => {
-                crate::log_line!(
-                    "datastore: store is locked: request refused (run `datastore unlock`)"
+                repeats::log_collapsed(
+                    "datastore: store is locked: request refused (run `datastore unlock`)".into(),
                 );
                 Err(Errno::EACCES)
             }

@@ -32,6 +32,9 @@ const WINDOW: u64 = 8 << 20;
 /// given). Twice the readahead window, so decoded chunks are not evicted
 /// before the reader gets to them.
 const CACHE_BYTES: usize = 16 << 20;
+/// Plaintext bytes one decoder takes from the queue at a time: their
+/// records mostly lie next to each other and are read with one read.
+const BATCH_BYTES: u64 = 1 << 20;
 /// How far from where the previous read ended a read still continues it.
 const NEAR: u64 = 1 << 20;
 /// Read positions remembered (one per recently read file).
@@ -46,6 +49,26 @@ struct Cached {
     /// Sum of the cached chunks' lengths.
     bytes: usize,
     loading: HashSet<Fp>,
+}
+
+impl Cached {
+    /// Adds a decoded chunk, evicting the oldest beyond `CACHE_BYTES`.
+    fn insert(&mut self, fp: Fp, data: Arc<Vec<u8>>) {
+        if self.chunks.contains_key(&fp) {
+            return;
+        }
+        while self.bytes + data.len() > CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.chunks.remove(&old) {
+                self.bytes -= gone.len();
+            }
+        }
+        self.bytes += data.len();
+        self.chunks.insert(fp, data);
+        self.order.push_back(fp);
+    }
 }
 
 /// Per file: where the next sequential read starts, and how far ahead
@@ -127,22 +150,60 @@ impl Volume {
         let mut c = lock(&cache.cached);
         c.loading.remove(&fp);
         if let Ok(data) = &decoded {
-            if !c.chunks.contains_key(&fp) {
-                while c.bytes + data.len() > CACHE_BYTES {
-                    let Some(old) = c.order.pop_front() else {
-                        break;
-                    };
-                    if let Some(gone) = c.chunks.remove(&old) {
-                        c.bytes -= gone.len();
-                    }
-                }
-                c.bytes += data.len();
-                c.chunks.insert(fp, data.clone());
-                c.order.push_back(fp);
-            }
+            c.insert(fp, data.clone());
         }
         cache.loaded.notify_all();
         decoded
+    }
+
+    /// Decodes into the cache those of `extents` (in file order) that are
+    /// neither cached nor being decoded, reading neighbouring records
+    /// together (`Engine::read_chunks_streaming`). The first failure is
+    /// returned; a reader that needs that chunk decodes it again itself.
+    fn decode_ahead(&self, extents: &[Extent]) -> VResult<()> {
+        let cache = &self.cache;
+        let todo: Vec<&Extent> = {
+            let mut c = lock(&cache.cached);
+            extents
+                .iter()
+                .filter(|e| {
+                    let fp = e.fingerprint;
+                    !c.chunks.contains_key(&fp) && c.loading.insert(fp)
+                })
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let fps: Vec<Fp> = todo.iter().map(|e| e.fingerprint).collect();
+        let decoded = self.engine.read_chunks_streaming(&fps);
+        let mut c = lock(&cache.cached);
+        for fp in &fps {
+            c.loading.remove(fp);
+        }
+        let mut failure = None;
+        match decoded {
+            Ok(results) => {
+                for (e, r) in todo.iter().zip(results) {
+                    match r {
+                        Ok(data) if data.len() == e.len as usize => {
+                            c.insert(e.fingerprint, Arc::new(data))
+                        }
+                        Ok(_) => {
+                            failure.get_or_insert(super::VolError::io(
+                                "chunk length differs from its extent",
+                            ));
+                        }
+                        Err(err) => {
+                            failure.get_or_insert(super::VolError::from(err));
+                        }
+                    }
+                }
+            }
+            Err(err) => failure = Some(super::VolError::from(err)),
+        }
+        cache.loaded.notify_all();
+        failure.map_or(Ok(()), Err)
     }
 
     /// How many of `extents` are neither cached nor being decoded.
@@ -235,21 +296,36 @@ impl Volume {
 /// reader that needs a chunk meets the error itself).
 fn decode_queued(q: &Queue, volume: &std::sync::Weak<Volume>) {
     loop {
-        let e = {
+        let batch = {
             let mut w = lock(&q.work);
             loop {
                 if w.closed {
                     return;
                 }
-                if let Some(e) = w.extents.pop_front() {
-                    break e;
+                if !w.extents.is_empty() {
+                    break take_batch(&mut w.extents);
                 }
                 w = q.ready.wait(w).unwrap_or_else(|e| e.into_inner());
             }
         };
         let Some(v) = volume.upgrade() else { return };
-        if v.chunk(&e).is_err() {
+        if v.decode_ahead(&batch).is_err() {
             lock(&q.work).extents.clear();
         }
     }
+}
+
+/// The next chunks for one decoder: from the front of the queue, up to
+/// `BATCH_BYTES` of plaintext (at least one chunk).
+fn take_batch(queue: &mut VecDeque<Extent>) -> Vec<Extent> {
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    while let Some(e) = queue.front() {
+        if !batch.is_empty() && bytes + u64::from(e.len) > BATCH_BYTES {
+            break;
+        }
+        bytes += u64::from(e.len);
+        batch.extend(queue.pop_front());
+    }
+    batch
 }
