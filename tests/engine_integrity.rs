@@ -24,6 +24,15 @@ fn only_segment(dir: &std::path::Path) -> std::path::PathBuf {
     segs.pop().unwrap()
 }
 
+/// The store's one segment with data, open for reading and writing.
+fn open_only_segment(dir: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(only_segment(dir))
+        .unwrap()
+}
+
 #[test]
 fn every_flipped_byte_is_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,12 +44,7 @@ fn every_flipped_byte_is_an_integrity_error() {
     let recipe = e.put_bytes(&data).unwrap();
     assert_eq!(recipe.len(), 1);
     e.commit(true).unwrap();
-    let seg = only_segment(dir.path());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&seg)
-        .unwrap();
+    let file = open_only_segment(dir.path());
     let record_len = file.metadata().unwrap().len() - SEGMENT_HEADER;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     // Every header byte, then random body positions: 100 flips in all.
@@ -159,12 +163,7 @@ fn a_streaming_read_verifies_each_chunk_of_the_records_it_reads_together() {
     // One flipped byte in the middle of the segment: exactly the chunk it
     // hit is an integrity error, its neighbours (read in the same span)
     // still decode to their bytes.
-    let seg = only_segment(dir.path());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&seg)
-        .unwrap();
+    let file = open_only_segment(dir.path());
     let at = file.metadata().unwrap().len() / 2;
     let mut b = [0u8];
     file.read_exact_at(&mut b, at).unwrap();
