@@ -179,7 +179,7 @@ impl Engine {
             report.records_moved += moves.len() as u64;
             report.dead_chunks_removed += dead.len() as u64;
             if !drop_ids.is_empty() {
-                lock(&self.readers).remove(&id);
+                lock(&self.readers).remove(id);
             }
             // The index no longer names the segment, and requests look it
             // up behind the gate: the file goes without holding anyone up

@@ -21,6 +21,7 @@ pub mod compress;
 mod convert;
 mod gc;
 mod read;
+mod readers;
 mod scrub;
 pub mod stats;
 mod write;
@@ -36,6 +37,7 @@ use crate::config::{EngineConfig, StoreConfig};
 use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
 use crate::meta::{ChunkChange, Meta, MetaError, NewRecord};
 use crate::store::segment::{self, SegmentWriter};
+use readers::{ReaderCache, SegmentReaders};
 
 pub use convert::{GenerationCount, GenerationScan, SegmentScan};
 pub use gc::GcReport;
@@ -130,7 +132,7 @@ pub struct Engine {
     commit_lock: Mutex<()>,
     gc_gate: RwLock<()>,
     /// Open read handles per segment: through the page cache, and direct.
-    readers: Mutex<HashMap<u64, SegmentReaders>>,
+    readers: Mutex<ReaderCache>,
     poisoned: AtomicBool,
     /// The failure that poisoned the engine (the first one), for status.
     stop_reason: Mutex<Option<String>>,
@@ -142,14 +144,6 @@ pub struct Engine {
     summary: Mutex<Option<(u64, IndexSummary)>>,
     pub stats: Stats,
     _lock: File,
-}
-
-#[derive(Clone)]
-struct SegmentReaders {
-    cached: Arc<File>,
-    /// None until a streaming read asks; Some(None) where the file system
-    /// refused O_DIRECT (tmpfs).
-    direct: Option<Option<Arc<File>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,7 +198,7 @@ impl Engine {
             pending: Mutex::new(Pending::default()),
             commit_lock: Mutex::new(()),
             gc_gate: RwLock::new(()),
-            readers: Mutex::new(HashMap::new()),
+            readers: Mutex::new(ReaderCache::default()),
             poisoned: AtomicBool::new(false),
             stop_reason: Mutex::new(None),
             remote: RwLock::new(None),
@@ -398,7 +392,7 @@ impl Engine {
             };
             (r.cached.clone(), d)
         };
-        let known = lock(&self.readers).get(&id).cloned();
+        let known = lock(&self.readers).get(id);
         if let Some(r) = &known {
             if !direct || r.direct.is_some() {
                 return Ok(handles(r));
@@ -437,7 +431,7 @@ impl Engine {
 
     /// Drops the cached read handle of a segment (before its file goes).
     pub fn forget_reader(&self, id: u64) {
-        lock(&self.readers).remove(&id);
+        lock(&self.readers).remove(id);
     }
 
     pub fn segments_dir(&self) -> &Path {

@@ -1,5 +1,6 @@
 //! Where chunk records live. Today: local append-only segment files
 //! (`segment`) holding records in the format of `record`.
 
+pub mod append;
 pub mod record;
 pub mod segment;

@@ -1,8 +1,9 @@
 //! Local segment files: append-only files of chunk records.
 //!
-//! Owns: the segment file header, file naming, the open segment's write
-//! buffer and roll-over, and positional reads (through the page cache, or
-//! direct from the disk for reads that stream through a file).
+//! Owns: the segment file header, file naming, the open segment's
+//! roll-over (its append buffer is `append::AppendBuffer`), and positional
+//! reads (through the page cache, or direct from the disk for reads that
+//! stream through a file).
 //!
 //! Invariants:
 //! - A segment file is only ever appended to, and only while it is the open
@@ -10,6 +11,8 @@
 //! - Bytes beyond a segment's committed length (kept in the metadata segment
 //!   table) belong to no committed chunk and are cut off at the next open.
 //! - Segment ids only grow; a deleted id is never reused.
+//! - The open segment's file may run up to 4 KiB past its length (zero
+//!   padding of a direct write); a sealed segment is cut to its length.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -17,11 +20,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::append::AppendBuffer;
+
 pub const SEGMENT_MAGIC: [u8; 8] = *b"DSSEGMNT";
 pub const SEGMENT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 32;
 /// Appends are gathered into writes of about this size.
 const WRITE_BUFFER: usize = 4 << 20;
+/// Sealed segments kept open until the next durable commit syncs them;
+/// older ones are synced when they are sealed past this many.
+const UNSYNCED_MAX: usize = 32;
 
 pub fn segment_path(segments_dir: &Path, id: u64) -> PathBuf {
     segments_dir.join(format!("{id:016x}.seg"))
@@ -75,14 +83,15 @@ pub struct SegmentWriter {
     dir: PathBuf,
     id: u64,
     file: Arc<File>,
-    /// Logical length including buffered bytes.
-    len: u64,
-    /// Length actually written to the file.
-    flushed: u64,
-    buf: Vec<u8>,
+    /// The open segment's O_DIRECT write handle (None where the file
+    /// system has no direct I/O).
+    direct: Option<File>,
+    /// Bytes appended and not yet written, and the logical length.
+    buf: AppendBuffer,
     roll_at: u64,
     /// Sealed segments not yet fdatasync'ed, with their final length.
-    sealed_unsynced: Vec<(u64, u64, Arc<File>)>,
+    /// (None: already synced early, see `UNSYNCED_MAX`.)
+    sealed_unsynced: Vec<(u64, u64, Option<Arc<File>>)>,
 }
 
 impl SegmentWriter {
@@ -93,9 +102,8 @@ impl SegmentWriter {
             dir: dir.to_path_buf(),
             id,
             file: Arc::new(file),
-            len: SEGMENT_HEADER_LEN,
-            flushed: SEGMENT_HEADER_LEN,
-            buf: Vec::with_capacity(WRITE_BUFFER + (1 << 20)),
+            direct: open_direct_write(&segment_path(dir, id)),
+            buf: AppendBuffer::new(WRITE_BUFFER + (1 << 20), &header_bytes(id)),
             roll_at,
             sealed_unsynced: Vec::new(),
         })
@@ -116,11 +124,11 @@ impl SegmentWriter {
     }
 
     pub fn len(&self) -> u64 {
-        self.len
+        self.buf.end()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == SEGMENT_HEADER_LEN
+        self.len() == SEGMENT_HEADER_LEN
     }
 
     pub fn file(&self) -> Arc<File> {
@@ -130,13 +138,15 @@ impl SegmentWriter {
     /// Appends one record; returns (segment id, offset). Rolls to a new
     /// segment first when this one would pass its size.
     pub fn append(&mut self, record: &[u8]) -> std::io::Result<(u64, u64)> {
-        if !self.is_empty() && self.len + record.len() as u64 > self.roll_at {
+        if !self.is_empty() && self.len() + record.len() as u64 > self.roll_at {
             self.roll()?;
         }
-        let at = self.len;
-        self.buf.extend_from_slice(record);
-        self.len += record.len() as u64;
-        if self.buf.len() >= WRITE_BUFFER {
+        if self.buf.room_left() < record.len() {
+            self.flush()?;
+        }
+        let at = self.len();
+        self.buf.push(record);
+        if self.buf.unwritten() >= WRITE_BUFFER {
             self.flush()?;
         }
         Ok((self.id, at))
@@ -144,17 +154,12 @@ impl SegmentWriter {
 
     /// Writes buffered bytes to the file (no fsync).
     pub fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.flushed)?;
-            self.flushed += self.buf.len() as u64;
-            self.buf.clear();
-        }
-        Ok(())
+        self.buf.flush(&self.file, &mut self.direct)
     }
 
     /// Makes sure bytes up to `end` of the open segment are in the file.
     pub fn flush_through(&mut self, id: u64, end: u64) -> std::io::Result<()> {
-        if id == self.id && end > self.flushed {
+        if id == self.id && end > self.buf.flushed() {
             self.flush()?;
         }
         Ok(())
@@ -162,12 +167,32 @@ impl SegmentWriter {
 
     fn roll(&mut self) -> std::io::Result<()> {
         self.flush()?;
-        let next = Self::create_file(&self.dir, self.id + 1)?;
+        let len = self.len();
+        if self.file.metadata()?.len() > len {
+            // Padding of the last direct write.
+            self.file.set_len(len)?;
+        }
+        let next_id = self.id + 1;
+        let next = Self::create_file(&self.dir, next_id)?;
         let old = std::mem::replace(&mut self.file, Arc::new(next));
-        self.sealed_unsynced.push((self.id, self.len, old));
-        self.id += 1;
-        self.len = SEGMENT_HEADER_LEN;
-        self.flushed = SEGMENT_HEADER_LEN;
+        self.sealed_unsynced.push((self.id, len, Some(old)));
+        let open = self
+            .sealed_unsynced
+            .iter()
+            .filter(|s| s.2.is_some())
+            .count();
+        if open > UNSYNCED_MAX {
+            // Many segments written without a durable commit: sync the
+            // oldest now rather than hold a descriptor for each.
+            if let Some(slot) = self.sealed_unsynced.iter_mut().find(|s| s.2.is_some()) {
+                if let Some(f) = slot.2.take() {
+                    f.sync_data()?;
+                }
+            }
+        }
+        self.id = next_id;
+        self.direct = open_direct_write(&segment_path(&self.dir, next_id));
+        self.buf.restart(&header_bytes(next_id));
         Ok(())
     }
 
@@ -181,12 +206,12 @@ impl SegmentWriter {
             .iter()
             .map(|(id, len, _)| (*id, *len))
             .collect();
-        lengths.push((self.id, self.len));
+        lengths.push((self.id, self.len()));
         let mut to_sync = Vec::new();
         if durable {
             to_sync = std::mem::take(&mut self.sealed_unsynced)
                 .into_iter()
-                .map(|(_, _, f)| f)
+                .filter_map(|(_, _, f)| f)
                 .collect();
             to_sync.push(self.file.clone());
         }
@@ -226,6 +251,17 @@ pub fn open_direct(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+/// Opens the open segment for writes that bypass the page cache
+/// (O_DIRECT); None where the file system has no direct I/O.
+pub fn open_direct_write(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()

@@ -137,6 +137,7 @@ fn buffer_insert(buf: &mut BTreeMap<u64, Vec<u8>>, off: u64, data: &[u8]) -> isi
             let at = (off - k) as usize;
             let overlap = (piece.len() - at).min(data.len());
             piece[at..at + overlap].copy_from_slice(&data[..overlap]);
+            reserve_bounded(piece, data.len() - overlap);
             piece.extend_from_slice(&data[overlap..]);
             return (data.len() - overlap) as isize;
         }
@@ -161,6 +162,26 @@ fn buffer_insert(buf: &mut BTreeMap<u64, Vec<u8>>, off: u64, data: &[u8]) -> isi
     let new_len = merged.len() as isize;
     buf.insert(start, merged);
     new_len - old_total
+}
+
+/// Makes room for `more` bytes at the end of a buffered piece. A piece
+/// grown by small writes doubles its capacity as usual, but never past
+/// what a buffer can hold before it is flushed (`DIRTY_LIMIT` plus one
+/// write): a 32 MiB stream written 4 KiB at a time would otherwise sit in
+/// a 64 MiB allocation, beyond what the dirty limits account for.
+fn reserve_bounded(piece: &mut Vec<u8>, more: usize) {
+    let need = piece.len() + more;
+    if need <= piece.capacity() {
+        return;
+    }
+    let step = 1 << 20;
+    let bound = DIRTY_LIMIT + step;
+    let target = if need >= bound {
+        need + step // a flush is late: grow in steps, not per write
+    } else {
+        need.max((2 * piece.capacity()).min(bound))
+    };
+    piece.reserve_exact(target - piece.len());
 }
 
 /// Extents overlapping [off, end), in offset order.
@@ -951,7 +972,7 @@ impl Volume {
 
 #[cfg(test)]
 mod tests {
-    use super::{buffer_insert, overlay_buffer, split_window, Extent, MAX_WINDOW};
+    use super::{buffer_insert, overlay_buffer, split_window, Extent, DIRTY_LIMIT, MAX_WINDOW};
     use std::collections::BTreeMap;
 
     fn extent(len: u32) -> Extent {
@@ -998,6 +1019,27 @@ mod tests {
         let mut out = [b'.'; 8];
         overlay_buffer(&b, 4, &mut out); // [4, 12)
         assert_eq!(&out, b"ef....XY");
+    }
+
+    #[test]
+    fn a_piece_grown_by_small_writes_stays_within_the_dirty_limit() {
+        let mut buf = BTreeMap::new();
+        let block = vec![7u8; 4096];
+        let mut off = 0u64;
+        // A little past the limit, as when the flusher takes the buffer
+        // a moment after it filled.
+        let end = DIRTY_LIMIT + 40 * 4096;
+        while (off as usize) < end {
+            buffer_insert(&mut buf, off, &block);
+            off += 4096;
+        }
+        let piece = &buf[&0];
+        assert_eq!(piece.len(), end);
+        assert!(
+            piece.capacity() <= DIRTY_LIMIT + (1 << 20),
+            "{}",
+            piece.capacity()
+        );
     }
 
     #[test]
