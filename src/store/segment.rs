@@ -176,6 +176,9 @@ impl SegmentWriter {
         let next = Self::create_file(&self.dir, next_id)?;
         let old = std::mem::replace(&mut self.file, Arc::new(next));
         self.sealed_unsynced.push((self.id, len, Some(old)));
+        self.id = next_id;
+        self.direct = open_direct_write(&segment_path(&self.dir, next_id));
+        self.buf.restart(&header_bytes(next_id));
         let open = self
             .sealed_unsynced
             .iter()
@@ -183,16 +186,15 @@ impl SegmentWriter {
             .count();
         if open > UNSYNCED_MAX {
             // Many segments written without a durable commit: sync the
-            // oldest now rather than hold a descriptor for each.
+            // oldest now rather than hold a descriptor for each (it stays
+            // listed: its length goes into the next commit).
             if let Some(slot) = self.sealed_unsynced.iter_mut().find(|s| s.2.is_some()) {
-                if let Some(f) = slot.2.take() {
+                if let Some(f) = &slot.2 {
                     f.sync_data()?;
                 }
+                slot.2 = None;
             }
         }
-        self.id = next_id;
-        self.direct = open_direct_write(&segment_path(&self.dir, next_id));
-        self.buf.restart(&header_bytes(next_id));
         Ok(())
     }
 
