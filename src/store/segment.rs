@@ -245,25 +245,25 @@ pub fn read_exact_at(file: &File, offset: u64, len: usize) -> std::io::Result<Ve
 
 /// Alignment of direct reads (file offset, length and memory): the page
 /// size, a multiple of every logical block size up to 4 KiB.
-const DIRECT_ALIGN: u64 = 4096;
+const DIRECT_ALIGN: u64 = super::append::ALIGN as u64;
 
 /// Opens a segment for reads that bypass the page cache (O_DIRECT); None
 /// where the file system has no direct I/O (tmpfs).
 pub fn open_direct(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
+    open_direct_for(path, false)
 }
 
 /// Opens the open segment for writes that bypass the page cache
 /// (O_DIRECT); None where the file system has no direct I/O.
 pub fn open_direct_write(path: &Path) -> Option<File> {
+    open_direct_for(path, true)
+}
+
+fn open_direct_for(path: &Path, write: bool) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
-        .write(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()
