@@ -44,8 +44,8 @@ pub struct AppendBuffer {
 }
 
 impl AppendBuffer {
-    /// An empty buffer of `room` bytes for a file whose first `written`
-    /// bytes (`start`) are already in it.
+    /// A buffer of `room` bytes for a new file that already holds `start`
+    /// (its header), kept here as the first partial block.
     pub fn new(room: usize, start: &[u8]) -> Self {
         let room = room.next_multiple_of(ALIGN);
         let region = vec![0u8; room + ALIGN];
