@@ -289,3 +289,89 @@ fn an_unprivileged_write_or_truncate_clears_set_id_bits() {
         .unwrap();
     assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o4755);
 }
+
+/// A file capability (`setcap cap_net_raw+ep`: revision 2, effective).
+fn set_capability(p: &Path) {
+    let mut value = Vec::new();
+    const CAP_NET_RAW: u32 = 13;
+    for word in [0x0200_0001u32, 1 << CAP_NET_RAW, 0, 0, 0] {
+        value.extend_from_slice(&word.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn has_capability(p: &Path) -> bool {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; a zero size only asks for the length.
+    let rc = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    rc > 0
+}
+
+#[test]
+fn writing_or_truncating_drops_file_capabilities_even_as_root() {
+    // As on a local file system: a changed program loses its capabilities,
+    // whoever changed it. Write-only handles bypass the page cache, so the
+    // volume does this itself rather than the kernel.
+    let m = Mounted::new();
+    let write_only = |p: &Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all_at(b"x", 1).unwrap();
+    };
+    let read_write = |p: &Path| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        f.write_all_at(b"x", 1).unwrap();
+    };
+    let truncate = |p: &Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(1).unwrap();
+    };
+    type Change<'a> = (&'a str, &'a dyn Fn(&Path));
+    let changes: [Change; 3] = [
+        ("write-only", &write_only),
+        ("read-write", &read_write),
+        ("truncate", &truncate),
+    ];
+    for (name, change) in changes {
+        let p = m.mnt().join(name);
+        std::fs::write(&p, "data").unwrap();
+        set_capability(&p);
+        assert!(has_capability(&p), "{name}: the capability was not set");
+        change(&p);
+        assert!(!has_capability(&p), "{name}: the capability survived");
+    }
+    // Changing only the times or the mode keeps it.
+    let p = m.mnt().join("kept");
+    std::fs::write(&p, "data").unwrap();
+    set_capability(&p);
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::File::open(&p)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    assert!(
+        has_capability(&p),
+        "a chmod or utimes dropped the capability"
+    );
+}

@@ -102,6 +102,23 @@ fn writable(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
+/// How the kernel is to treat a file handle opened with `flags`.
+///
+/// A write-only handle bypasses the page cache (FOPEN_DIRECT_IO): nothing
+/// can be read through it, so caching its writes only costs a copy into
+/// fresh pages, and the kernel then also skips asking for
+/// `security.capability` before each write (the volume drops file
+/// capabilities on every write itself). The kernel drops cached pages of
+/// the range a direct write covers, so other handles (and mappings) of the
+/// file read the new data. Readable handles keep the page cache.
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -166,8 +183,9 @@ impl Filesystem for DatastoreFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         // The volume clears set-user/group-ID bits and file capabilities on
-        // write, truncate and chown itself; otherwise the kernel asks for
-        // security.capability before every single write.
+        // write, truncate and chown itself. (The kernel still asks for
+        // security.capability before writes through the page cache; write-
+        // only handles bypass it, see `open_flags`.)
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
@@ -424,7 +442,7 @@ impl Filesystem for DatastoreFs {
         // No page fill of a file open for writing (until its release).
         let fill = self.fill.clone();
         self.fill.change(ino.0, move || match v.open_file(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(()) => reply.opened(FileHandle(0), open_flags(flags.0)),
             Err(e) => {
                 fill.end_change(ino.0);
                 reply.error(errno(&e))
@@ -680,7 +698,7 @@ impl Filesystem for DatastoreFs {
                     &to_fuse(&a),
                     Generation(0),
                     FileHandle(0),
-                    FopenFlags::empty(),
+                    open_flags(flags),
                 );
                 true
             }

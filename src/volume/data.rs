@@ -303,6 +303,7 @@ impl Volume {
             let inode = self.load_inode(&mut st, ino)?;
             inode.mtime = now;
             inode.ctime = now;
+            Self::drop_privileges(inode, false);
         }
         Self::touch(&mut st, ino);
         let buffer_empty = st.buffers.get(&ino).is_none_or(|b| b.is_empty());

@@ -912,18 +912,24 @@ impl Volume {
     pub fn kill_privileges(&self, ino: u64) -> VResult<()> {
         let mut st = lock(&self.state);
         let inode = self.load_inode(&mut st, ino)?;
-        if Self::drop_privileges(inode) {
+        if Self::drop_privileges(inode, true) {
             inode.ctime = Time::now();
             Self::touch(&mut st, ino);
         }
         Ok(())
     }
 
-    /// Clears an inode's privileges; true when anything changed.
-    fn drop_privileges(inode: &mut Inode) -> bool {
-        let mut kill = libc::S_ISUID as u16;
-        if inode.perm & 0o010 != 0 {
-            kill |= libc::S_ISGID as u16;
+    /// What changing a file's content takes away, as the kernel does for a
+    /// local file system: file capabilities always; set-user-ID, and
+    /// set-group-ID when group-execute is set, only from an `unprivileged`
+    /// writer (one without CAP_FSETID). True when anything changed.
+    fn drop_privileges(inode: &mut Inode, unprivileged: bool) -> bool {
+        let mut kill = 0;
+        if unprivileged {
+            kill |= libc::S_ISUID as u16;
+            if inode.perm & 0o010 != 0 {
+                kill |= libc::S_ISGID as u16;
+            }
         }
         let had = inode.perm & kill != 0;
         inode.perm &= !kill;
@@ -941,9 +947,7 @@ impl Volume {
                 return err(libc::EISDIR);
             }
             self.truncate(&mut st, ino, size)?;
-            if c.uid != 0 {
-                Self::drop_privileges(self.load_inode(&mut st, ino)?);
-            }
+            Self::drop_privileges(self.load_inode(&mut st, ino)?, c.uid != 0);
         }
         let now = Time::now();
         let inode = self.load_inode(&mut st, ino)?;
