@@ -9,7 +9,6 @@ mod common;
 
 use common::mounted::{diff, Fixture};
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -73,18 +72,7 @@ fn no_marker_reaches_the_store() {
     let file = dir.join(format!("f-{marker}"));
     std::fs::write(&file, marker.repeat(500)).unwrap();
     std::os::unix::fs::symlink(&marker, f.mnt().join("link")).unwrap();
-    let path = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"user.tag".as_ptr(),
-            marker.as_ptr().cast(),
-            marker.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    common::set_xattr(&file, c"user.tag", marker.as_bytes());
     f.unmount();
     let hits = common::find_bytes(&f.store(), &marker.as_bytes()[..16]);
     assert!(hits.is_empty(), "marker at rest: {hits:?}");

@@ -1,7 +1,8 @@
 //! POSIX behaviour on a real mount beyond pjdfstest: files past 4 GiB with
 //! holes that cost nothing, 100,000 entries in one directory, mmap through
-//! the page cache, O_APPEND, and readdir that stays correct while other
-//! entries are created and removed.
+//! the page cache, O_APPEND, readdir that stays correct while other
+//! entries are created and removed, `cp -a` of modes and ACLs, and what a
+//! write takes away (set-ID bits, file capabilities).
 
 mod common;
 
@@ -297,32 +298,11 @@ fn set_capability(p: &Path) {
     for word in [0x0200_0001u32, 1 << CAP_NET_RAW, 0, 0, 0] {
         value.extend_from_slice(&word.to_le_bytes());
     }
-    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid C strings and a buffer of the given length.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"security.capability".as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    common::set_xattr(p, c"security.capability", &value);
 }
 
 fn has_capability(p: &Path) -> bool {
-    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid C string; a zero size only asks for the length.
-    let rc = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            c"security.capability".as_ptr(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    rc > 0
+    common::has_xattr(p, c"security.capability")
 }
 
 #[test]

@@ -145,6 +145,31 @@ pub fn find_bytes(dir: &Path, needle: &[u8]) -> Vec<(String, usize)> {
 
 /// Runs the `datastore` binary on `store`, with boot keys under `home` and
 /// a fast KDF, no stdin. Panics with its stderr when it fails.
+/// Sets extended attribute `name` of `p` (following symlinks); panics
+/// with the errno on failure.
+pub fn set_xattr(p: &Path, name: &std::ffi::CStr, value: &[u8]) {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+/// Whether `p` has a non-empty extended attribute `name`.
+pub fn has_xattr(p: &Path, name: &std::ffi::CStr) -> bool {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; a zero size only asks for the length.
+    let rc = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    rc > 0
+}
+
 pub fn datastore_ok(home: &Path, store: &Path, args: &[&str]) -> String {
     let o = datastore(home, store, args);
     assert!(
