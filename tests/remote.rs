@@ -106,7 +106,7 @@ fn no_plaintext_marker_reaches_the_server() {
     // Random bytes around the marker: LZ4 cannot shrink them, so only
     // encryption can hide the marker.
     std::fs::write(&file, noisy(&marker)).unwrap();
-    xattr_set(&file, "user.note", marker.as_bytes());
+    common::set_xattr(&file, c"user.note", marker.as_bytes());
     symlink(format!("target-{marker}"), dir.join("link")).unwrap();
     fsync_tree(&f.mnt()).unwrap();
     f.unmount();
@@ -128,23 +128,6 @@ fn noisy(marker: &str) -> Vec<u8> {
         out.extend_from_slice(marker.as_bytes());
     }
     out
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8]) {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a live value buffer.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 fn walk_names(dir: &Path) -> Vec<String> {
