@@ -185,3 +185,64 @@ fn a_streaming_read_verifies_each_chunk_of_the_records_it_reads_together() {
     }
     assert_eq!(bad.len(), 1, "{bad:?}");
 }
+
+#[test]
+fn chunks_decoded_into_caller_buffers_are_verified_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    // Random and compressible halves: raw and LZ4 records both decode
+    // straight into the buffers.
+    let mut data = random_bytes(23, 2 << 20);
+    data.extend((0..(2u32 << 20)).map(|i| (i % 251) as u8 ^ (i / 4093) as u8));
+    let recipe = e.put_bytes(&data).unwrap();
+    e.commit(true).unwrap();
+    let decode_all = |out: &mut [u8]| {
+        let mut rest = out;
+        let mut slots = Vec::new();
+        for c in &recipe {
+            let (mine, after) = std::mem::take(&mut rest).split_at_mut(c.len as usize);
+            slots.push((c.fingerprint, mine));
+            rest = after;
+        }
+        e.read_chunks_into(&mut slots).unwrap()
+    };
+    let mut out = vec![0u8; data.len()];
+    assert!(decode_all(&mut out).iter().all(|r| r.is_ok()));
+    assert!(out == data);
+
+    // One flipped byte in the middle of the segment: exactly one chunk is
+    // an integrity error, named; every other buffer holds its bytes.
+    let file = open_only_segment(dir.path());
+    let at = file.metadata().unwrap().len() / 2;
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    let mut out = vec![0u8; data.len()];
+    let results = decode_all(&mut out);
+    let mut offset = 0;
+    let mut bad = Vec::new();
+    for (chunk, r) in recipe.iter().zip(results) {
+        let range = offset..offset + chunk.len as usize;
+        offset += chunk.len as usize;
+        match r {
+            Ok(()) => assert!(
+                out[range.clone()] == data[range],
+                "a chunk decoded to other bytes"
+            ),
+            Err(EngineError::Integrity { chunk: name, .. }) => {
+                assert_eq!(name, hex::encode(&chunk.fingerprint[..8]));
+                bad.push(name);
+            }
+            Err(other) => panic!("expected an integrity error, got {other:?}"),
+        }
+    }
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    file.write_all_at(&b, at).unwrap();
+
+    // A buffer of the wrong length is refused, not overrun.
+    let mut short = vec![0u8; recipe[0].len as usize - 1];
+    let r = e
+        .read_chunks_into(&mut [(recipe[0].fingerprint, &mut short[..])])
+        .unwrap();
+    assert!(matches!(r[0], Err(EngineError::Integrity { .. })), "{r:?}");
+}

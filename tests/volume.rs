@@ -612,6 +612,54 @@ fn scattered_writes_across_a_large_file_flush_in_bounded_windows() {
 }
 
 #[test]
+fn a_flush_that_meets_a_damaged_chunk_fails_and_loses_no_write() {
+    // Small writes spread over a stored file make the flush decode (and
+    // re-chunk) every chunk around them; one of them is damaged on disk.
+    // The flush must fail with EIO rather than store wrong bytes, and the
+    // writes must still be there once the damage is repaired.
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path(), true);
+    let f = create_file(&v, ROOT, "f");
+    v.open_file(f).unwrap();
+    let mut model = random_bytes(41, 4 << 20);
+    v.write(f, 0, &model).unwrap();
+    v.fsync(f).unwrap();
+    let segment = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment)
+        .unwrap();
+    let at = file.metadata().unwrap().len() / 2;
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x04], at).unwrap();
+    for (i, off) in (100..model.len() - 4096).step_by(128 << 10).enumerate() {
+        let block = random_bytes(500 + i as u64, 4096);
+        v.write(f, off as u64, &block).unwrap();
+        model[off..off + 4096].copy_from_slice(&block);
+    }
+    assert_eq!(v.fsync(f).unwrap_err().errno, libc::EIO);
+    file.write_all_at(&b, at).unwrap();
+    v.fsync(f).unwrap();
+    assert!(
+        read_all(&v, f) == model,
+        "the file differs after the repair"
+    );
+    v.release(f).unwrap();
+    v.sync_all().unwrap();
+    drop(v);
+    let v = open(dir.path(), false);
+    assert!(read_all(&v, f) == model, "the file differs after reopening");
+}
+
+#[test]
 fn streams_reuse_flushed_buffers_without_mixing_contents() {
     // 1 MiB writes into files of 40 MiB: each stream's buffer is recycled
     // for the next one; every file must read back as written.

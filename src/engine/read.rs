@@ -59,6 +59,44 @@ fn decode_record_in(
     verify(crypto, fp, &h, plain, st)
 }
 
+/// `decode_record_in` into `plain`, which must be the chunk's length.
+fn decode_record_into(
+    keys: &KeyRing,
+    fp: &Fingerprint,
+    rec: &mut [u8],
+    plain: &mut [u8],
+    st: &stats::Stats,
+) -> Result<()> {
+    let (h, crypto) = decrypt_record(keys, fp, rec, st)?;
+    if h.plain_len as usize != plain.len() {
+        return Err(integrity(fp, "decoded length differs from header"));
+    }
+    let stored = &rec[HEADER_LEN..HEADER_LEN + h.stored_len as usize];
+    if h.compressed() {
+        let t = Instant::now();
+        let n = lz4_flex::block::decompress_into(stored, plain)
+            .map_err(|e| integrity(fp, format!("decompression failed: {e}")))?;
+        stats::add_since(&st.ns_decompress, t);
+        if n != plain.len() {
+            return Err(integrity(fp, "decoded length differs from header"));
+        }
+    } else if stored.len() == plain.len() {
+        plain.copy_from_slice(stored);
+    } else {
+        return Err(integrity(fp, "decoded length differs from header"));
+    }
+    let t = Instant::now();
+    let ok = &crypto.fingerprinter.fingerprint(plain)? == fp;
+    stats::add_since(&st.ns_verify, t);
+    if !ok {
+        return Err(integrity(
+            fp,
+            "fingerprint mismatch (data corrupt or tampered)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a record's header and ciphertext CRC and decrypts its payload
 /// in place; returns the header and the keys of its generation.
 fn decrypt_record<'k>(
@@ -232,11 +270,61 @@ impl Engine {
         let crypto = self.keys()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<Option<Result<Vec<u8>>>> = fps.iter().map(|_| None).collect();
+        self.visit_records(fps, |i, found| {
+            let fp = &fps[i];
+            out[i] = Some(found.and_then(|(e, rec)| {
+                decode_record_in(&crypto, fp, rec, &self.stats)
+                    .and_then(|plain| self.check_decoded(fp, e, plain))
+            }));
+        });
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every chunk was located or failed"))
+            .collect())
+    }
+
+    /// `read_chunks_streaming` that decodes each chunk straight into the
+    /// caller's buffer of its length (`chunks`: fingerprint and buffer, in
+    /// file order). A buffer whose chunk failed holds unspecified bytes.
+    pub fn read_chunks_into(
+        &self,
+        chunks: &mut [(Fingerprint, &mut [u8])],
+    ) -> Result<Vec<Result<()>>> {
+        let crypto = self.keys()?;
+        let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
+        let fps: Vec<Fingerprint> = chunks.iter().map(|(fp, _)| *fp).collect();
+        let mut out: Vec<Option<Result<()>>> = fps.iter().map(|_| None).collect();
+        self.visit_records(&fps, |i, found| {
+            let (fp, plain) = &mut chunks[i];
+            out[i] = Some(found.and_then(|(e, rec)| {
+                if e.plain_len as usize != plain.len() {
+                    return Err(integrity(fp, "length differs from the index"));
+                }
+                decode_record_into(&crypto, fp, rec, plain, &self.stats)?;
+                stats::add(&self.stats.bytes_read, plain.len() as u64);
+                stats::add(&self.stats.chunks_read, 1);
+                Ok(())
+            }));
+        });
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every chunk was located or failed"))
+            .collect())
+    }
+
+    /// Locates the records of `fps` (in file order) and reads them, runs of
+    /// neighbours with one read each; `visit` gets each chunk's index and
+    /// its index entry and record bytes, or why they could not be had.
+    fn visit_records(
+        &self,
+        fps: &[Fingerprint],
+        mut visit: impl FnMut(usize, Result<(&IndexEntry, &mut [u8])>),
+    ) {
         let mut located = Vec::with_capacity(fps.len());
         for (i, fp) in fps.iter().enumerate() {
             match self.locate(fp) {
                 Ok(e) => located.push((i, e)),
-                Err(err) => out[i] = Some(Err(err)),
+                Err(err) => visit(i, Err(err)),
             }
         }
         for span in spans(&located) {
@@ -248,22 +336,15 @@ impl Engine {
             let mut read = self.read_span(first.segment, from, (to - from) as usize);
             stats::add_since(&self.stats.ns_read_io, t);
             for (i, e) in span {
-                let fp = &fps[*i];
-                out[*i] = Some(match &mut read {
+                match &mut read {
                     Ok((buf, base)) => {
                         let at = *base + (e.offset - from) as usize;
-                        let rec = &mut buf[at..at + e.record_len as usize];
-                        decode_record_in(&crypto, fp, rec, &self.stats)
-                            .and_then(|plain| self.check_decoded(fp, e, plain))
+                        visit(*i, Ok((e, &mut buf[at..at + e.record_len as usize])));
                     }
-                    Err(err) => Err(read_error(fp, e, err)),
-                });
+                    Err(err) => visit(*i, Err(read_error(&fps[*i], e, err))),
+                }
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|r| r.expect("every chunk was located or failed"))
-            .collect())
     }
 
     /// Reads [from, from + len) of a segment in one go: direct where the

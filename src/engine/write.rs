@@ -5,6 +5,7 @@
 //! independent streams on different threads never wait for each other except
 //! for the short, in-order append into the open segment.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Read;
 use std::time::Instant;
@@ -21,6 +22,11 @@ use crate::store::record::{
     self, KeyGen, RecordHeader, FLAG_LZ4, FLAG_PLAIN, HEADER_LEN, TRAILER_LEN,
 };
 
+thread_local! {
+    /// Room for one compressed chunk (grows to the largest chunk seen).
+    static COMPRESS_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Compresses (when that shrinks it) and encrypts one chunk into a record,
 /// building it in one buffer (header space, payload, trailer) without
 /// copying the payload again.
@@ -32,24 +38,33 @@ pub(crate) fn encode_record(
     st: &stats::Stats,
 ) -> Result<Vec<u8>> {
     let t = Instant::now();
-    let max = compress::max_output(chunk.len()).max(MIN_PAYLOAD);
-    let mut rec = vec![0u8; HEADER_LEN + max + TRAILER_LEN];
-    let mut flags = 0;
-    let payload = &mut rec[HEADER_LEN..HEADER_LEN + max];
-    let stored_len = match compress::compress_into(compression_level, chunk, payload) {
-        Some(n) => {
-            flags = FLAG_LZ4;
-            n
+    // The record is built by appending (a compressed block is never longer
+    // than the chunk, so it never reallocates); compression writes into a
+    // per-thread scratch buffer that stays mapped.
+    let mut rec = Vec::with_capacity(HEADER_LEN + chunk.len().max(MIN_PAYLOAD) + TRAILER_LEN);
+    rec.resize(HEADER_LEN, 0);
+    let compressed = COMPRESS_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let max = compress::max_output(chunk.len());
+        if scratch.len() < max {
+            scratch.resize(max, 0);
         }
+        let n = compress::compress_into(compression_level, chunk, &mut scratch[..max])?;
+        rec.extend_from_slice(&scratch[..n]);
+        Some(n)
+    });
+    let (flags, stored_len) = match compressed {
+        Some(n) => (FLAG_LZ4, n),
         None => {
-            payload[..chunk.len()].copy_from_slice(chunk);
-            chunk.len()
+            rec.extend_from_slice(chunk);
+            (0, chunk.len())
         }
     };
     stats::add_since(&st.ns_compress, t);
     let cipher_len = stored_len.max(MIN_PAYLOAD);
-    // Padding bytes of a short payload must be zero (see FORMAT.md).
-    rec[HEADER_LEN + stored_len..HEADER_LEN + cipher_len].fill(0);
+    // Padding bytes of a short payload must be zero (see FORMAT.md); the
+    // trailer is written last.
+    rec.resize(HEADER_LEN + cipher_len + TRAILER_LEN, 0);
     let t = Instant::now();
     let body = &mut rec[HEADER_LEN..HEADER_LEN + cipher_len];
     let (generation, plain_flag) = match crypto.generation {

@@ -212,6 +212,25 @@ fn install_extents(st: &mut State, ino: u64, mut at: u64, refs: &[ChunkRef]) {
     }
 }
 
+/// Copies the parts of `extents` (with their plaintext, `chunks`) that
+/// fall inside [off, off + out.len()) into out.
+pub(super) fn copy_extents(
+    extents: &[(u64, Extent)],
+    chunks: &[Arc<Vec<u8>>],
+    off: u64,
+    out: &mut [u8],
+) {
+    let end = off + out.len() as u64;
+    for ((e_off, e), data) in extents.iter().zip(chunks) {
+        let from = off.max(*e_off);
+        let to = end.min(e_off + e.len as u64);
+        if from < to {
+            out[(from - off) as usize..(to - off) as usize]
+                .copy_from_slice(&data[(from - e_off) as usize..(to - e_off) as usize]);
+        }
+    }
+}
+
 fn chunk_ref(e: &Extent) -> ChunkRef {
     ChunkRef {
         fingerprint: e.fingerprint,
@@ -227,7 +246,6 @@ impl Volume {
         off: u64,
         out: &mut [u8],
     ) -> VResult<Vec<Arc<Vec<u8>>>> {
-        let end = off + out.len() as u64;
         // Few chunks to decode (the others cached or being decoded by
         // readahead): decode inline (the pool's idle workers would spin on
         // the cores the FUSE threads need).
@@ -237,14 +255,7 @@ impl Volume {
             extents.iter().map(|(_, e)| self.chunk(e)).collect()
         };
         let chunks: Vec<Arc<Vec<u8>>> = chunks.into_iter().collect::<VResult<_>>()?;
-        for ((e_off, e), data) in extents.iter().zip(&chunks) {
-            let from = off.max(*e_off);
-            let to = end.min(e_off + e.len as u64);
-            if from < to {
-                out[(from - off) as usize..(to - off) as usize]
-                    .copy_from_slice(&data[(from - e_off) as usize..(to - e_off) as usize]);
-            }
-        }
+        copy_extents(extents, &chunks, off, out);
         Ok(chunks)
     }
 
@@ -446,14 +457,18 @@ impl Volume {
         // Phase 2, unlocked: chunk, fingerprint, compress, encrypt, store.
         let mut stored: Vec<(u64, Replaced, Vec<ChunkRef>)> = Vec::new();
         let mut failure: Option<VolError> = None;
+        // One assembly buffer for all windows: its pages stay mapped (fresh
+        // ones cost a fault and a clear each on this kind of VM).
+        let mut window: Vec<u8> = Vec::new();
         for (lo, olds, content) in plans {
             let put = match content {
                 Content::Piece(key) => self.engine.put_bytes(&buf[&key]).map_err(VolError::from),
                 Content::Assemble { hi } => {
-                    let mut bytes = vec![0u8; (hi - lo) as usize];
-                    self.fill_from_extents(&olds, lo, &mut bytes)
-                        .map(|_| overlay_buffer(&buf, lo, &mut bytes))
-                        .and_then(|()| self.engine.put_bytes(&bytes).map_err(VolError::from))
+                    window.clear();
+                    window.resize((hi - lo) as usize, 0);
+                    self.decode_for_rewrite(&olds, lo, &mut window)
+                        .map(|()| overlay_buffer(&buf, lo, &mut window))
+                        .and_then(|()| self.engine.put_bytes(&window).map_err(VolError::from))
                 }
             };
             match put {

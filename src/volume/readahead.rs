@@ -35,6 +35,9 @@ const CACHE_BYTES: usize = 16 << 20;
 /// Plaintext bytes one decoder takes from the queue at a time: their
 /// records mostly lie next to each other and are read with one read.
 const BATCH_BYTES: u64 = 1 << 20;
+/// Threads reading and decoding the chunks a flush rewrites (see
+/// `decode_for_rewrite`).
+const REWRITE_READERS: usize = 4;
 /// How far from where the previous read ended a read still continues it.
 const NEAR: u64 = 1 << 20;
 /// Read positions remembered (one per recently read file).
@@ -204,6 +207,102 @@ impl Volume {
         }
         cache.loaded.notify_all();
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Writes the plaintext of `extents` (in file order) into `window`,
+    /// which holds file offsets [lo, lo + window.len()), for a flush that
+    /// is about to replace them. Cached chunks are copied from the cache;
+    /// the others are decoded straight into the window, `BATCH_BYTES` at a
+    /// time (neighbouring records with one direct read) on
+    /// `REWRITE_READERS` threads, and are not cached (nothing reads them
+    /// once the flush has replaced them).
+    pub(super) fn decode_for_rewrite(
+        &self,
+        extents: &[(u64, Extent)],
+        lo: u64,
+        window: &mut [u8],
+    ) -> VResult<()> {
+        let hi = lo + window.len() as u64;
+        // Each extent inside the window gets its own slice of it.
+        let mut inside: Vec<(Fp, &mut [u8])> = Vec::with_capacity(extents.len());
+        let mut straddling: Vec<(u64, Extent)> = Vec::new();
+        let mut rest: &mut [u8] = window;
+        let mut rest_at = lo;
+        for &(off, e) in extents {
+            let end = off + u64::from(e.len);
+            if off < rest_at || end > hi {
+                straddling.push((off, e));
+                continue;
+            }
+            let tail = std::mem::take(&mut rest)
+                .split_at_mut((off - rest_at) as usize)
+                .1;
+            let (mine, after) = tail.split_at_mut(e.len as usize);
+            inside.push((e.fingerprint, mine));
+            rest = after;
+            rest_at = end;
+        }
+        let mut missing: Vec<(Fp, &mut [u8])> = Vec::with_capacity(inside.len());
+        {
+            let c = lock(&self.cache.cached);
+            for (fp, slot) in inside {
+                match c.chunks.get(&fp) {
+                    Some(data) => slot.copy_from_slice(data),
+                    None => missing.push((fp, slot)),
+                }
+            }
+        }
+        // Batches of about BATCH_BYTES, taken in file order.
+        let mut batches: Vec<Vec<(Fp, &mut [u8])>> = Vec::new();
+        let mut bytes = 0;
+        for chunk in missing {
+            if bytes == 0 {
+                batches.push(Vec::new());
+            }
+            bytes += chunk.1.len() as u64;
+            batches.last_mut().expect("pushed above").push(chunk);
+            if bytes >= BATCH_BYTES {
+                bytes = 0;
+            }
+        }
+        batches.reverse();
+        let threads = REWRITE_READERS.min(batches.len());
+        let queue = Mutex::new(batches);
+        let work = || -> VResult<()> {
+            loop {
+                let Some(mut batch) = lock(&queue).pop() else {
+                    return Ok(());
+                };
+                for r in self.engine.read_chunks_into(&mut batch)? {
+                    r?;
+                }
+            }
+        };
+        if threads > 1 {
+            // Threads of their own rather than the pool's: each waits for
+            // its reads, so more of them than cores keep both the disk and
+            // the cores busy.
+            std::thread::scope(|s| {
+                let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+                let mine = work();
+                helpers
+                    .into_iter()
+                    .map(|h| h.join().expect("a rewrite reader panicked"))
+                    .fold(mine, |a, b| a.and(b))
+            })?;
+        } else {
+            work()?;
+        }
+        // Extents that do not lie wholly inside the window (none when the
+        // window was widened to extent boundaries): the general path.
+        if !straddling.is_empty() {
+            let chunks: Vec<Arc<Vec<u8>>> = straddling
+                .iter()
+                .map(|(_, e)| self.chunk(e))
+                .collect::<VResult<_>>()?;
+            super::data::copy_extents(&straddling, &chunks, lo, window);
+        }
+        Ok(())
     }
 
     /// How many of `extents` are neither cached nor being decoded.
