@@ -85,16 +85,7 @@ fn decode_record_into(
     } else {
         return Err(integrity(fp, "decoded length differs from header"));
     }
-    let t = Instant::now();
-    let ok = &crypto.fingerprinter.fingerprint(plain)? == fp;
-    stats::add_since(&st.ns_verify, t);
-    if !ok {
-        return Err(integrity(
-            fp,
-            "fingerprint mismatch (data corrupt or tampered)",
-        ));
-    }
-    Ok(())
+    check_fingerprint(crypto, fp, plain, st)
 }
 
 /// Checks a record's header and ciphertext CRC and decrypts its payload
@@ -153,8 +144,19 @@ fn verify(
     if plain.len() != h.plain_len as usize {
         return Err(integrity(fp, "decoded length differs from header"));
     }
+    check_fingerprint(crypto, fp, &plain, st)?;
+    Ok(plain)
+}
+
+/// Recomputes the keyed fingerprint of decoded plaintext.
+fn check_fingerprint(
+    crypto: &crate::crypto::ChunkCrypto,
+    fp: &Fingerprint,
+    plain: &[u8],
+    st: &stats::Stats,
+) -> Result<()> {
     let t = Instant::now();
-    let ok = &crypto.fingerprinter.fingerprint(&plain)? == fp;
+    let ok = &crypto.fingerprinter.fingerprint(plain)? == fp;
     stats::add_since(&st.ns_verify, t);
     if !ok {
         return Err(integrity(
@@ -162,7 +164,7 @@ fn verify(
             "fingerprint mismatch (data corrupt or tampered)",
         ));
     }
-    Ok(plain)
+    Ok(())
 }
 
 /// Most bytes one span read covers, and the largest gap between two

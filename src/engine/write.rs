@@ -87,7 +87,6 @@ pub(crate) fn encode_record(
     record::seal_in_place(&header, &mut rec);
     let end = HEADER_LEN + cipher_len;
     rec[end..end + TRAILER_LEN].copy_from_slice(&body_crc.to_le_bytes());
-    rec.truncate(end + TRAILER_LEN);
     stats::add(&st.bytes_stored_payload, stored_len as u64);
     Ok(rec)
 }

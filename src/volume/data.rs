@@ -214,12 +214,7 @@ fn install_extents(st: &mut State, ino: u64, mut at: u64, refs: &[ChunkRef]) {
 
 /// Copies the parts of `extents` (with their plaintext, `chunks`) that
 /// fall inside [off, off + out.len()) into out.
-pub(super) fn copy_extents(
-    extents: &[(u64, Extent)],
-    chunks: &[Arc<Vec<u8>>],
-    off: u64,
-    out: &mut [u8],
-) {
+fn copy_extents(extents: &[(u64, Extent)], chunks: &[Arc<Vec<u8>>], off: u64, out: &mut [u8]) {
     let end = off + out.len() as u64;
     for ((e_off, e), data) in extents.iter().zip(chunks) {
         let from = off.max(*e_off);
@@ -240,7 +235,7 @@ fn chunk_ref(e: &Extent) -> ChunkRef {
 
 impl Volume {
     /// Copies the stored (extent) content of [off, off+out.len()) into out.
-    fn fill_from_extents(
+    pub(super) fn fill_from_extents(
         &self,
         extents: &[(u64, Extent)],
         off: u64,

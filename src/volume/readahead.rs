@@ -296,11 +296,7 @@ impl Volume {
         // Extents that do not lie wholly inside the window (none when the
         // window was widened to extent boundaries): the general path.
         if !straddling.is_empty() {
-            let chunks: Vec<Arc<Vec<u8>>> = straddling
-                .iter()
-                .map(|(_, e)| self.chunk(e))
-                .collect::<VResult<_>>()?;
-            super::data::copy_extents(&straddling, &chunks, lo, window);
+            self.fill_from_extents(&straddling, lo, window)?;
         }
         Ok(())
     }
