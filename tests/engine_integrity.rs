@@ -33,6 +33,17 @@ fn open_only_segment(dir: &std::path::Path) -> std::fs::File {
         .unwrap()
 }
 
+/// Flips one bit of the byte in the middle of the store's one segment;
+/// returns the segment, the byte's offset and its original value.
+fn flip_middle_byte(dir: &std::path::Path) -> (std::fs::File, u64, u8) {
+    let file = open_only_segment(dir);
+    let at = file.metadata().unwrap().len() / 2;
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    (file, at, b[0])
+}
+
 #[test]
 fn every_flipped_byte_is_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,11 +174,7 @@ fn a_streaming_read_verifies_each_chunk_of_the_records_it_reads_together() {
     // One flipped byte in the middle of the segment: exactly the chunk it
     // hit is an integrity error, its neighbours (read in the same span)
     // still decode to their bytes.
-    let file = open_only_segment(dir.path());
-    let at = file.metadata().unwrap().len() / 2;
-    let mut b = [0u8];
-    file.read_exact_at(&mut b, at).unwrap();
-    file.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    flip_middle_byte(dir.path());
     let results = e.read_chunks_streaming(&fps).unwrap();
     let mut offset = 0;
     let mut bad = Vec::new();
@@ -212,11 +219,7 @@ fn chunks_decoded_into_caller_buffers_are_verified_one_by_one() {
 
     // One flipped byte in the middle of the segment: exactly one chunk is
     // an integrity error, named; every other buffer holds its bytes.
-    let file = open_only_segment(dir.path());
-    let at = file.metadata().unwrap().len() / 2;
-    let mut b = [0u8];
-    file.read_exact_at(&mut b, at).unwrap();
-    file.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    let (file, at, original) = flip_middle_byte(dir.path());
     let mut out = vec![0u8; data.len()];
     let results = decode_all(&mut out);
     let mut offset = 0;
@@ -237,7 +240,7 @@ fn chunks_decoded_into_caller_buffers_are_verified_one_by_one() {
         }
     }
     assert_eq!(bad.len(), 1, "{bad:?}");
-    file.write_all_at(&b, at).unwrap();
+    file.write_all_at(&[original], at).unwrap();
 
     // A buffer of the wrong length is refused, not overrun.
     let mut short = vec![0u8; recipe[0].len as usize - 1];

@@ -6,7 +6,10 @@
 //! want it at the same time), and per-file read positions. When a file is
 //! read where its previous read ended, the chunks of the next `WINDOW`
 //! bytes are decoded into the cache by `DECODERS` background threads, so
-//! disk reads and decryption overlap the transfers to the kernel.
+//! disk reads and decryption overlap the transfers to the kernel. A flush
+//! that rewrites stored chunks gets them through `decode_for_rewrite`:
+//! from the cache when there, else decoded straight into its window and
+//! not cached.
 //!
 //! Invariant: the cache only holds verified plaintext keyed by
 //! fingerprint, so a stale entry cannot exist (a chunk's content never
