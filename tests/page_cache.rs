@@ -1,6 +1,7 @@
 //! The kernel's page cache on a real mount (root and /dev/fuse required):
-//! a random read leaves the rest of its chunk cached by the kernel, and
-//! nothing cached that way ever outlives a write, a truncate or a lock.
+//! a random read leaves the rest of its chunk cached by the kernel,
+//! nothing cached that way ever outlives a write, a truncate or a lock,
+//! and a long sequential stream keeps only its last GiB cached.
 
 mod common;
 
@@ -207,4 +208,100 @@ fn lock_drops_cached_pages_of_open_files() {
     f.ok(&["unlock", "--password-file", f.pw().to_str().unwrap()]);
     r.read_exact_at(&mut all, 0).unwrap();
     assert!(all == data);
+}
+
+const MIB: usize = 1 << 20;
+
+/// Block `i` of a streamed file: one shared random MiB stamped with `i`
+/// (most of it deduplicates, so writing a GiB stays quick).
+fn stream_block(base: &[u8], i: usize) -> Vec<u8> {
+    let mut block = base.to_vec();
+    block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    block
+}
+
+/// The share of `pages` in [from, to) (bytes) that is cached.
+fn share_resident(pages: &[bool], from: usize, to: usize) -> f64 {
+    let span = &pages[from / PAGE..to / PAGE];
+    span.iter().filter(|p| **p).count() as f64 / span.len() as f64
+}
+
+/// Waits (the drops run after the replies) until the first `head` bytes
+/// of `file` are no longer cached; returns its residency then.
+fn wait_head_dropped(file: &File, len: usize, head: usize) -> Vec<bool> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pages = resident_pages(file, len);
+        if share_resident(&pages, 0, head) == 0.0 || Instant::now() > deadline {
+            return pages;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_long_sequential_stream_keeps_only_its_last_gib_cached() {
+    let f = Fixture::new(&[]);
+    f.mount();
+    let base = common::random_bytes(4, MIB);
+    let blocks = 1024 + 160;
+    let len = blocks * MIB;
+
+    // Written sequentially through a readable handle (so it is cached).
+    let path = f.mnt().join("stream");
+    let w = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    for i in 0..blocks {
+        w.write_all_at(&stream_block(&base, i), (i * MIB) as u64)
+            .unwrap();
+    }
+    w.sync_all().unwrap();
+    let pages = wait_head_dropped(&w, len, 96 * MIB);
+    assert_eq!(
+        share_resident(&pages, 0, 96 * MIB),
+        0.0,
+        "written head still cached"
+    );
+    let tail = share_resident(&pages, len - 512 * MIB, len);
+    assert!(tail > 0.9, "only {tail:.2} of the written tail cached");
+    drop(w);
+
+    // Read sequentially from cold: the same, and every byte is the file's.
+    let r = File::open(&path).unwrap();
+    drop_cached(&r);
+    let mut buf = vec![0u8; MIB];
+    for i in 0..blocks {
+        r.read_exact_at(&mut buf, (i * MIB) as u64).unwrap();
+        assert!(buf == stream_block(&base, i), "block {i} differs");
+    }
+    let pages = wait_head_dropped(&r, len, 96 * MIB);
+    assert_eq!(
+        share_resident(&pages, 0, 96 * MIB),
+        0.0,
+        "read head still cached"
+    );
+    let tail = share_resident(&pages, len - 512 * MIB, len);
+    assert!(tail > 0.9, "only {tail:.2} of the read tail cached");
+    // A dropped page is read again from the volume.
+    r.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == stream_block(&base, 0));
+
+    // A file shorter than the window stays cached whole.
+    let short = f.mnt().join("short");
+    let data = write_file(&short, 5, 256 * MIB);
+    let r = File::open(&short).unwrap();
+    drop_cached(&r);
+    let mut all = vec![0u8; data.len()];
+    for (i, piece) in all.chunks_mut(MIB).enumerate() {
+        r.read_exact_at(piece, (i * MIB) as u64).unwrap();
+    }
+    assert!(all == data);
+    std::thread::sleep(Duration::from_millis(500));
+    let cached = share_resident(&resident_pages(&r, data.len()), 0, data.len());
+    assert!(cached > 0.99, "only {cached:.2} of a short file cached");
 }

@@ -27,8 +27,10 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+mod drop_behind;
 mod page_fill;
 mod repeats;
+use drop_behind::DropBehind;
 pub use page_fill::PageFill;
 
 use crate::volume::{
@@ -44,6 +46,7 @@ pub type SharedVolume = Arc<RwLock<Option<Arc<Volume>>>>;
 pub struct DatastoreFs {
     volume: SharedVolume,
     fill: Arc<PageFill>,
+    drop_behind: DropBehind,
     /// Open directory handles: the snapshot readdir serves by index.
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
@@ -130,6 +133,7 @@ impl DatastoreFs {
     pub fn new(volume: SharedVolume, fill: Arc<PageFill>) -> Self {
         DatastoreFs {
             volume,
+            drop_behind: DropBehind::new(fill.clone()),
             fill,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -468,6 +472,7 @@ impl Filesystem for DatastoreFs {
             Ok((d, around)) => {
                 crate::daemon::metrics::record_read(d.len(), started);
                 reply.data(&d);
+                self.drop_behind.access(ino.0, offset, d.len() as u64);
                 if let (Some(t), Some(a)) = (ticket, around) {
                     self.fill
                         .offer(ino.0, t, offset, offset + d.len() as u64, a);
@@ -499,7 +504,8 @@ impl Filesystem for DatastoreFs {
         match v.write(ino.0, offset, data) {
             Ok(n) => {
                 crate::daemon::metrics::record_write(n, started);
-                reply.written(n as u32)
+                reply.written(n as u32);
+                self.drop_behind.access(ino.0, offset, n as u64);
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -532,6 +538,7 @@ impl Filesystem for DatastoreFs {
         if writable(flags.0) {
             self.fill.end_change(ino.0);
         }
+        self.drop_behind.forget(ino.0);
         let v = vol_or_reply!(self, reply);
         reply_empty(reply, v.release(ino.0));
     }

@@ -104,6 +104,15 @@ impl PageFill {
         }
     }
 
+    /// Drops the kernel's cached pages of [at, at + len) of `ino` (and its
+    /// cached attributes: the kernel drops those with any invalidation).
+    pub fn invalidate_range(&self, ino: u64, at: u64, len: u64) {
+        let notifier = lock(&self.notifier).clone();
+        if let Some(n) = notifier {
+            let _ = n.inval_inode(INodeNo(ino), at as i64, len as i64);
+        }
+    }
+
     /// Drops the kernel's cached entry `name` in `parent` (also a cached
     /// "no such name") and the parent's attributes.
     pub fn invalidate_entry(&self, parent: u64, name: &[u8]) {
