@@ -575,7 +575,7 @@ fn background_flushes_race_with_writes_reads_truncates_and_unlinks() {
 
 #[test]
 fn scattered_writes_across_a_large_file_flush_in_bounded_windows() {
-    // 48 MiB file, then 40 MiB of 4 KiB writes at random offsets (more
+    // 48 MiB file, then 80 MiB of 4 KiB writes at random offsets (more
     // than a flush's worth, so flushes re-chunk windows cut at extent
     // boundaries), some straddling each other; every byte must match a
     // model of the file, before and after reopening.
@@ -590,7 +590,7 @@ fn scattered_writes_across_a_large_file_flush_in_bounded_windows() {
         v.open_file(f).unwrap();
         v.write(f, 0, &model).unwrap();
         v.fsync(f).unwrap();
-        for i in 0..10_240u64 {
+        for i in 0..20_480u64 {
             let off = rng.gen_range(0..model.len() - 4096);
             let block = random_bytes(1000 + i, 4096);
             v.write(f, off as u64, &block).unwrap();

