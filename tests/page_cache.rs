@@ -226,17 +226,23 @@ fn share_resident(pages: &[bool], from: usize, to: usize) -> f64 {
     span.iter().filter(|p| **p).count() as f64 / span.len() as f64
 }
 
-/// Waits (the drops run after the replies) until the first `head` bytes
-/// of `file` are no longer cached; returns its residency then.
-fn wait_head_dropped(file: &File, len: usize, head: usize) -> Vec<bool> {
+/// Waits (the drops run after the replies) until the first 96 MiB of a
+/// streamed `file` are no longer cached, then asserts that they are not
+/// and that most of its last 512 MiB are.
+fn assert_only_tail_cached(file: &File, len: usize, how: &str) {
+    let head = 96 * MIB;
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let pages = loop {
         let pages = resident_pages(file, len);
         if share_resident(&pages, 0, head) == 0.0 || Instant::now() > deadline {
-            return pages;
+            break pages;
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    let cached = share_resident(&pages, 0, head);
+    assert_eq!(cached, 0.0, "{how} head still cached");
+    let tail = share_resident(&pages, len - 512 * MIB, len);
+    assert!(tail > 0.9, "only {tail:.2} of the {how} tail cached");
 }
 
 #[test]
@@ -261,14 +267,7 @@ fn a_long_sequential_stream_keeps_only_its_last_gib_cached() {
             .unwrap();
     }
     w.sync_all().unwrap();
-    let pages = wait_head_dropped(&w, len, 96 * MIB);
-    assert_eq!(
-        share_resident(&pages, 0, 96 * MIB),
-        0.0,
-        "written head still cached"
-    );
-    let tail = share_resident(&pages, len - 512 * MIB, len);
-    assert!(tail > 0.9, "only {tail:.2} of the written tail cached");
+    assert_only_tail_cached(&w, len, "written");
     drop(w);
 
     // Read sequentially from cold: the same, and every byte is the file's.
@@ -279,14 +278,7 @@ fn a_long_sequential_stream_keeps_only_its_last_gib_cached() {
         r.read_exact_at(&mut buf, (i * MIB) as u64).unwrap();
         assert!(buf == stream_block(&base, i), "block {i} differs");
     }
-    let pages = wait_head_dropped(&r, len, 96 * MIB);
-    assert_eq!(
-        share_resident(&pages, 0, 96 * MIB),
-        0.0,
-        "read head still cached"
-    );
-    let tail = share_resident(&pages, len - 512 * MIB, len);
-    assert!(tail > 0.9, "only {tail:.2} of the read tail cached");
+    assert_only_tail_cached(&r, len, "read");
     // A dropped page is read again from the volume.
     r.read_exact_at(&mut buf, 0).unwrap();
     assert!(buf == stream_block(&base, 0));
