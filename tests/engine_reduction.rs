@@ -46,6 +46,43 @@ fn one_byte_inserted_at_front_stores_at_most_four_new_chunks() {
     assert_eq!(e.read_to_vec(&recipe).unwrap(), shifted);
 }
 
+#[test]
+fn data_written_again_is_cut_without_scanning_into_the_same_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = new_engine(dir.path());
+    let data = random_bytes(3, 48 * MIB);
+    let first = e.put_bytes(&data).unwrap();
+    let before = e.stats.snapshot();
+    let again = e.put_bytes(&data).unwrap();
+    let after = e.stats.snapshot();
+    assert_eq!(first, again);
+    let chunks = after.chunks_in - before.chunks_in;
+    let predicted = after.chunks_predicted - before.chunks_predicted;
+    println!("written again: {predicted} of {chunks} chunks predicted");
+    assert!(
+        predicted * 100 >= chunks * 95,
+        "{predicted} of {chunks} chunks predicted"
+    );
+
+    // An edited copy is cut exactly where an engine that never saw the
+    // original cuts it, and dedups against the original as well.
+    let mut edited = data.clone();
+    edited[7 * MIB] ^= 1;
+    edited.insert(30 * MIB, 9);
+    edited.truncate(edited.len() - 12_345);
+    let before = e.stats.snapshot();
+    let recipe = e.put_bytes(&edited).unwrap();
+    let new_chunks = e.stats.snapshot().chunks_new - before.chunks_new;
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = new_engine(fresh_dir.path());
+    let fresh_recipe = fresh.put_bytes(&edited).unwrap();
+    let lens = |r: &[datastore::engine::ChunkRef]| r.iter().map(|c| c.len).collect::<Vec<_>>();
+    assert_eq!(lens(&recipe), lens(&fresh_recipe));
+    assert!(new_chunks <= 6, "{new_chunks} new chunks for three edits");
+    e.commit(true).unwrap();
+    assert_eq!(e.read_to_vec(&recipe).unwrap(), edited);
+}
+
 /// Up to `limit` bytes of Rust and C source text from the cargo registry
 /// sources that this build itself downloaded.
 fn source_text(limit: usize) -> Vec<u8> {

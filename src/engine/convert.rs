@@ -97,8 +97,11 @@ impl Engine {
         let mut batch = Some(Batch {
             data: Cow::Borrowed(data),
             cuts: vec![(0, data.len())],
+            fps: Vec::new(),
         });
-        let refs = self.put_batches(|| Ok(batch.take()))?;
+        self.check_poisoned()?;
+        let crypto = self.crypto()?;
+        let refs = self.put_batches(&crypto, || Ok(batch.take()))?;
         refs.into_iter()
             .next()
             .ok_or_else(|| EngineError::Config("internal: empty chunk".into()))

@@ -24,6 +24,7 @@ mod read;
 mod readers;
 mod scrub;
 pub mod stats;
+mod successors;
 mod write;
 
 use std::collections::HashMap;
@@ -142,6 +143,8 @@ pub struct Engine {
     /// while this has not moved (the dashboard polls it every 2 s).
     index_generation: AtomicU64,
     summary: Mutex<Option<(u64, IndexSummary)>>,
+    /// Which chunk followed which, to skip cutting data written again.
+    successors: successors::Successors,
     pub stats: Stats,
     _lock: File,
 }
@@ -204,6 +207,7 @@ impl Engine {
             remote: RwLock::new(None),
             index_generation: AtomicU64::new(0),
             summary: Mutex::new(None),
+            successors: Default::default(),
             stats: Stats::default(),
             _lock: lock_file,
         })

@@ -24,6 +24,7 @@ macro_rules! counters {
 counters!(
     bytes_in,
     chunks_in,
+    chunks_predicted,
     chunks_new,
     bytes_new,
     bytes_stored_payload,

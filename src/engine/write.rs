@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::chunker::{Batch, Chunker, SliceChunker};
 use super::compress;
+use super::successors::Predictor;
 use super::{io_err, lock, stats, ChunkRef, Engine, EngineError, Result};
 use crate::crypto::MIN_PAYLOAD;
 use crate::crypto::{ChunkCrypto, Fingerprint};
@@ -108,14 +109,27 @@ impl Engine {
     /// Stores a whole stream; returns its recipe. The chunks become part of
     /// the index at the next `commit`.
     pub fn put_reader<R: Read + Send>(&self, reader: R) -> Result<Vec<ChunkRef>> {
-        let mut chunker = Chunker::new(reader, &self.config);
-        self.put_batches(|| chunker.next_batch().map_err(io_err("read input stream")))
+        self.check_poisoned()?;
+        let crypto = self.crypto()?;
+        let mut chunker = Chunker::new(reader, &self.config, Some(self.predictor(&crypto)));
+        self.put_batches(&crypto, || chunker.next_batch())
     }
 
     /// Stores a byte slice (chunked in place, no copy); returns its recipe.
     pub fn put_bytes(&self, data: &[u8]) -> Result<Vec<ChunkRef>> {
-        let mut chunker = SliceChunker::new(data, &self.config);
-        self.put_batches(|| Ok(chunker.next_batch()))
+        self.check_poisoned()?;
+        let crypto = self.crypto()?;
+        let mut chunker = SliceChunker::new(data, &self.config, Some(self.predictor(&crypto)));
+        self.put_batches(&crypto, || chunker.next_batch())
+    }
+
+    /// Predicts chunks from the successor table, fingerprinted as `crypto`
+    /// fingerprints the batches they go into.
+    fn predictor<'a>(&'a self, crypto: &'a ChunkCrypto) -> Predictor<'a> {
+        Predictor {
+            successors: &self.successors,
+            fingerprinter: &crypto.fingerprinter,
+        }
     }
 
     /// Three-stage pipeline: while batch N-1's records are appended (in
@@ -123,10 +137,9 @@ impl Engine {
     /// and batch N+1 is produced by `next` (read and chunked).
     pub(super) fn put_batches<'a>(
         &self,
+        crypto: &ChunkCrypto,
         mut next: impl FnMut() -> Result<Option<Batch<'a>>> + Send,
     ) -> Result<Vec<ChunkRef>> {
-        self.check_poisoned()?;
-        let crypto = self.crypto()?;
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         let mut timed_next = || {
             let t = Instant::now();
@@ -143,7 +156,7 @@ impl Engine {
             // for it costs more than it saves (its idle workers spin on
             // cores the FUSE threads need).
             if timed_next()?.is_none() {
-                let prepared = self.prepare_batch(&crypto, first)?;
+                let prepared = self.prepare_batch(crypto, first)?;
                 return self.append_prepared(prepared);
             }
         }
@@ -158,7 +171,7 @@ impl Engine {
                         || {
                             current
                                 .as_ref()
-                                .map(|b| self.prepare_batch(&crypto, b))
+                                .map(|b| self.prepare_batch(crypto, b))
                                 .transpose()
                         },
                     )
@@ -182,7 +195,10 @@ impl Engine {
         let st = &self.stats;
         let chunk = |&(o, l): &(usize, usize)| &batch.data[o..o + l];
         let parallel = batch.data.len() >= SMALL_STREAM;
-        let fingerprint = |c: &(usize, usize)| {
+        let fingerprint = |(i, c): (usize, &(usize, usize))| {
+            if let Some(Some(fp)) = batch.fps.get(i) {
+                return Ok(*fp);
+            }
             let t = Instant::now();
             let fp = crypto.fingerprinter.fingerprint(chunk(c));
             stats::add_since(&st.ns_fingerprint, t);
@@ -192,17 +208,22 @@ impl Engine {
             batch
                 .cuts
                 .par_iter()
+                .enumerate()
                 .map(fingerprint)
                 .collect::<std::result::Result<_, _>>()?
         } else {
             batch
                 .cuts
                 .iter()
+                .enumerate()
                 .map(fingerprint)
                 .collect::<std::result::Result<_, _>>()?
         };
+        self.successors.record(&batch.data, &batch.cuts, &fps);
         stats::add(&st.bytes_in, batch.data.len() as u64);
         stats::add(&st.chunks_in, fps.len() as u64);
+        let predicted = batch.fps.iter().filter(|fp| fp.is_some()).count();
+        stats::add(&st.chunks_predicted, predicted as u64);
 
         // Which chunks are already stored (pending or indexed)?
         let t = Instant::now();
