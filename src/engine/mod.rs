@@ -235,6 +235,9 @@ impl Engine {
     /// records of its retiring generation stay readable.
     pub fn set_keys(&self, keys: Option<Arc<KeyRing>>) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        // Its fingerprints were made with the keys before, and it holds
+        // digests of plaintext: a locked engine keeps none of it.
+        self.successors.clear();
     }
 
     /// Attaches (or detaches) the bucket mirror: from then on every durable

@@ -20,7 +20,8 @@
 //!
 //! A wrong guess costs one fingerprint of its length, then the scan runs.
 //! The table is memory only, at most two generations of `GENERATION`
-//! entries (about 16 MiB); keys are 64-bit digests of a chunk's length and
+//! entries (about 13 MiB each), and is emptied whenever the engine's keys
+//! change or are dropped; keys are 64-bit digests of a chunk's length and
 //! last 32 bytes, so a collision is only a wrong guess.
 
 use std::collections::HashMap;
@@ -96,6 +97,11 @@ impl Successors {
                 .current
                 .insert(tail_key(&data[off..off + len]), successor);
         }
+    }
+
+    /// Forgets everything (the engine's keys changed or were dropped).
+    pub fn clear(&self) {
+        *self.lock() = Generations::default();
     }
 
     fn get(&self, key: u64) -> Option<Successor> {
@@ -174,5 +180,7 @@ mod tests {
         assert_eq!(hit.fp, fps[last + 1]);
         assert_eq!(hit.next_byte, data[(last + 2) * 8]);
         assert!(s.get(tail_key(&data[..8])).is_none());
+        s.clear();
+        assert!(s.get(tail_key(&data[last * 8..last * 8 + 8])).is_none());
     }
 }
