@@ -293,6 +293,18 @@ mod tests {
         fastcdc(data, cfg).map(|c| c.length).collect()
     }
 
+    /// Where each of those chunks ends.
+    fn canonical_ends(data: &[u8], cfg: &EngineConfig) -> Vec<usize> {
+        let mut end = 0;
+        let lens = canonical(data, cfg);
+        lens.iter()
+            .map(|len| {
+                end += len;
+                end
+            })
+            .collect()
+    }
+
     fn fingerprinter() -> Fingerprinter {
         Fingerprinter::new(
             keystore::Provider::DEFAULT,
@@ -388,13 +400,7 @@ mod tests {
         // elsewhere than where it was, so prediction gives way near the end.
         let cfg = EngineConfig::default();
         let original = random(3, 6 << 20);
-        let ends: Vec<usize> = canonical(&original, &cfg)
-            .iter()
-            .scan(0, |end, len| {
-                *end += len;
-                Some(*end)
-            })
-            .collect();
+        let ends = canonical_ends(&original, &cfg);
         for stream in [false, true] {
             let fingerprinter = fingerprinter();
             let successors = Successors::default();
@@ -420,13 +426,7 @@ mod tests {
         // elsewhere, and prediction must not cut it where it was.
         let cfg = EngineConfig::default();
         let original = random(2, 8 << 20);
-        let ends: Vec<usize> = canonical(&original, &cfg)
-            .iter()
-            .scan(0, |end, len| {
-                *end += len;
-                Some(*end)
-            })
-            .collect();
+        let ends = canonical_ends(&original, &cfg);
         let mut moved = 0;
         for &end in &ends[10..40] {
             let fingerprinter = fingerprinter();
