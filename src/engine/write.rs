@@ -1,7 +1,9 @@
 //! The write path: stream -> chunks -> fingerprints -> dedup -> records.
 //!
 //! Per stream, chunking runs on the caller's thread while the previous batch
-//! is fingerprinted, compressed and encrypted on the rayon pool, so
+//! is fingerprinted, compressed and encrypted on the rayon pool (chunks the
+//! successor table predicts are fingerprinted while chunking, see
+//! successors.rs; every batch's chunk order is recorded there), so
 //! independent streams on different threads never wait for each other except
 //! for the short, in-order append into the open segment.
 
