@@ -16,7 +16,7 @@ use crate::crypto::FingerprintAlg;
 pub const CONFIG_FILE: &str = "datastore.toml";
 /// 2: inode rows may hold their file's extents; 3: and their directory's
 /// entries (docs/FORMAT.md).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format this build reads (and upgrades when it writes).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 

@@ -1,5 +1,6 @@
 //! Small file-system helpers shared by the layers: atomic replace,
-//! directory fsync, and giving a file's all-zero pages back.
+//! directory fsync, giving a file's all-zero pages back, and refusing
+//! files and directories another local user owns or can write.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -88,6 +89,59 @@ pub fn punch_zero_pages(path: &Path) -> std::io::Result<u64> {
     }
     f.sync_all()?;
     Ok(punched)
+}
+
+/// Refuses what another local user could have made or could change: the
+/// file or directory must be owned by root or by this process's user, and
+/// writable by nobody else (no group or other write bit). Messages name the
+/// path and what is wrong.
+pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not by root or by you (uid {me}): refused",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others (mode {:o}): refused (chmod go-w it)",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending (created 0600), refusing a symlink and a
+/// file another user owns or could write.
+pub fn open_private_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other(format!("{} is a symbolic link: refused", path.display()))
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file: refused",
+            path.display()
+        )));
+    }
+    check_private(path, &meta).map_err(std::io::Error::other)?;
+    Ok(f)
 }
 
 #[cfg(test)]

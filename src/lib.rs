@@ -14,6 +14,17 @@ macro_rules! log_line {
     }};
 }
 
+/// `println!` that never panics: with standard output closed, or its
+/// reader gone (`datastore status | head -1`), the line is lost and the
+/// command goes on to exit with its own code.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -38,8 +38,8 @@ fn save_config_for(cli: &Cli, mode: FipsMode) -> Result<(), Failure> {
 }
 
 fn print_recovery(rk: &keystore::RecoveryKey) {
-    println!("New recovery key (the old one no longer works; shown once):");
-    println!("  {}", rk.as_str());
+    crate::say!("New recovery key (the old one no longer works; shown once):");
+    crate::say!("  {}", rk.as_str());
 }
 
 /// An unencrypted store gets a keystore (new password) and is converted.
@@ -55,7 +55,7 @@ pub fn encrypt_plain_store(cli: &Cli, mode: FipsMode, how: ConversionArgs) -> Re
         &kdf_options(),
     )?;
     save_config_for(cli, mode)?;
-    println!("Encryption on (FIPS mode {mode:?}): new data is encrypted from now on; converting the existing data.");
+    crate::say!("Encryption on (FIPS mode {mode:?}): new data is encrypted from now on; converting the existing data.");
     print_recovery(&rk);
     run(cli, &password, how)
 }
@@ -71,7 +71,7 @@ pub fn begin(cli: &Cli, mode: FipsMode, how: ConversionArgs) -> Result<(), Failu
         &kdf_options(),
     )?;
     save_config_for(cli, mode)?;
-    println!(
+    crate::say!(
         "New volume key (generation {}, FIPS mode {mode:?}): new data uses it from now on; converting the existing data.",
         ks.generation()
     );
@@ -98,17 +98,17 @@ pub fn rotate_key(cli: &Cli, how: ConversionArgs) -> Result<(), Failure> {
 /// resume it here.
 pub fn continue_conversion(cli: &Cli, how: ConversionArgs) -> Result<(), Failure> {
     if control(&cli.store, "status\n")?.is_some() {
-        println!("A conversion is already running in the mounted daemon.");
+        crate::say!("A conversion is already running in the mounted daemon.");
         if let Some(rate) = how.max_rate {
             control(&cli.store, &format!("convert-rate {rate}\n"))?;
-            println!("{}", rate_line(rate));
+            crate::say!("{}", rate_line(rate));
         }
         if !how.no_wait {
             return wait_for_daemon(cli);
         }
         return Ok(());
     }
-    println!("A conversion was interrupted; resuming it here.");
+    crate::say!("A conversion was interrupted; resuming it here.");
     let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
     offline(cli, &password, how)
 }
@@ -130,7 +130,7 @@ fn run(cli: &Cli, password: &Zeroizing<String>, how: ConversionArgs) -> Result<(
     ));
     match control(&cli.store, &request)? {
         Some(reply) => {
-            println!("Mounted daemon: {reply}.");
+            crate::say!("Mounted daemon: {reply}.");
             if how.no_wait || reply.starts_with("locked") {
                 return Ok(());
             }
@@ -199,7 +199,7 @@ fn wait_for_daemon(cli: &Cli) -> Result<(), Failure> {
 
 fn outcome(p: &Progress) -> Result<(), Failure> {
     if p.state == "done" {
-        println!("Conversion done: every chunk and metadata value is under the new key; the old key is destroyed.");
+        crate::say!("Conversion done: every chunk and metadata value is under the new key; the old key is destroyed.");
         Ok(())
     } else {
         Err(Failure::new(

@@ -30,7 +30,7 @@ pub fn run(cli: &Cli, cmd: &EncryptionCommand) -> Result<(), Failure> {
         EncryptionCommand::ShippingMode => {
             let mut ks = open_keystore(&cli.store)?;
             ks.enter_shipping_mode()?;
-            println!("Shipping mode on: no stored key can open this store; the next start needs the password.");
+            crate::say!("Shipping mode on: no stored key can open this store; the next start needs the password.");
             Ok(())
         }
     }
@@ -79,7 +79,7 @@ fn conversion_progress(store: &std::path::Path) -> Option<crate::daemon::convers
         let st: crate::daemon::status::Status = serde_json::from_str(&json).ok()?;
         return st.conversion;
     }
-    let engine = Engine::open(store, None).ok()?;
+    let engine = Engine::open_read_only(store).ok()?;
     crate::daemon::conversion::recorded_progress(&engine)
 }
 
@@ -105,10 +105,10 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
         if json {
             return print_json(&s);
         }
-        println!("Encryption:        OFF (this store is not encrypted)");
-        println!("Fingerprints:      {}", s.fingerprint);
-        println!("Metadata:          {}", s.metadata_sealing);
-        println!("Compliance:        {}", s.compliance);
+        crate::say!("Encryption:        OFF (this store is not encrypted)");
+        crate::say!("Fingerprints:      {}", s.fingerprint);
+        crate::say!("Metadata:          {}", s.metadata_sealing);
+        crate::say!("Compliance:        {}", s.compliance);
         return Ok(());
     }
     let ks = open_keystore(&cli.store)?;
@@ -224,20 +224,20 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
 }
 
 fn print_show(s: &Show) {
-    println!("Encryption:        on, {}", s.data_cipher);
-    println!("Key generation:    {}", s.keystore.generation);
+    crate::say!("Encryption:        on, {}", s.data_cipher);
+    crate::say!("Key generation:    {}", s.keystore.generation);
     if let Some(from) = &s.keystore.converting_from {
-        println!("Converting from:   {from} (its data stays readable until converted)");
+        crate::say!("Converting from:   {from} (its data stays readable until converted)");
     }
     if let Some(c) = &s.conversion {
-        println!("Conversion:        {}", c.line());
+        crate::say!("Conversion:        {}", c.line());
     }
-    println!("Fingerprints:      {}", s.fingerprint);
-    println!("Metadata:          {}", s.metadata_sealing);
-    println!("Key slots wrapped: {}", s.key_slot_wrap);
-    println!("FIPS mode:         {:?}", s.fips_mode);
+    crate::say!("Fingerprints:      {}", s.fingerprint);
+    crate::say!("Metadata:          {}", s.metadata_sealing);
+    crate::say!("Key slots wrapped: {}", s.key_slot_wrap);
+    crate::say!("FIPS mode:         {:?}", s.fips_mode);
     if let Some(m) = &s.crypto_module {
-        println!(
+        crate::say!(
             "Crypto module:     {} (FIPS mode {}; module self-tests {})",
             m.name,
             if m.fips_mode { "active" } else { "NOT active" },
@@ -249,23 +249,25 @@ fn print_show(s: &Show) {
         );
     }
     if let Some(e) = &s.module_error {
-        println!("Crypto module:     UNAVAILABLE: {e}");
+        crate::say!("Crypto module:     UNAVAILABLE: {e}");
     }
     if let Some(c) = &s.certificate {
-        println!("Certificate:       {c}");
+        crate::say!("Certificate:       {c}");
     }
     if s.fips_mode == FipsMode::Validated {
-        println!("Services (from {}):", s.services_source);
+        crate::say!("Services (from {}):", s.services_source);
         for c in &s.services {
-            println!(
+            crate::say!(
                 "  {:<42} {:>10} approved  {:>3} not approved",
-                c.service, c.approved, c.not_approved
+                c.service,
+                c.approved,
+                c.not_approved
             );
         }
     }
-    println!("Compliance:        {}", s.compliance);
-    println!("Implementation:    {}", s.crypto_implementation);
-    println!(
+    crate::say!("Compliance:        {}", s.compliance);
+    crate::say!("Implementation:    {}", s.crypto_implementation);
+    crate::say!(
         "Self-tests:        {} at {} (unix time; {} vectors)",
         if s.self_test.passed {
             "passed"
@@ -275,8 +277,8 @@ fn print_show(s: &Show) {
         s.self_test.at,
         s.self_test.results.len()
     );
-    println!("Startup mode:      {:?}", s.keystore.startup);
-    println!(
+    crate::say!("Startup mode:      {:?}", s.keystore.startup);
+    crate::say!(
         "Shipping mode:     {}",
         if s.keystore.shipping_mode {
             "on"
@@ -285,13 +287,13 @@ fn print_show(s: &Show) {
         }
     );
     if let Some(f) = &s.keystore.boot_key_file {
-        println!("Boot key file:     {f}");
+        crate::say!("Boot key file:     {f}");
     }
-    println!("Lock state:        {}", s.lock_state);
-    println!("Memory protection: {}", s.memory_protection);
-    println!("Key slots:");
+    crate::say!("Lock state:        {}", s.lock_state);
+    crate::say!("Memory protection: {}", s.memory_protection);
+    crate::say!("Key slots:");
     for slot in &s.keystore.slots {
-        println!(
+        crate::say!(
             "  #{:<3} {:<9} created {}  {}",
             slot.id,
             format!("{:?}", slot.kind).to_lowercase(),
@@ -300,7 +302,7 @@ fn print_show(s: &Show) {
         );
     }
     if s.keystore.loaded_from_backup {
-        println!("WARNING: keystore.json was unreadable; loaded from keystore.json.bak");
+        crate::say!("WARNING: keystore.json was unreadable; loaded from keystore.json.bak");
     }
 }
 
@@ -314,11 +316,11 @@ fn set_fips(cli: &Cli, mode: FipsMode, how: super::ConversionArgs) -> Result<(),
         return super::conversion::continue_conversion(cli, how);
     }
     if ks.fips_mode() == mode {
-        println!("FIPS mode is already {mode:?}.");
+        crate::say!("FIPS mode is already {mode:?}.");
         return Ok(());
     }
     if super::mount::control(&cli.store, "status\n")?.is_some()
-        || Engine::open(&cli.store, None)?.index_summary()?.chunks > 0
+        || Engine::open_read_only(&cli.store)?.index_summary()?.chunks > 0
     {
         // Data to convert (or a mount that may be writing some).
         return super::conversion::begin(cli, mode, how);
@@ -336,10 +338,10 @@ fn set_fips(cli: &Cli, mode: FipsMode, how: super::ConversionArgs) -> Result<(),
     };
     cfg.save(&cli.store)
         .map_err(|e| Failure::new(Exit::Io, format!("cannot write datastore.toml: {e}")))?;
-    println!("FIPS mode is now {mode:?}; key slots rewrapped.");
+    crate::say!("FIPS mode is now {mode:?}; key slots rewrapped.");
     if let Some(rk) = recovery {
-        println!("New recovery key (the old one no longer works; shown once):");
-        println!("  {}", rk.as_str());
+        crate::say!("New recovery key (the old one no longer works; shown once):");
+        crate::say!("  {}", rk.as_str());
     }
     Ok(())
 }
@@ -354,18 +356,18 @@ fn password(cli: &Cli, cmd: &PasswordCommand) -> Result<(), Failure> {
             let new = reader.read("New password", new_password_file.as_deref(), true)?;
             let vk = ks.unlock(current.as_bytes(), &kats)?;
             let id = ks.add_password(&vk, new.as_bytes(), &kdf_options())?;
-            println!("Added password slot #{id}.");
+            crate::say!("Added password slot #{id}.");
         }
         PasswordCommand::Change { new_password_file } => {
             let current = reader.read("Current password", cli.password_file.as_deref(), false)?;
             let new = reader.read("New password", new_password_file.as_deref(), true)?;
             ks.change_password(current.as_bytes(), new.as_bytes(), &kats, &kdf_options())?;
-            println!("Password changed; the old one no longer opens the store.");
+            crate::say!("Password changed; the old one no longer opens the store.");
         }
         PasswordCommand::Remove => {
             let pw = reader.read("Password to remove", cli.password_file.as_deref(), false)?;
             ks.remove_password(pw.as_bytes(), &kats)?;
-            println!("Password slot removed.");
+            crate::say!("Password slot removed.");
         }
     }
     Ok(())
@@ -376,7 +378,7 @@ fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
     match mode {
         StartupArg::Locked => {
             ks.set_startup(StartupMode::Locked, None)?;
-            println!(
+            crate::say!(
                 "Startup mode locked: the boot key was destroyed; every start needs the password."
             );
         }
@@ -384,7 +386,7 @@ fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
             let pw = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
             let vk = ks.unlock(pw.as_bytes(), &KatSet::embedded())?;
             ks.set_startup(StartupMode::Unlocked, Some(&vk))?;
-            println!(
+            crate::say!(
                 "Startup mode unlocked: boot key in {}.",
                 ks.info().boot_key_file.unwrap_or_default()
             );
@@ -434,7 +436,7 @@ struct Scan {
 /// `encryption scan`: what every record and metadata value is under.
 fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
-    let engine = Engine::open(&cli.store, None)?;
+    let engine = Engine::open_read_only(&cli.store)?;
     let records = engine.scan_generations()?;
     let segments = engine.walk_generations()?;
     let metadata = crate::volume::count_sealed_in(&engine.meta().database())
@@ -451,7 +453,7 @@ fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
         return print_json(&s);
     }
     for c in &s.records.by_generation {
-        println!(
+        crate::say!(
             "records  {:<22} {:>10} live {:>10} dead",
             c.generation.to_string(),
             c.live,
@@ -459,29 +461,29 @@ fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
         );
     }
     for (g, n) in &s.segments.records_by_generation {
-        println!(
+        crate::say!(
             "segments {:<22} {:>10} records (every record in the files, indexed or not)",
             g.to_string(),
             n
         );
     }
     if s.segments.segments_not_local > 0 {
-        println!(
+        crate::say!(
             "segments not local (in the bucket only): {}",
             s.segments.segments_not_local
         );
     }
     for (g, n) in &s.metadata {
-        println!("metadata {g:<22} {n:>10} values");
+        crate::say!("metadata {g:<22} {n:>10} values");
     }
     if s.segments.damaged > 0 {
-        println!(
+        crate::say!(
             "damaged spans in segments: {} (run `datastore scrub`)",
             s.segments.damaged
         );
     }
     if s.records.unreadable > 0 {
-        println!(
+        crate::say!(
             "unreadable records: {} (run `datastore scrub`)",
             s.records.unreadable
         );

@@ -4,6 +4,7 @@
 use keystore::KeystoreError;
 
 use crate::engine::EngineError;
+use crate::meta::MetaError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -65,7 +66,8 @@ impl From<EngineError> for Failure {
             EngineError::Config(_) => Exit::NotAStore,
             EngineError::Integrity { .. } | EngineError::NotFound(_) => Exit::Damaged,
             EngineError::Key(k) => keystore_code(k),
-            EngineError::Meta(_) | EngineError::Poisoned => Exit::Error,
+            EngineError::Meta(MetaError::Missing(_) | MetaError::Corrupt { .. }) => Exit::Damaged,
+            EngineError::Meta(_) | EngineError::Poisoned | EngineError::ReadOnly => Exit::Error,
             EngineError::Remote(_) => Exit::Io,
         };
         Failure::new(code, e.to_string())

@@ -49,7 +49,7 @@ pub fn import(src: &Path, dest: &Path) -> Result<(), Failure> {
     }
     let request = format!("import\n{}\n{}\n", src.display(), dest.display());
     let r = control(&store, &request)?.ok_or_else(|| no_daemon(&store))?;
-    println!("{}.", capitalised(&r));
+    crate::say!("{}.", capitalised(&r));
     Ok(())
 }
 

@@ -9,17 +9,20 @@ use crate::engine::Engine;
 
 pub fn scrub(cli: &Cli, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
-    let engine = Engine::open(&cli.store, None)?;
+    let engine = Engine::open_read_only(&cli.store)?;
     let r = engine.scrub()?;
     if json {
         print_json(&r)?;
     } else {
-        println!(
+        crate::say!(
             "Scrubbed {} segments, {} records, {} bytes; {} index entries checked.",
-            r.segments, r.records, r.bytes, r.index_entries_checked
+            r.segments,
+            r.records,
+            r.bytes,
+            r.index_entries_checked
         );
         for b in &r.bad {
-            println!(
+            crate::say!(
                 "BAD segment {:016x} offset {} chunk {}: {}",
                 b.segment,
                 b.offset,
@@ -68,12 +71,12 @@ pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {
             metadata_bytes_after: metadata.map(|m| m.1),
         });
     }
-    println!(
+    crate::say!(
         "Compacted {} segments: moved {} records ({} bytes), removed {} dead chunks; segments {} -> {} bytes.",
         r.segments_compacted, r.records_moved, r.bytes_moved, r.dead_chunks_removed, r.bytes_before, r.bytes_after
     );
     if let Some((before, after)) = metadata {
-        println!("Compacted the metadata database: {before} -> {after} bytes.");
+        crate::say!("Compacted the metadata database: {before} -> {after} bytes.");
     }
     Ok(())
 }

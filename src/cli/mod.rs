@@ -335,6 +335,6 @@ pub fn run(cli: Cli) -> i32 {
 pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
     let s =
         serde_json::to_string_pretty(v).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
-    println!("{s}");
+    crate::say!("{s}");
     Ok(())
 }

@@ -99,9 +99,10 @@ pub fn mount(
             format!("mount point {} is not a directory", mountpoint.display()),
         ));
     }
+    check_mountpoint_apart(mountpoint, &cli.store)?;
     if !cli.store.join(crate::config::CONFIG_FILE).exists() && !password_stdin {
         // First use of the store: create it (password prompt), then mount.
-        println!("No store at {}: creating it.", cli.store.display());
+        crate::say!("No store at {}: creating it.", cli.store.display());
         super::store::init(cli, super::FipsArg::Disabled, None)?;
     }
     load_config(&cli.store)?;
@@ -121,7 +122,7 @@ pub fn mount(
     };
     if foreground {
         return daemon::serve(&cli.store, mountpoint, password, http_options, |locked| {
-            println!("ready{}", if locked { " locked" } else { "" });
+            crate::say!("ready{}", if locked { " locked" } else { "" });
             let _ = std::io::stdout().flush();
         })
         .map_err(daemon_failure);
@@ -130,11 +131,12 @@ pub fn mount(
     // until it says the mount is ready (or fails).
     let exe = std::env::current_exe().map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
     let log_path = cli.store.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Failure::new(Exit::Io, format!("cannot open {}: {e}", log_path.display())))?;
+    let log = crate::fsutil::open_private_log(&log_path).map_err(|e| {
+        Failure::new(
+            Exit::Refused,
+            format!("cannot open {}: {e}", log_path.display()),
+        )
+    })?;
     let mut cmd = Command::new(exe);
     cmd.arg("--store")
         .arg(&cli.store)
@@ -151,10 +153,14 @@ pub fn mount(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log);
-    // SAFETY: setsid in the child before exec detaches it from our session.
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid
+    // detaches the child from our session; close_range closes every
+    // descriptor the caller let us inherit (a pipe a script waits on must
+    // see EOF when we exit, not when the daemon does).
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }
@@ -174,7 +180,7 @@ pub fn mount(
     let _ = out.read_line(&mut first);
     if first.starts_with("ready") {
         let locked = first.contains("locked");
-        println!(
+        crate::say!(
             "Mounted {} at {}{}.",
             cli.store.display(),
             mountpoint.display(),
@@ -205,10 +211,32 @@ pub fn mount(
         Some(6) => Exit::SelfTest,
         Some(7) => Exit::Io,
         Some(9) => Exit::InUse,
+        Some(10) => Exit::Damaged,
         Some(2) => Exit::Usage,
         _ => Exit::Error,
     };
     Err(Failure::new(code, last))
+}
+
+/// The mount point may be neither inside the store nor the store or one of
+/// its ancestors: the mount would hide the store from its own daemon.
+fn check_mountpoint_apart(mountpoint: &Path, store: &Path) -> Result<(), Failure> {
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    };
+    let (mnt, store_abs) = (abs(mountpoint), abs(store));
+    if mnt.starts_with(&store_abs) || store_abs.starts_with(&mnt) {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "mount point {} and store {} overlap: mount elsewhere",
+                mountpoint.display(),
+                store.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Sends one request to the store's daemon; None when no daemon runs.
@@ -216,8 +244,18 @@ pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Fai
     let path = store.join(SOCKET);
     let mut s = match UnixStream::connect(&path) {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Failure::new(
+                Exit::Refused,
+                format!(
+                    "{}: permission denied (the control socket is root-only)",
+                    path.display()
+                ),
+            ))
+        }
         Err(_) => return Ok(None),
     };
+    check_peer(&s, &path)?;
     s.write_all(request.as_bytes())
         .map_err(|e| Failure::new(Exit::Io, format!("control socket: {e}")))?;
     let mut reply = String::new();
@@ -245,6 +283,42 @@ pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Fai
     Err(Failure::new(code, msg.to_string()))
 }
 
+/// The process at the other end of the control socket must run as root
+/// or as us: anyone else listening there could be waiting for a password.
+fn check_peer(s: &UnixStream, path: &Path) -> Result<(), Failure> {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if rc != 0 || (cred.uid != 0 && cred.uid != me) {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!(
+                "{} is served by uid {} (pid {}), not by root: refused, nothing was sent",
+                path.display(),
+                cred.uid,
+                cred.pid
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn no_daemon(store: &Path) -> Failure {
     Failure::new(
         Exit::NotAStore,
@@ -263,14 +337,14 @@ pub fn unlock(cli: &Cli) -> Result<(), Failure> {
     let pw = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
     let request = Zeroizing::new(format!("unlock\n{}\n", pw.as_str()));
     let r = control(&cli.store, &request)?.ok_or_else(|| no_daemon(&cli.store))?;
-    println!("Store {r}.");
+    crate::say!("Store {r}.");
     Ok(())
 }
 
 pub fn lock(cli: &Cli) -> Result<(), Failure> {
     load_config(&cli.store)?;
     let r = control(&cli.store, "lock\n")?.ok_or_else(|| no_daemon(&cli.store))?;
-    println!("Store {r}.");
+    crate::say!("Store {r}.");
     Ok(())
 }
 
@@ -320,7 +394,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
         // released the store, so a mount right after this one succeeds.
         for _ in 0..600 {
             if store_of_mount(mountpoint).is_none() && store_is_free(&store) {
-                println!("Unmounted {}.", mountpoint.display());
+                crate::say!("Unmounted {}.", mountpoint.display());
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -343,7 +417,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
             ),
         ));
     }
-    println!("Unmounted {} (no daemon answered).", mountpoint.display());
+    crate::say!("Unmounted {} (no daemon answered).", mountpoint.display());
     Ok(())
 }
 
@@ -354,38 +428,38 @@ pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
             serde_json::from_str(&j).map_err(|e| Failure::new(Exit::Error, e.to_string()))?
         }
         None => {
-            let engine = Engine::open(&cli.store, None)?;
+            let engine = Engine::open_read_only(&cli.store)?;
             status::collect(&engine, None, true)?
         }
     };
     if json {
         return print_json(&st);
     }
-    println!(
+    crate::say!(
         "Mounted:         {}",
         st.mountpoint.as_deref().unwrap_or("no")
     );
-    println!(
+    crate::say!(
         "Lock state:      {}",
         if st.locked { "locked" } else { "unlocked" }
     );
-    println!("Logical bytes:   {}", st.logical_bytes);
-    println!("Physical bytes:  {}", st.physical_bytes);
-    println!("Dedup ratio:     {:.2}x", st.dedup_ratio);
-    println!("Compression:     {:.2}x", st.compression_ratio);
-    println!("Data reduction:  {:.2}x", st.total_reduction);
-    println!("Chunks:          {}", st.chunks);
-    println!("Segments:        {}", st.segments);
-    println!("Encryption:      {}", st.encryption);
+    crate::say!("Logical bytes:   {}", st.logical_bytes);
+    crate::say!("Physical bytes:  {}", st.physical_bytes);
+    crate::say!("Dedup ratio:     {:.2}x", st.dedup_ratio);
+    crate::say!("Compression:     {:.2}x", st.compression_ratio);
+    crate::say!("Data reduction:  {:.2}x", st.total_reduction);
+    crate::say!("Chunks:          {}", st.chunks);
+    crate::say!("Segments:        {}", st.segments);
+    crate::say!("Encryption:      {}", st.encryption);
     if let Some(why) = &st.writes_stopped {
-        println!("Writes stopped:  {why}; committed files stay readable; unmount and mount again to resume");
+        crate::say!("Writes stopped:  {why}; committed files stay readable; unmount and mount again to resume");
     }
     if let Some(c) = &st.conversion {
-        println!("Conversion:      {}", c.line());
+        crate::say!("Conversion:      {}", c.line());
     }
     if let Some(r) = &st.remote {
-        println!("Remote:          {} at {}", r.url, r.endpoint);
-        println!(
+        crate::say!("Remote:          {} at {}", r.url, r.endpoint);
+        crate::say!(
             "Remote backlog:  {} bytes not yet in the bucket; checkpoint {}{}",
             r.backlog_bytes,
             r.checkpoint,

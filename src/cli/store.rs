@@ -37,6 +37,16 @@ pub fn load_config(store: &Path) -> Result<StoreConfig, Failure> {
             format!("{} is not a directory", store.display()),
         ));
     }
+    check_store_dir(store)?;
+    match std::fs::metadata(store.join(CONFIG_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Failure::new(
+                Exit::Refused,
+                format!("{}: permission denied (run as root)", store.display()),
+            ))
+        }
+        _ => {}
+    }
     if !store.join(CONFIG_FILE).exists() {
         return Err(Failure::new(
             Exit::NotAStore,
@@ -47,6 +57,15 @@ pub fn load_config(store: &Path) -> Result<StoreConfig, Failure> {
         ));
     }
     StoreConfig::load(store).map_err(|m| Failure::new(Exit::NotAStore, m))
+}
+
+/// A store directory another local user made or can write is refused: that
+/// user could replace the control socket (and receive the password) or the
+/// log (and have root append to any file).
+pub fn check_store_dir(store: &Path) -> Result<(), Failure> {
+    let meta = std::fs::metadata(store)
+        .map_err(|e| Failure::new(Exit::Io, format!("{}: {e}", store.display())))?;
+    crate::fsutil::check_private(store, &meta).map_err(|m| Failure::new(Exit::Refused, m))
 }
 
 pub fn open_keystore(store: &Path) -> Result<Keystore, Failure> {
@@ -69,8 +88,7 @@ pub fn init(cli: &Cli, fips: FipsArg, remote: Option<RemoteConfig>) -> Result<()
     let mut id = [0u8; 16];
     provider.fill_random(&mut id)?;
     let store_id = hex::encode(id);
-    std::fs::create_dir_all(store)
-        .map_err(|e| Failure::new(Exit::Io, format!("cannot create {}: {e}", store.display())))?;
+    create_store_dir(store)?;
     let (_ks, _vk, recovery) = Keystore::create(
         store,
         &store_id,
@@ -103,15 +121,15 @@ pub fn init(cli: &Cli, fips: FipsArg, remote: Option<RemoteConfig>) -> Result<()
         cfg.save(store)
             .map_err(|e| Failure::new(Exit::Io, format!("cannot write datastore.toml: {e}")))?;
     }
-    println!("Created store {} (id {store_id}).", store.display());
+    crate::say!("Created store {} (id {store_id}).", store.display());
     if let Some(r) = &remote {
-        println!(
+        crate::say!(
             "Mirrored to {} (write-through from the first mount).",
             r.config().url
         );
     }
-    println!("Recovery key (shown once; keep it offline, it opens the store like a password):");
-    println!("  {}", recovery.as_str());
+    crate::say!("Recovery key (shown once; keep it offline, it opens the store like a password):");
+    crate::say!("  {}", recovery.as_str());
     Ok(())
 }
 
@@ -123,17 +141,18 @@ pub fn init_unencrypted(cli: &Cli) -> Result<(), Failure> {
     let mut id = [0u8; 16];
     Provider::DEFAULT.fill_random(&mut id)?;
     let store_id = hex::encode(id);
+    create_store_dir(store)?;
     let engine = EngineConfig {
         fingerprint: FingerprintAlg::Blake3,
         cipher: "none".into(),
         ..EngineConfig::default()
     };
     Engine::create(store, &store_id, &engine)?;
-    println!(
+    crate::say!(
         "Created store {} (id {store_id}), NOT encrypted: file data, names and metadata are stored in the clear.",
         store.display()
     );
-    println!("Encrypt it later, online: datastore encryption set --fips-mode validated");
+    crate::say!("Encrypt it later, online: datastore encryption set --fips-mode validated");
     Ok(())
 }
 
@@ -161,8 +180,7 @@ pub fn attach(cli: &Cli, remote: Option<RemoteConfig>) -> Result<(), Failure> {
     };
     check_new_store_dir(store)?;
     let password = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
-    std::fs::create_dir_all(store)
-        .map_err(|e| Failure::new(Exit::Io, format!("cannot create {}: {e}", store.display())))?;
+    create_store_dir(store)?;
     if let Err(e) = crate::remote::sync::attach(&cfg, store, &boot_key_dir(), password.as_bytes()) {
         // Leave no half-restored store behind (nothing was there before).
         for sub in ["keystore", "meta", "segments", CONFIG_FILE] {
@@ -175,8 +193,21 @@ pub fn attach(cli: &Cli, remote: Option<RemoteConfig>) -> Result<(), Failure> {
             other => Failure::new(Exit::Io, other.to_string()),
         });
     }
-    println!("Attached {} from {}.", store.display(), cfg.url);
+    crate::say!("Attached {} from {}.", store.display(), cfg.url);
     Ok(())
+}
+
+/// Creates the store directory (0700; an existing one is checked).
+fn create_store_dir(store: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    if store.exists() {
+        return check_store_dir(store);
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(store)
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot create {}: {e}", store.display())))
 }
 
 /// A path `init` or `attach` may create a store in: absent or an empty

@@ -69,6 +69,7 @@ impl Engine {
                 ..Default::default()
             };
             let mut w = lock(&self.writer);
+            let w = super::writable(&mut w)?;
             w.force_roll()
                 .map_err(|e| self.poison(io_err("roll segment")(e)))?;
             let open_id = w.id();
@@ -112,7 +113,8 @@ impl Engine {
             let gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
             self.commit(true)?;
             let commit_lock = lock(&self.commit_lock);
-            let mut w = lock(&self.writer);
+            let mut writer = lock(&self.writer);
+            let w = super::writable(&mut writer)?;
             let view = self.meta.read()?;
             let mut moves: Vec<(Fingerprint, u64, u64)> = Vec::new();
             let mut dead: Vec<Fingerprint> = Vec::new();
@@ -184,7 +186,7 @@ impl Engine {
             // The index no longer names the segment, and requests look it
             // up behind the gate: the file goes without holding anyone up
             // (unlinking can be slow, e.g. with online discard).
-            drop((w, commit_lock, gate));
+            drop((writer, commit_lock, gate));
             if !drop_ids.is_empty() {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}

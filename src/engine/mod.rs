@@ -7,8 +7,14 @@
 //! - Only one process opens a store (an exclusive flock on `<store>/lock`).
 //! - A chunk enters the durable index only after its record bytes were
 //!   fdatasync'ed (`commit(true)` syncs segments, then commits the index).
-//! - At open, segment bytes past their committed length and segment files
-//!   without a row are removed: they belong to no committed chunk.
+//! - At open (read-write), segment bytes past their committed length are
+//!   cut: they belong to no committed chunk. A segment file without a row
+//!   is never deleted unless it holds no record (the index may be the part
+//!   that is damaged or old); a missing database is never recreated for a
+//!   store that holds records.
+//! - A read-only open (`open_read_only`) writes nothing under the store:
+//!   no segment is created, nothing is cut, the database is read through
+//!   `meta::OpenMode::ReadOnly`, and writes fail with `ReadOnly`.
 //! - Any failed write to a segment or the index poisons the engine: it
 //!   refuses further writes, and reads of chunks not yet committed, until
 //!   reopened, and reopening restores exactly the last durable commit (fail
@@ -36,7 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{EngineConfig, StoreConfig};
 use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
-use crate::meta::{ChunkChange, Meta, MetaError, NewRecord};
+use crate::meta::{ChunkChange, Meta, MetaError, NewRecord, OpenMode};
 use crate::store::segment::{self, SegmentWriter};
 use readers::{ReaderCache, SegmentReaders};
 
@@ -74,6 +80,8 @@ pub enum EngineError {
     Locked,
     #[error("store {0} is in use by another process")]
     InUse(PathBuf),
+    #[error("the store was opened read-only")]
+    ReadOnly,
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -128,7 +136,8 @@ pub struct Engine {
     config: EngineConfig,
     keys: RwLock<Option<Arc<KeyRing>>>,
     meta: Meta,
-    writer: Mutex<SegmentWriter>,
+    /// None: opened read-only.
+    writer: Mutex<Option<SegmentWriter>>,
     pending: Mutex<Pending>,
     commit_lock: Mutex<()>,
     gc_gate: RwLock<()>,
@@ -164,33 +173,42 @@ impl Engine {
             std::fs::create_dir_all(store.join(d))
                 .map_err(io_err(format!("create {}", store.join(d).display())))?;
         }
+        Meta::create(&index_path(store))?;
         StoreConfig::new(store_id.to_string(), config.clone())
             .save(store)
             .map_err(io_err("write datastore.toml"))?;
         Ok(())
     }
 
-    /// Opens a store; `crypto` is None for a locked store (scrub of headers
-    /// and CRCs works, data does not).
+    /// Opens a store for reading and writing; `crypto` is None for a
+    /// locked store (scrub of headers and CRCs works, data does not).
     pub fn open(store: &Path, crypto: Option<Arc<ChunkCrypto>>) -> Result<Self> {
+        Self::open_in(store, crypto, OpenMode::ReadWrite)
+    }
+
+    /// Opens a store to look at it: nothing under `store` changes (see
+    /// the module comment); works on read-only media and beside another
+    /// read-only open, not beside a read-write one.
+    pub fn open_read_only(store: &Path) -> Result<Self> {
+        Self::open_in(store, None, OpenMode::ReadOnly)
+    }
+
+    fn open_in(store: &Path, crypto: Option<Arc<ChunkCrypto>>, mode: OpenMode) -> Result<Self> {
         let cfg = StoreConfig::load(store).map_err(EngineError::Config)?;
         let config = cfg.engine;
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(store.join("lock"))
-            .map_err(io_err("open store lock file"))?;
-        // SAFETY: flock on a valid fd.
-        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(EngineError::InUse(store.to_path_buf()));
-        }
+        let lock_file = lock_store(store, mode)?;
         let segments_dir = store.join("segments");
-        let meta = Meta::open(&store.join("meta").join("index.redb"))?;
-        let next_id = recover_segments(&segments_dir, &meta)?;
-        let writer = SegmentWriter::create(&segments_dir, next_id, config.segment_size)
-            .map_err(io_err("create segment"))?;
-        crate::fsutil::sync_dir(&segments_dir).map_err(io_err("sync segments dir"))?;
+        let meta = open_meta(store, &segments_dir, mode)?;
+        let writer = match mode {
+            OpenMode::ReadOnly => None,
+            OpenMode::ReadWrite => {
+                let next_id = recover_segments(&segments_dir, &meta)?;
+                let w = SegmentWriter::create(&segments_dir, next_id, config.segment_size)
+                    .map_err(io_err("create segment"))?;
+                crate::fsutil::sync_dir(&segments_dir).map_err(io_err("sync segments dir"))?;
+                Some(w)
+            }
+        };
         Ok(Engine {
             store: store.to_path_buf(),
             segments_dir,
@@ -211,6 +229,11 @@ impl Engine {
             stats: Stats::default(),
             _lock: lock_file,
         })
+    }
+
+    /// Opened with `open_read_only`: nothing under the store changes.
+    pub fn is_read_only(&self) -> bool {
+        lock(&self.writer).is_none()
     }
 
     pub fn meta(&self) -> &Meta {
@@ -320,7 +343,7 @@ impl Engine {
         let (view, batch) = {
             let mut w = lock(&self.writer);
             let mut p = lock(&self.pending);
-            let view = w
+            let view = writable(&mut w)?
                 .prepare_commit(durable)
                 .map_err(|e| self.poison(io_err("write segment")(e)))?;
             let batch = Arc::new(std::mem::take(&mut p.current));
@@ -433,7 +456,7 @@ impl Engine {
 
     /// The segment new records are appended to (never evicted).
     pub fn active_segment(&self) -> u64 {
-        lock(&self.writer).id()
+        lock(&self.writer).as_ref().map_or(0, |w| w.id())
     }
 
     /// Drops the cached read handle of a segment (before its file goes).
@@ -459,39 +482,113 @@ impl Engine {
     }
 }
 
-/// Brings segment files in line with the last durable commit: deletes files
-/// without a row, cuts bytes past the committed length. Returns the next
-/// free segment id.
+/// The open segment's writer, or `ReadOnly`.
+pub(crate) fn writable(w: &mut Option<SegmentWriter>) -> Result<&mut SegmentWriter> {
+    w.as_mut().ok_or(EngineError::ReadOnly)
+}
+
+pub fn index_path(store: &Path) -> PathBuf {
+    store.join("meta").join("index.redb")
+}
+
+/// Takes the store's lock: exclusive for a read-write open, shared for a
+/// read-only one (which, on read-only media without a lock file, needs
+/// none: nothing can write there).
+fn lock_store(store: &Path, mode: OpenMode) -> Result<File> {
+    let path = store.join("lock");
+    let (file, how) = match mode {
+        OpenMode::ReadWrite => (
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path),
+            libc::LOCK_EX,
+        ),
+        OpenMode::ReadOnly => match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (File::open(store.join("datastore.toml")), libc::LOCK_SH)
+            }
+            other => (other, libc::LOCK_SH),
+        },
+    };
+    let file = file.map_err(io_err("open store lock file"))?;
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
+        return Err(EngineError::InUse(store.to_path_buf()));
+    }
+    Ok(file)
+}
+
+/// Opens the metadata database. Only a store without a single record may
+/// get a new one in place of a missing or empty file (a store made by a
+/// build that created it at first mount); otherwise that is `Missing`.
+fn open_meta(store: &Path, segments_dir: &Path, mode: OpenMode) -> Result<Meta> {
+    let path = index_path(store);
+    match Meta::open(&path, mode) {
+        Err(MetaError::Missing(p))
+            if mode == OpenMode::ReadWrite && holds_no_record(segments_dir)? =>
+        {
+            Meta::create(&p)?;
+            Ok(Meta::open(&p, mode)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// True when no segment file holds more than its header.
+fn holds_no_record(dir: &Path) -> Result<bool> {
+    for (_, path) in
+        segment::list_segments(dir).map_err(io_err(format!("list {}", dir.display())))?
+    {
+        let len = std::fs::metadata(&path)
+            .map_err(io_err(format!("stat {}", path.display())))?
+            .len();
+        if len > segment::SEGMENT_HEADER_LEN {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Brings segment files in line with the last durable commit: cuts bytes
+/// past the committed length, removes files that hold no record (with
+/// their rows), keeps files without a row that hold records (reported).
+/// Returns the next free segment id.
 fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     let rows: HashMap<u64, (u64, u64)> = meta
         .segments()?
         .into_iter()
         .map(|(id, c, l)| (id, (c, l)))
         .collect();
+    let retired: std::collections::HashSet<u64> = meta.retired_segments()?.into_iter().collect();
     let files = segment::list_segments(dir).map_err(io_err(format!("list {}", dir.display())))?;
-    let mut next = rows.keys().max().map_or(1, |m| m + 1);
+    let mut next = rows.keys().chain(&retired).max().map_or(1, |m| m + 1);
     let mut present = std::collections::HashSet::new();
     for (id, path) in files {
         next = next.max(id + 1);
+        let len = std::fs::metadata(&path)
+            .map_err(io_err(format!("stat {}", path.display())))?
+            .len();
+        let holds_records = len > segment::SEGMENT_HEADER_LEN;
         match rows.get(&id) {
+            // GC moved every record out and committed that: it knows.
+            None if retired.contains(&id) => std::fs::remove_file(&path)
+                .map_err(io_err(format!("remove compacted {}", path.display())))?,
+            None if holds_records => crate::log_line!(
+                "datastore: {} is not in the index ({len} bytes): left in place",
+                path.display()
+            ),
             None => std::fs::remove_file(&path)
-                .map_err(io_err(format!("remove uncommitted {}", path.display())))?,
+                .map_err(io_err(format!("remove empty {}", path.display())))?,
+            Some(&(committed, live)) if live == 0 && committed <= segment::SEGMENT_HEADER_LEN => {
+                std::fs::remove_file(&path)
+                    .map_err(io_err(format!("remove empty {}", path.display())))?;
+            }
             Some(&(committed, _)) => {
                 present.insert(id);
-                let len = std::fs::metadata(&path)
-                    .map_err(io_err(format!("stat {}", path.display())))?
-                    .len();
                 if len > committed {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io_err(format!("open {}", path.display())))?;
-                    f.set_len(committed)
-                        .and_then(|_| f.sync_all())
-                        .map_err(io_err(format!(
-                            "cut uncommitted tail of {}",
-                            path.display()
-                        )))?;
+                    cut_uncommitted_tail(&path, committed)?;
                 }
                 // A file shorter than committed is damage: scrub reports it.
             }
@@ -502,11 +599,25 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
         .filter(|(id, (_, live))| !present.contains(*id) && *live == 0)
         .map(|(id, _)| *id)
         .collect();
-    if !gone.is_empty() {
-        meta.forget_segments(&gone)?;
+    let retired: Vec<u64> = retired.into_iter().collect();
+    if !gone.is_empty() || !retired.is_empty() {
+        meta.forget_segments(&gone, &retired)?;
     }
     crate::fsutil::sync_dir(dir).map_err(io_err("sync segments dir"))?;
     Ok(next)
+}
+
+fn cut_uncommitted_tail(path: &Path, committed: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    f.set_len(committed)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(format!(
+            "cut uncommitted tail of {}",
+            path.display()
+        )))
 }
 
 impl Engine {

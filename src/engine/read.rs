@@ -219,7 +219,7 @@ impl Engine {
             // After a failed write the segment's tail is suspect and is
             // never written again: only committed chunks are served.
             self.check_poisoned()?;
-            lock(&self.writer)
+            super::writable(&mut lock(&self.writer))?
                 .flush_through(r.segment, r.offset + r.record_len as u64)
                 .map_err(|e| self.poison(io_err("write segment")(e)))?;
             return Ok(IndexEntry {

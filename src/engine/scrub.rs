@@ -38,7 +38,9 @@ impl ScrubReport {
 
 impl Engine {
     pub fn scrub(&self) -> Result<ScrubReport> {
-        self.commit(false)?;
+        if !self.is_read_only() {
+            self.commit(false)?;
+        }
         let crypto = self.keys().ok();
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         let mut report = ScrubReport {

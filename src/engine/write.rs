@@ -280,7 +280,8 @@ impl Engine {
         // new records to `pending`, so a chunk found absent below cannot be
         // added by anyone else before we insert it. The pending lock is
         // taken per chunk, never across a segment write.
-        let mut w = lock(&self.writer);
+        let mut writer = lock(&self.writer);
+        let w = super::writable(&mut writer)?;
         for (i, fp) in fps.iter().enumerate() {
             let record = match records.last() {
                 Some((j, _)) if *j == i => records.pop().map(|(_, r)| r),
@@ -332,7 +333,7 @@ impl Engine {
             stats::add(&st.bytes_new, plain_len as u64);
             stats::add(&st.bytes_records_written, record.len() as u64);
         }
-        drop(w);
+        drop(writer);
         stats::add_since(&st.ns_append, t);
         Ok(fps
             .iter()

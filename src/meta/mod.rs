@@ -3,6 +3,7 @@
 //! Owns the chunk index and the segment table:
 //! - `chunks`:   fingerprint -> (segment, offset, record_len, plain_len, refcount)
 //! - `segments`: segment id  -> (committed_len, live_bytes)
+//! - `retired_segments`: ids of segments GC emptied (file maybe not yet gone)
 //!
 //! Invariants (kept by `apply_commit` and `apply_relocation`, the only
 //! writers):
@@ -12,6 +13,8 @@
 //!   with refcount > 0;
 //! - entries with refcount 0 stay until GC removes them (so a concurrent
 //!   writer that deduplicated against one can revive it safely).
+
+mod read_only;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -25,6 +28,10 @@ const CACHE_BYTES: usize = 64 << 20;
 
 const CHUNKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("chunks");
 const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
+/// Segments GC emptied whose file may still exist (a crash between GC's
+/// commit and the unlink): id -> (). The one positive proof that a segment
+/// file without a row holds nothing anyone needs.
+const RETIRED: TableDefinition<u64, ()> = TableDefinition::new("retired_segments");
 /// Remote mirror: (segment id, start offset) -> (end offset, pack object id).
 const REMOTE_PACKS: TableDefinition<(u64, u64), (u64, [u8; 16])> =
     TableDefinition::new("remote_packs");
@@ -42,6 +49,12 @@ pub struct PackRow {
 pub enum MetaError {
     #[error("metadata database: {0}")]
     Db(String),
+    /// The file of a store that holds data is gone or empty: nothing was
+    /// created in its place and no segment was touched.
+    #[error("metadata database {0} is missing or empty; the segment files were left untouched (put back a copy of it, or see `datastore repair --help`)")]
+    Missing(PathBuf),
+    #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (put back a copy of it, or see `datastore repair --help`)")]
+    Corrupt { path: PathBuf, why: String },
 }
 
 macro_rules! db_err {
@@ -123,12 +136,78 @@ pub struct Meta {
     db: RwLock<Arc<Database>>,
 }
 
-fn open_db(path: &Path) -> Result<Database, MetaError> {
+fn builder() -> redb::Builder {
     // redb's default page cache is 1 GiB; the daemon's memory budget is far
     // smaller (the index and metadata pages it reads are hot).
-    Ok(Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)?)
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
+/// A new, empty database file (a store being created, or a fresh copy).
+fn create_db(path: &Path) -> Result<Database, MetaError> {
+    Ok(builder().create(path)?)
+}
+
+/// How a store's existing database is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Reads and writes (the mounted daemon, gc, conversions).
+    ReadWrite,
+    /// Nothing reaches the file (status, scrub, show, scan): writes redb
+    /// makes while opening stay in memory.
+    ReadOnly,
+}
+
+/// Opens an existing database; a missing, empty or damaged file is an
+/// error, never replaced. redb panics on some damage: that is caught and
+/// reported as corruption too.
+fn open_existing(path: &Path, mode: OpenMode) -> Result<Database, MetaError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > 0 => {}
+        Ok(_) => return Err(MetaError::Missing(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(MetaError::Missing(path.to_path_buf()))
+        }
+        Err(e) => return Err(MetaError::Db(format!("{}: {e}", path.display()))),
+    }
+    let corrupt = |why: String| MetaError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    };
+    // redb asserts on some damage; its panic is reported as corruption, so
+    // the default hook's message (and backtrace) is kept off stderr while
+    // it opens (this runs at startup, before other threads could panic).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| match mode {
+        OpenMode::ReadWrite => builder().open(path),
+        OpenMode::ReadOnly => builder().create_with_backend(read_only::ReadOnlyFile::open(path)?),
+    });
+    std::panic::set_hook(hook);
+    let opened = opened.map_err(|p| corrupt(panic_text(&p)))?;
+    match opened {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(why))) => Err(corrupt(why)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+                || e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(corrupt(e.to_string()))
+        }
+        Err(redb::DatabaseError::UpgradeRequired(v)) => {
+            Err(corrupt(format!("unknown file format version {v}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a caught panic said.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "redb panicked".into())
 }
 
 fn fresh_path(path: &Path) -> PathBuf {
@@ -202,21 +281,41 @@ impl MetaRead {
 }
 
 impl Meta {
-    pub fn open(path: &Path) -> Result<Self, MetaError> {
-        // A fresh copy that never replaced the database: a crash hit
-        // `rewrite_fresh` before its rename.
-        let _ = std::fs::remove_file(fresh_path(path));
-        let db = open_db(path)?;
+    /// Creates the database of a new store (refuses an existing one).
+    pub fn create(path: &Path) -> Result<(), MetaError> {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            return Err(MetaError::Db(format!("{} already exists", path.display())));
+        }
+        let db = create_db(path)?;
+        Self::ensure_tables(&db)?;
+        Ok(())
+    }
+
+    /// Opens the database of an existing store: it must be there (see
+    /// `open_existing`).
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Self, MetaError> {
+        if mode == OpenMode::ReadWrite {
+            // A fresh copy that never replaced the database: a crash hit
+            // `rewrite_fresh` before its rename.
+            let _ = std::fs::remove_file(fresh_path(path));
+        }
+        let db = open_existing(path, mode)?;
+        // Read-only: the tables, if absent, exist in memory only.
+        Self::ensure_tables(&db)?;
+        Ok(Meta {
+            path: path.to_path_buf(),
+            db: RwLock::new(Arc::new(db)),
+        })
+    }
+
+    fn ensure_tables(db: &Database) -> Result<(), MetaError> {
         let txn = db.begin_write()?;
         {
             txn.open_table(CHUNKS)?;
             txn.open_table(SEGMENTS)?;
         }
         txn.commit()?;
-        Ok(Meta {
-            path: path.to_path_buf(),
-            db: RwLock::new(Arc::new(db)),
-        })
+        Ok(())
     }
 
     /// The database, for layers above (the volume) that keep their own
@@ -247,12 +346,13 @@ impl Meta {
         let _ = std::fs::remove_file(&fresh);
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         {
-            let new = open_db(&fresh)?;
+            let new = create_db(&fresh)?;
             let src = slot.begin_read()?;
             let txn = new.begin_write()?;
             copy_table(&src, &txn, CHUNKS)?;
             copy_table(&src, &txn, SEGMENTS)?;
             copy_table(&src, &txn, REMOTE_PACKS)?;
+            copy_table(&src, &txn, RETIRED)?;
             copy(&src, &txn)?;
             txn.commit()?;
         }
@@ -263,7 +363,7 @@ impl Meta {
         if let Some(dir) = self.path.parent() {
             crate::fsutil::sync_dir(dir).map_err(|e| MetaError::Db(e.to_string()))?;
         }
-        *slot = Arc::new(open_db(&self.path)?);
+        *slot = Arc::new(open_existing(&self.path, OpenMode::ReadWrite)?);
         Ok(())
     }
 
@@ -411,8 +511,10 @@ impl Meta {
             for fp in dead {
                 chunks.remove(*fp)?;
             }
+            let mut retired = txn.open_table(RETIRED)?;
             for id in dropped_segments {
                 segs.remove(*id)?;
+                retired.insert(*id, ())?;
             }
         }
         txn.commit()?;
@@ -463,16 +565,35 @@ impl Meta {
     }
 
     /// Removes the rows of segments (used at open for rows whose file and
-    /// entries are all gone).
-    pub fn forget_segments(&self, ids: &[u64]) -> Result<(), MetaError> {
+    /// entries are all gone) and the retired marks of `retired`.
+    pub fn forget_segments(&self, ids: &[u64], retired: &[u64]) -> Result<(), MetaError> {
         let txn = self.database().begin_write()?;
         {
             let mut segs = txn.open_table(SEGMENTS)?;
             for id in ids {
                 segs.remove(*id)?;
             }
+            let mut marks = txn.open_table(RETIRED)?;
+            for id in retired {
+                marks.remove(*id)?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Segments GC emptied (their files may still exist).
+    pub fn retired_segments(&self) -> Result<Vec<u64>, MetaError> {
+        let txn = self.database().begin_read()?;
+        let table = match txn.open_table(RETIRED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(row?.0.value());
+        }
+        Ok(out)
     }
 }

@@ -385,9 +385,12 @@ pub fn attach(
     std::fs::create_dir_all(&meta_dir).map_err(|e| local("create meta", e))?;
     crate::fsutil::write_atomic(&meta_dir.join("index.redb"), &db)
         .map_err(|e| local("write the metadata database", e))?;
-    let packs = Meta::open(&meta_dir.join("index.redb"))
-        .and_then(|m| m.remote_packs())
-        .map_err(|e| local("read the checkpoint's pack list", e))?;
+    let packs = Meta::open(
+        &meta_dir.join("index.redb"),
+        crate::meta::OpenMode::ReadWrite,
+    )
+    .and_then(|m| m.remote_packs())
+    .map_err(|e| local("read the checkpoint's pack list", e))?;
     let seg_dir = store.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(|e| local("create segments", e))?;
     let mut files: HashMap<u64, std::fs::File> = HashMap::new();

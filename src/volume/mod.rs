@@ -177,6 +177,13 @@ pub fn count_sealed_in(
     Ok(store::count_sealed(db)?)
 }
 
+/// Every sealed value of the volume's tables (as stored: no key needed).
+pub fn sealed_values_in(db: &redb::Database) -> VResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    store::for_each_sealed(db, &mut |v| out.push(v.to_vec()))?;
+    Ok(out)
+}
+
 /// A counter of the `volume` table as committed (readable without keys).
 pub fn stored_counter(db: &redb::Database, name: &str) -> VResult<Option<u64>> {
     Ok(store::get_counter(db, name)?)
@@ -259,7 +266,15 @@ impl Volume {
         };
         {
             let mut st = lock(&vol.state);
-            if vol.load_inode(&mut st, ROOT).is_err() {
+            // Only a store without a root row gets a new root: a root
+            // that does not open (damage, another key) is an error, never
+            // replaced by an empty directory.
+            let absent = match vol.load_inode(&mut st, ROOT) {
+                Ok(_) => false,
+                Err(e) if e.errno == libc::ENOENT && e.cause.is_none() => true,
+                Err(e) => return Err(e),
+            };
+            if absent {
                 let mut root = Inode::new(Kind::Dir, 0o755, 0, 0, ROOT);
                 root.nlink = 2;
                 st.inodes.insert(ROOT, root);

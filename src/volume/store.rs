@@ -122,23 +122,28 @@ pub fn copy_tables(src: &redb::ReadTransaction, dst: &WriteTransaction) -> Resul
 pub fn count_sealed(
     db: &redb::Database,
 ) -> Result<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>, MetaError> {
-    use redb::ReadableTable;
     let mut out = std::collections::BTreeMap::new();
-    let txn = db.begin_read()?;
-    let mut count = |v: &[u8]| {
+    for_each_sealed(db, &mut |v| {
         *out.entry(crate::crypto::seal::sealed_generation(v))
             .or_insert(0) += 1
-    };
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every sealed value of the volume's tables.
+pub fn for_each_sealed(db: &redb::Database, f: &mut dyn FnMut(&[u8])) -> Result<(), MetaError> {
+    use redb::ReadableTable;
+    let txn = db.begin_read()?;
     for row in txn.open_table(INODES)?.iter()? {
-        count(row?.1.value());
+        f(row?.1.value());
     }
     for row in txn.open_table(DIRENTS)?.iter()? {
-        count(row?.1.value());
+        f(row?.1.value());
     }
     for row in txn.open_table(EXTENTS)?.iter()? {
-        count(row?.1.value());
+        f(row?.1.value());
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -60,7 +60,13 @@ impl Fixture {
         if let Some(size) = tmpfs {
             std::fs::create_dir(f.store()).unwrap();
             let ok = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
                 .arg(f.store())
                 .status()
                 .unwrap()

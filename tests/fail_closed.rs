@@ -1,0 +1,478 @@
+//! Fail closed (issue "Fail closed"): damaged or missing metadata never
+//! costs data, read-only commands never write to the store, and a rolled
+//! back store directory never reuses a (key, nonce) pair. Real mounts and
+//! the real command.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::mounted::Fixture;
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every file under `dir`: path -> (size, mtime ns, BLAKE3 of the content).
+fn tree_state(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, String)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                let hash = blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string();
+                let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    (m.len(), mtime, hash),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn index(f: &Fixture) -> PathBuf {
+    f.store().join("meta").join("index.redb")
+}
+
+/// A store with one committed file, unmounted; returns the file's bytes.
+fn store_with_a_file(f: &Fixture) -> Vec<u8> {
+    let data = common::random_bytes(27, 3 << 20);
+    f.mount();
+    std::fs::write(f.mnt().join("kept"), &data).unwrap();
+    f.unmount();
+    data
+}
+
+fn mount_args(f: &Fixture) -> Vec<String> {
+    vec![
+        "mount".into(),
+        f.mnt().to_str().unwrap().into(),
+        "--password-file".into(),
+        f.pw().to_str().unwrap().into(),
+    ]
+}
+
+/// Runs every command the issue names against a store whose database is
+/// gone or damaged: none may change a file of the store; the ones that need
+/// the database fail with exit 10 and say `what`.
+fn every_command_refuses(f: &Fixture, what: &str) {
+    let before = tree_state(&f.store());
+    let mount = mount_args(f);
+    let mount: Vec<&str> = mount.iter().map(String::as_str).collect();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["scrub"],
+        &["gc"],
+        &["encryption", "scan"],
+        &mount,
+    ] {
+        let o = f.run(args);
+        assert_eq!(code(&o), 10, "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(what), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!f.is_mounted());
+    }
+    // `encryption show` does not need the database: it may succeed.
+    let _ = f.run(&["encryption", "show"]);
+    let after = tree_state(&f.store());
+    let changed: Vec<_> = before
+        .iter()
+        .filter(|(p, v)| after.get(*p) != Some(v) && !p.ends_with("daemon.log"))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(changed.is_empty(), "changed or removed: {changed:?}");
+    let added: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+    assert!(added.is_empty(), "created: {added:?}");
+}
+
+fn segment_files(f: &Fixture) -> usize {
+    std::fs::read_dir(f.store().join("segments"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_missing_or_empty_metadata_database_deletes_nothing() {
+    let f = Fixture::new(&[]);
+    let data = store_with_a_file(&f);
+    let saved = std::fs::read(index(&f)).unwrap();
+    let segments = segment_files(&f);
+
+    std::fs::remove_file(index(&f)).unwrap();
+    every_command_refuses(&f, "missing");
+    assert!(!index(&f).exists(), "no database was created in its place");
+
+    std::fs::write(index(&f), b"").unwrap();
+    every_command_refuses(&f, "missing");
+    assert_eq!(segment_files(&f), segments);
+
+    // Put back, everything is there.
+    std::fs::write(index(&f), &saved).unwrap();
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), data);
+}
+
+#[test]
+fn a_damaged_metadata_database_is_reported_not_a_panic() {
+    let f = Fixture::new(&[]);
+    let data = store_with_a_file(&f);
+    let saved = std::fs::read(index(&f)).unwrap();
+
+    std::fs::write(index(&f), &saved[..saved.len() / 2]).unwrap();
+    every_command_refuses(&f, "corrupt");
+
+    // redb's header and its first pages.
+    let mut flipped = saved.clone();
+    for b in flipped.iter_mut().take(4096).skip(64) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(index(&f), &flipped).unwrap();
+    every_command_refuses(&f, "corrupt");
+
+    std::fs::write(index(&f), &saved).unwrap();
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), data);
+}
+
+#[test]
+fn read_only_commands_change_nothing_and_work_on_read_only_media() {
+    let f = Fixture::new(&[]);
+    store_with_a_file(&f);
+    let before = tree_state(&f.store());
+    let files_before = segment_files(&f);
+    for _ in 0..3 {
+        for args in [
+            &["status"][..],
+            &["status", "--json"],
+            &["scrub"],
+            &["encryption", "show"],
+            &["encryption", "scan"],
+        ] {
+            f.ok(args);
+        }
+    }
+    assert_eq!(tree_state(&f.store()), before, "a read-only command wrote");
+    assert_eq!(segment_files(&f), files_before);
+
+    // The same store on read-only media (a read-only bind mount).
+    let ro = f.dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let sh = |cmd: &str| {
+        assert!(std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .unwrap()
+            .success());
+    };
+    sh(&format!(
+        "mount --bind {0} {1} && mount -o remount,bind,ro {1}",
+        f.store().display(),
+        ro.display()
+    ));
+    let run = |args: &[&str]| {
+        let mut all = vec!["--store", ro.to_str().unwrap()];
+        all.extend_from_slice(args);
+        f.run(&all)
+    };
+    for args in [&["status"][..], &["scrub"], &["encryption", "show"]] {
+        let o = run(args);
+        assert_eq!(code(&o), 0, "{args:?} on read-only media: {}", stderr(&o));
+    }
+    sh(&format!("umount {}", ro.display()));
+    assert_eq!(tree_state(&f.store()), before);
+}
+
+/// A segment file the database does not know (an older copy of the
+/// database was put back) is left in place, and the newer database put
+/// back afterwards finds every file.
+#[test]
+fn segments_the_database_does_not_know_are_kept() {
+    let f = Fixture::new(&[]);
+    let first = store_with_a_file(&f);
+    let older = std::fs::read(index(&f)).unwrap();
+    f.mount();
+    let second = common::random_bytes(28, 5 << 20);
+    std::fs::write(f.mnt().join("second"), &second).unwrap();
+    f.unmount();
+    let newer = std::fs::read(index(&f)).unwrap();
+    let segments_before = tree_state(&f.store().join("segments"));
+
+    std::fs::write(index(&f), &older).unwrap();
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
+    assert!(!f.mnt().join("second").exists());
+    f.unmount();
+    let segments_after = tree_state(&f.store().join("segments"));
+    for (p, v) in &segments_before {
+        assert_eq!(segments_after.get(p), Some(v), "{p:?} removed or changed");
+    }
+
+    std::fs::write(index(&f), &newer).unwrap();
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("second")).unwrap(), second);
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
+}
+
+/// What names the (key, nonce) pair a sealed value was sealed with, in each
+/// form docs/FORMAT.md describes (the generation is in the tag).
+fn key_and_nonce(v: &[u8]) -> Vec<u8> {
+    match u32::from_be_bytes(v[..4].try_into().unwrap()) & 0xFF_FFFF {
+        0xFF_FFFF => v[..4 + 16 + 12].to_vec(), // tag, salt, nonce
+        0 => v[..12].to_vec(),                  // generation key, counter nonce
+        _ => v[..16].to_vec(),                  // epoch key, nonce
+    }
+}
+
+fn sealed_values(store: &Path) -> Vec<Vec<u8>> {
+    let meta = datastore::meta::Meta::open(
+        &store.join("meta").join("index.redb"),
+        datastore::meta::OpenMode::ReadOnly,
+    )
+    .unwrap();
+    datastore::volume::sealed_values_in(&meta.database()).unwrap()
+}
+
+/// A copy of the store directory (a VM snapshot, a restored backup) and the
+/// original both go on from the same state: no (key, nonce) pair may seal
+/// two different values across the two histories.
+#[test]
+fn a_restored_copy_of_the_store_never_reuses_a_key_and_nonce() {
+    let f = Fixture::new(&[]);
+    f.mount();
+    for i in 0..20 {
+        std::fs::write(f.mnt().join(format!("before{i}")), format!("common {i}")).unwrap();
+    }
+    f.unmount();
+    let copy = f.dir.path().join("copy");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(f.store())
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let write_history = |store: &Path, tag: &str| {
+        let mnt = f.dir.path().join(format!("mnt-{tag}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let (s, m, pw) = (store.to_str().unwrap(), mnt.to_str().unwrap(), f.pw());
+        f.ok(&[
+            "--store",
+            s,
+            "mount",
+            m,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+        for i in 0..20 {
+            std::fs::write(mnt.join(format!("{tag}{i}")), format!("{tag} history {i}")).unwrap();
+            std::fs::create_dir(mnt.join(format!("dir-{tag}{i}"))).unwrap();
+        }
+        f.ok(&["--store", s, "unmount", m]);
+    };
+    write_history(&f.store(), "original");
+    write_history(&copy, "restored");
+    let mut sealed_with: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+    let mut values = 0;
+    for store in [f.store(), copy] {
+        for v in sealed_values(&store) {
+            values += 1;
+            let prior = sealed_with
+                .entry(key_and_nonce(&v))
+                .or_insert_with(|| v.clone());
+            assert_eq!(
+                *prior,
+                v,
+                "two values sealed under one key and nonce ({})",
+                hex::encode(key_and_nonce(&v))
+            );
+        }
+    }
+    assert!(values > 80, "{values} sealed values");
+}
+
+fn sh(cmd: &str) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd}");
+}
+
+/// A store directory another user can write is refused by every command
+/// that would trust it; a log that is a symlink is never followed.
+#[test]
+fn a_store_directory_or_log_another_user_controls_is_refused() {
+    let f = Fixture::new(&[]);
+    let store = f.store();
+    let mount = mount_args(&f);
+    let mount: Vec<&str> = mount.iter().map(String::as_str).collect();
+    for mode in ["0777", "0770"] {
+        sh(&format!("chmod {mode} {}", store.display()));
+        for args in [&mount[..], &["unlock"], &["gc"], &["status"]] {
+            let o = f.run(args);
+            assert_eq!(code(&o), 8, "{args:?} with mode {mode}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("writable by group or others"),
+                "{}",
+                stderr(&o)
+            );
+        }
+    }
+    sh(&format!(
+        "chmod 0700 {0} && chown 65534 {0}",
+        store.display()
+    ));
+    let o = f.run(&mount);
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(stderr(&o).contains("owned by uid 65534"), "{}", stderr(&o));
+    sh(&format!("chown 0 {}", store.display()));
+
+    // daemon.log made a symlink to a root-only file: not appended to.
+    let victim = f.dir.path().join("victim");
+    std::fs::write(&victim, "root's file\n").unwrap();
+    std::os::unix::fs::symlink(&victim, store.join("daemon.log")).unwrap();
+    let o = f.run(&mount);
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's file\n");
+    assert!(!f.is_mounted());
+    std::fs::remove_file(store.join("daemon.log")).unwrap();
+    f.mount();
+    assert!(f.is_mounted());
+}
+
+/// Another user listening on the control socket (here: put there while the
+/// directory was writable) never receives the password.
+#[test]
+fn unlock_sends_no_password_to_a_socket_another_user_serves() {
+    let f = Fixture::new(&[]);
+    let store = f.store();
+    sh(&format!("chmod 0777 {}", store.display()));
+    let heard = f.dir.path().join("heard");
+    sh(&format!(
+        "touch {0} && chmod 0666 {0} && chmod 0755 {1}",
+        heard.display(),
+        f.dir.path().display()
+    ));
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind('{}')\ns.listen(1)\nc,_=s.accept()\nc.settimeout(5)\ndata=b''\ntry:\n  data=c.recv(4096)\nexcept Exception:\n  pass\nopen('{}','wb').write(data)\nc.sendall(b'ok unlocked\\n')\n",
+        store.join("control.sock").display(),
+        heard.display()
+    );
+    let mut listener = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !store.join("control.sock").exists() && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sh(&format!("chmod 0700 {}", store.display()));
+    let o = f.run(&["unlock", "--password-file", f.pw().to_str().unwrap()]);
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not by root"), "{}", stderr(&o));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let got = std::fs::read(&heard).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains(common::mounted::PW),
+        "the password reached another user's socket"
+    );
+}
+
+#[test]
+fn a_mount_point_inside_or_above_the_store_is_refused() {
+    let f = Fixture::new(&[]);
+    let store = f.store();
+    let inside = store.join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    for mnt in [store.clone(), inside, f.dir.path().to_path_buf()] {
+        let o = f.run(&[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--password-file",
+            f.pw().to_str().unwrap(),
+        ]);
+        assert_eq!(code(&o), 2, "{}: {}", mnt.display(), stderr(&o));
+        assert!(stderr(&o).contains("overlap"), "{}", stderr(&o));
+    }
+    assert!(!f.is_mounted());
+}
+
+/// `status | head -1` and `status >&-`: no panic, the command's own exit
+/// code; a caller's pipe is not held open by the background daemon.
+#[test]
+fn output_to_a_closed_pipe_and_inherited_descriptors() {
+    let f = Fixture::new(&[]);
+    let bin = env!("CARGO_BIN_EXE_datastore");
+    let store = f.store();
+    let run_sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .env("DATASTORE_STORE", &store)
+            .output()
+            .unwrap()
+    };
+    for cmd in [
+        format!("{bin} status | head -c1 >/dev/null; echo ${{PIPESTATUS:-}}"),
+        format!("{bin} status >&-"),
+        format!("{bin} encryption show >&- 2>&-"),
+    ] {
+        let o = run_sh(&cmd);
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{cmd}: {}", stderr(&o));
+    }
+    // A harness reading the mount's output through an extra descriptor
+    // (fd 5 here) must see EOF when `mount` returns, not at unmount.
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "{bin} mount {} --password-file {} 5>&1",
+                f.mnt().display(),
+                f.pw().display()
+            ),
+        ])
+        .env("DATASTORE_STORE", &store)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        let _ = tx.send(s);
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+    let _ = child.wait();
+    assert!(f.is_mounted());
+    assert!(got.is_ok(), "EOF did not come while the daemon ran");
+}
