@@ -476,3 +476,54 @@ fn output_to_a_closed_pipe_and_inherited_descriptors() {
     assert!(f.is_mounted());
     assert!(got.is_ok(), "EOF did not come while the daemon ran");
 }
+
+/// After writes stopped (a full disk), no change is answered with success
+/// only to be undone at the next mount, and `unmount` says the final sync
+/// failed.
+#[test]
+fn after_writes_stopped_changes_fail_instead_of_being_undone() {
+    let f = Fixture::with_store_on_tmpfs("64m");
+    f.mount();
+    let mnt = f.mnt();
+    std::fs::write(mnt.join("kept"), b"committed before the disk filled").unwrap();
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
+    let mut filled = false;
+    for i in 0..100u64 {
+        let fill = (|| {
+            let mut file = std::fs::File::create(mnt.join(format!("fill{i}")))?;
+            std::io::Write::write_all(&mut file, &common::random_bytes(100 + i, 2 << 20))?;
+            file.sync_all()
+        })();
+        if fill.is_err() {
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "64 MiB filled up");
+    assert!(f.status()["writes_stopped"].is_string());
+    let refused = |what: &str, r: std::io::Result<()>| {
+        let e = r.expect_err(&format!("{what} succeeded after writes stopped"));
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    refused("rm", std::fs::remove_file(mnt.join("kept")));
+    refused("mkdir", std::fs::create_dir(mnt.join("new-dir")));
+    refused("mv", std::fs::rename(mnt.join("dir"), mnt.join("moved")));
+    refused("rmdir", std::fs::remove_dir(mnt.join("dir")));
+    refused("create", std::fs::write(mnt.join("new-file"), b"x"));
+    let o = f.run(&["unmount", mnt.to_str().unwrap()]);
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    assert!(stderr(&o).contains("final sync failed"), "{}", stderr(&o));
+    assert!(!f.is_mounted());
+
+    f.resize_store_tmpfs("512m");
+    f.mount();
+    assert_eq!(
+        std::fs::read(mnt.join("kept")).unwrap(),
+        b"committed before the disk filled"
+    );
+    assert!(mnt.join("dir").is_dir());
+    for gone in ["new-dir", "moved", "new-file"] {
+        assert!(!mnt.join(gone).exists(), "{gone}");
+    }
+}

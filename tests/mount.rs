@@ -322,7 +322,11 @@ fn full_disk_fails_writes_but_keeps_the_mount_and_committed_files_readable() {
     assert!(why.contains("No space left on device"), "{why}");
     let text = f.ok(&["status"]);
     assert!(text.contains("Writes stopped:"), "{text}");
-    f.unmount();
+    // Writes after the failure were lost: unmount goes ahead and says so.
+    let o = f.run(&["unmount", mnt.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("final sync failed"));
+    assert!(!f.is_mounted());
 
     // With room again, everything fsynced before the failure is intact.
     f.resize_store_tmpfs("256m");

@@ -389,11 +389,17 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
             format!("{} is not a datastore mount", mountpoint.display()),
         ));
     };
-    if control(&store, "shutdown\n")?.is_some() {
-        // The daemon syncs, unmounts and exits; return only once it has
-        // released the store, so a mount right after this one succeeds.
+    let reply = control(&store, "shutdown\n");
+    if !matches!(reply, Ok(None)) {
+        // The daemon syncs (the reply says whether that worked), unmounts
+        // and exits; return only once it has released the store, so a
+        // mount right after this one succeeds.
         for _ in 0..600 {
             if store_of_mount(mountpoint).is_none() && store_is_free(&store) {
+                if let Err(f) = reply {
+                    let message = format!("unmounted {}, but {}", mountpoint.display(), f.message);
+                    return Err(Failure::new(f.code, message));
+                }
                 crate::say!("Unmounted {}.", mountpoint.display());
                 return Ok(());
             }

@@ -171,8 +171,24 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
             answer(&mut stream, r)
         }
         "shutdown" => {
+            // Sync before answering, so `unmount` can say whether what was
+            // written reached the store; the unmount goes ahead either way.
+            let synced = match shared.volume() {
+                Some(v) => v.sync_all().and_then(|_| v.persist()),
+                None => Ok(()),
+            };
             shared.shutdown.store(true, Ordering::SeqCst);
-            answer(&mut stream, Ok("shutting down".into()))
+            answer(
+                &mut stream,
+                synced.map(|_| "shutting down".into()).map_err(|e| {
+                    Failure::new(
+                        Exit::Io,
+                        format!(
+                            "the final sync failed ({e}): changes since the last successful commit are lost; files committed before are intact"
+                        ),
+                    )
+                }),
+            )
         }
         other => answer(
             &mut stream,

@@ -282,6 +282,7 @@ impl Volume {
 
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> VResult<usize> {
         self.count_foreground_op();
+        self.refuse_changes_if_stopped()?;
         let end = off
             .checked_add(data.len() as u64)
             .ok_or(VolError::new(libc::EFBIG))?;
@@ -698,7 +699,7 @@ impl Volume {
     /// nothing until written); KEEP_SIZE is a no-op; others are refused.
     pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> VResult<()> {
         let end = off.checked_add(len).ok_or(VolError::new(libc::EFBIG))?;
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         match mode {
             0 => {
                 let inode = self.load_inode(&mut st, ino)?;

@@ -536,6 +536,23 @@ impl Volume {
 
     // ---- namespace -----------------------------------------------------
 
+    /// The state, for an operation that changes the file system: refused
+    /// with EROFS once the engine stopped accepting writes (a full disk, a
+    /// failed write), as a change accepted then could never be committed
+    /// and would be undone at the next mount.
+    fn state_for_change(&self) -> VResult<MutexGuard<'_, State>> {
+        self.refuse_changes_if_stopped()?;
+        Ok(lock(&self.state))
+    }
+
+    /// EROFS once the engine stopped accepting writes.
+    fn refuse_changes_if_stopped(&self) -> VResult<()> {
+        if self.engine.check_poisoned().is_err() {
+            return err(libc::EROFS);
+        }
+        Ok(())
+    }
+
     pub fn lookup(&self, parent: u64, name: &[u8]) -> VResult<Attr> {
         let mut st = lock(&self.state);
         if name.len() > NAME_MAX {
@@ -619,14 +636,14 @@ impl Volume {
         rdev: u32,
         c: Caller,
     ) -> VResult<Attr> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         let mut inode = Inode::new(kind, (mode & 0o7777) as u16, c.uid, c.gid, parent);
         inode.rdev = rdev;
         self.new_node(&mut st, parent, name, inode)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, c: Caller) -> VResult<Attr> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         let inode = Inode::new(Kind::Dir, (mode & 0o7777) as u16, c.uid, c.gid, parent);
         self.new_node(&mut st, parent, name, inode)
     }
@@ -635,7 +652,7 @@ impl Volume {
         if target.len() > 4095 {
             return err(libc::ENAMETOOLONG);
         }
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         let mut inode = Inode::new(Kind::Symlink, 0o777, c.uid, c.gid, parent);
         inode.symlink = Some(target.to_vec());
         inode.size = target.len() as u64;
@@ -649,7 +666,7 @@ impl Volume {
     }
 
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> VResult<Attr> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         Self::check_name(name)?;
         let inode = self.load_inode(&mut st, ino)?;
         if inode.kind == Kind::Dir {
@@ -743,7 +760,7 @@ impl Volume {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> VResult<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         let child = *self
             .load_dir(&mut st, parent)?
             .get(name)
@@ -761,7 +778,7 @@ impl Volume {
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> VResult<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         if name == b"." {
             return err(libc::EINVAL);
         }
@@ -809,7 +826,7 @@ impl Volume {
         newname: &[u8],
         mode: RenameMode,
     ) -> VResult<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         Self::check_name(newname)?;
         let src = *self
             .load_dir(&mut st, parent)?
@@ -958,6 +975,7 @@ impl Volume {
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr, c: Caller) -> VResult<Attr> {
+        drop(self.state_for_change()?);
         let mut st = if set.size.is_some() {
             self.lock_unflushing(ino)
         } else {
@@ -1035,7 +1053,7 @@ impl Volume {
         if value.len() > XATTR_MAX {
             return err(libc::E2BIG);
         }
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         let inode = self.load_inode(&mut st, ino)?;
         let exists = inode.xattrs.contains_key(name);
         if flags.create && exists {
@@ -1090,7 +1108,7 @@ impl Volume {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> VResult<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state_for_change()?;
         let inode = self.load_inode(&mut st, ino)?;
         inode
             .xattrs
