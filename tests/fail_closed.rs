@@ -527,3 +527,44 @@ fn after_writes_stopped_changes_fail_instead_of_being_undone() {
         assert!(!mnt.join(gone).exists(), "{gone}");
     }
 }
+
+/// A flipped byte in a segment, then `repair`, then the same file copied
+/// in again (a restore from a backup): the copy is stored anew instead of
+/// deduplicating onto the bad record, and heals the old file too.
+#[test]
+fn a_damaged_chunk_is_repaired_by_writing_its_data_again() {
+    let f = Fixture::new(&[]);
+    let data = store_with_a_file(&f);
+    let biggest = std::fs::read_dir(f.store().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&biggest, &bytes).unwrap();
+
+    assert_eq!(code(&f.run(&["scrub"])), 10);
+    let o = f.run(&["repair", "--dry-run"]);
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("DAMAGED chunk"));
+    let report: serde_json::Value = serde_json::from_str(&f.ok(&["repair", "--json"])).unwrap();
+    assert_eq!(report["marked"], true, "{report}");
+    assert_eq!(report["damaged"].as_array().unwrap().len(), 1, "{report}");
+
+    f.mount();
+    assert!(
+        std::fs::read(f.mnt().join("kept")).is_err(),
+        "the damage reads as EIO"
+    );
+    std::fs::write(f.mnt().join("restored"), &data).unwrap();
+    f.unmount();
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("restored")).unwrap(), data);
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), data, "healed");
+    f.unmount();
+    let again: serde_json::Value =
+        serde_json::from_str(&f.ok(&["repair", "--dry-run", "--json"])).unwrap();
+    assert!(again["damaged"].as_array().unwrap().is_empty(), "{again}");
+}

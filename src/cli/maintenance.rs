@@ -1,5 +1,6 @@
-//! `datastore scrub` and `datastore gc`: both run without the key (record
-//! headers and CRCs need none; GC moves ciphertext as it is).
+//! `datastore scrub`, `datastore repair` and `datastore gc`: all run
+//! without the key (record headers and CRCs need none; GC moves ciphertext
+//! as it is).
 
 use super::exit::{Exit, Failure};
 use super::print_json;
@@ -39,6 +40,59 @@ pub fn scrub(cli: &Cli, json: bool) -> Result<(), Failure> {
             format!("scrub found {} bad records", r.bad.len()),
         ))
     }
+}
+
+/// `repair --json`: what was found and whether it was marked.
+#[derive(serde::Serialize)]
+struct RepairOutput {
+    damaged: Vec<crate::engine::DamagedChunk>,
+    marked: bool,
+}
+
+pub fn repair(cli: &Cli, dry_run: bool, json: bool) -> Result<(), Failure> {
+    load_config(&cli.store)?;
+    let engine = if dry_run {
+        Engine::open_read_only(&cli.store)?
+    } else {
+        Engine::open(&cli.store, None)?
+    };
+    let damaged = engine.find_damaged_chunks()?;
+    let marked = !dry_run && !damaged.is_empty();
+    if marked {
+        let fps: Vec<_> = damaged.iter().map(|d| d.fingerprint).collect();
+        engine.mark_damaged(&fps)?;
+    }
+    if json {
+        print_json(&RepairOutput {
+            damaged: damaged.clone(),
+            marked,
+        })?;
+    } else {
+        for d in &damaged {
+            crate::say!(
+                "DAMAGED chunk {} (segment {:016x} offset {}, {} references): {}",
+                d.chunk,
+                d.segment,
+                d.offset,
+                d.references,
+                d.reason
+            );
+        }
+        match (damaged.len(), marked) {
+            (0, _) => crate::say!("Every chunk the index references verified."),
+            (n, true) => crate::say!(
+                "Marked {n} damaged chunks: files using them stay unreadable until the same data is written again (e.g. restored from a backup), which stores a good copy and heals them."
+            ),
+            (n, false) => crate::say!("{n} damaged chunks (dry run: nothing marked)."),
+        }
+    }
+    if dry_run && !damaged.is_empty() {
+        return Err(Failure::new(
+            Exit::Damaged,
+            format!("{} damaged chunks found", damaged.len()),
+        ));
+    }
+    Ok(())
 }
 
 pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {

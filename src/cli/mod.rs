@@ -163,6 +163,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify every chunk the index references (header and CRC; works
+    /// without the key) and mark the ones that fail as damaged, so the next
+    /// write of the same data (a restore from a backup) stores a good copy
+    /// instead of deduplicating onto the bad one. Not while mounted.
+    Repair {
+        /// Only report what would be marked.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Compact segments whose live fraction is below THRESHOLD (works without the key).
     Gc {
         #[arg(long, default_value_t = 0.5)]
@@ -320,6 +331,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Status { json } => mount::status(&cli, *json),
         Command::Scrub { json } => maintenance::scrub(&cli, *json),
         Command::Gc { threshold, json } => maintenance::gc(&cli, *threshold, *json),
+        Command::Repair { dry_run, json } => maintenance::repair(&cli, *dry_run, *json),
     };
     match result {
         Ok(()) => Exit::Ok as i32,

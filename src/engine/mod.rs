@@ -25,6 +25,7 @@
 mod chunker;
 pub mod compress;
 mod convert;
+mod damaged;
 mod gc;
 mod read;
 mod readers;
@@ -47,6 +48,7 @@ use crate::store::segment::{self, SegmentWriter};
 use readers::{ReaderCache, SegmentReaders};
 
 pub use convert::{GenerationCount, GenerationScan, SegmentScan};
+pub use damaged::DamagedChunk;
 pub use gc::GcReport;
 pub use scrub::{BadRecord, ScrubReport};
 pub use stats::{Stats, StatsSnapshot};
@@ -154,6 +156,9 @@ pub struct Engine {
     summary: Mutex<Option<(u64, IndexSummary)>>,
     /// Which chunk followed which, to skip cutting data written again.
     successors: successors::Successors,
+    /// Chunks marked damaged (`datastore repair`) and not yet healed: a
+    /// write of their data stores a new record instead of deduplicating.
+    damaged: damaged::DamagedSet,
     pub stats: Stats,
     _lock: File,
 }
@@ -209,6 +214,7 @@ impl Engine {
                 Some(w)
             }
         };
+        let damaged = damaged::DamagedSet::new(meta.damaged_chunks()?);
         Ok(Engine {
             store: store.to_path_buf(),
             segments_dir,
@@ -226,6 +232,7 @@ impl Engine {
             index_generation: AtomicU64::new(0),
             summary: Mutex::new(None),
             successors: Default::default(),
+            damaged,
             stats: Stats::default(),
             _lock: lock_file,
         })
@@ -363,6 +370,7 @@ impl Engine {
         self.bump_index_generation();
         let anomalies = result.map_err(|e| self.poison(e.into()))?;
         stats::add(&self.stats.commit_anomalies, anomalies.released_unknown);
+        self.damaged.healed(&anomalies.healed);
         stats::add_since(&self.stats.ns_commit, start);
         Ok(())
     }

@@ -229,13 +229,20 @@ impl Engine {
 
         // Which chunks are already stored (pending or indexed)?
         let t = Instant::now();
+        // A chunk marked damaged counts as stored only once a new record of
+        // it is pending: its indexed record must not be deduplicated onto.
         let mut known: Vec<bool> = {
             let p = lock(&self.pending);
-            fps.iter().map(|fp| p.get(fp).is_some()).collect()
+            fps.iter()
+                .map(|fp| match self.is_damaged(fp) {
+                    true => p.record(fp).is_some(),
+                    false => p.get(fp).is_some(),
+                })
+                .collect()
         };
         let view = self.meta.read()?;
         for (i, fp) in fps.iter().enumerate() {
-            if !known[i] {
+            if !known[i] && !self.is_damaged(fp) {
                 known[i] = view.lookup(fp)?.is_some();
             }
         }
@@ -287,7 +294,10 @@ impl Engine {
                 Some((j, _)) if *j == i => records.pop().map(|(_, r)| r),
                 _ => None,
             };
-            {
+            // A damaged chunk with a record of ours to store goes on to
+            // the append even if a plain reference to it is pending.
+            let heal = record.is_some() && self.is_damaged(fp);
+            if !heal {
                 let mut p = lock(&self.pending);
                 if let Some(change) = p.current.get_mut(fp) {
                     change.delta += 1;

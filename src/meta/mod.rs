@@ -4,6 +4,8 @@
 //! - `chunks`:   fingerprint -> (segment, offset, record_len, plain_len, refcount)
 //! - `segments`: segment id  -> (committed_len, live_bytes)
 //! - `retired_segments`: ids of segments GC emptied (file maybe not yet gone)
+//! - `damaged_chunks`: fingerprints whose record failed verification; a
+//!   commit that brings a new record for one moves its entry there
 //!
 //! Invariants (kept by `apply_commit` and `apply_relocation`, the only
 //! writers):
@@ -32,6 +34,9 @@ const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segment
 /// commit and the unlink): id -> (). The one positive proof that a segment
 /// file without a row holds nothing anyone needs.
 const RETIRED: TableDefinition<u64, ()> = TableDefinition::new("retired_segments");
+/// Chunks whose record failed verification (`datastore repair`): the next
+/// write of the same data stores a new record and the entry moves to it.
+const DAMAGED: TableDefinition<[u8; 32], ()> = TableDefinition::new("damaged_chunks");
 /// Remote mirror: (segment id, start offset) -> (end offset, pack object id).
 const REMOTE_PACKS: TableDefinition<(u64, u64), (u64, [u8; 16])> =
     TableDefinition::new("remote_packs");
@@ -51,9 +56,9 @@ pub enum MetaError {
     Db(String),
     /// The file of a store that holds data is gone or empty: nothing was
     /// created in its place and no segment was touched.
-    #[error("metadata database {0} is missing or empty; the segment files were left untouched (put back a copy of it, or see `datastore repair --help`)")]
+    #[error("metadata database {0} is missing or empty; the segment files were left untouched (put back a copy of it)")]
     Missing(PathBuf),
-    #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (put back a copy of it, or see `datastore repair --help`)")]
+    #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (put back a copy of it)")]
     Corrupt { path: PathBuf, why: String },
 }
 
@@ -123,10 +128,12 @@ pub struct NewRecord {
     pub plain_len: u32,
 }
 
-/// Counts of what a commit found that should not happen.
-#[derive(Default, Debug, Clone, Copy)]
+/// What a commit found that should not happen, and the damaged chunks it
+/// healed.
+#[derive(Default, Debug, Clone)]
 pub struct CommitAnomalies {
     pub released_unknown: u64,
+    pub healed: Vec<Fingerprint>,
 }
 
 pub struct Meta {
@@ -353,6 +360,7 @@ impl Meta {
             copy_table(&src, &txn, SEGMENTS)?;
             copy_table(&src, &txn, REMOTE_PACKS)?;
             copy_table(&src, &txn, RETIRED)?;
+            copy_table(&src, &txn, DAMAGED)?;
             copy(&src, &txn)?;
             txn.commit()?;
         }
@@ -436,9 +444,27 @@ impl Meta {
                 segs.insert(id, (len, live))?;
             }
             let mut live_change: std::collections::HashMap<u64, i64> = Default::default();
+            let mut damaged = txn.open_table(DAMAGED)?;
             for (fp, change) in changes {
                 let existing = chunks.get(*fp)?.map(|v| IndexEntry::decode(&v.value()));
                 let (mut entry, old_refs) = match (existing, change.new_record) {
+                    (Some(e), Some(r)) if damaged.remove(*fp)?.is_some() => {
+                        // A good copy of a damaged chunk: the entry moves to
+                        // it (the old record is dead bytes from now on).
+                        if e.refcount > 0 {
+                            *live_change.entry(e.segment).or_default() -= e.record_len as i64;
+                            *live_change.entry(r.segment).or_default() += r.record_len as i64;
+                        }
+                        let moved = IndexEntry {
+                            segment: r.segment,
+                            offset: r.offset,
+                            record_len: r.record_len,
+                            plain_len: r.plain_len,
+                            refcount: e.refcount,
+                        };
+                        anomalies.healed.push(*fp);
+                        (moved, e.refcount)
+                    }
                     (Some(e), _) => (e, e.refcount),
                     (None, Some(r)) => (
                         IndexEntry {
@@ -580,6 +606,35 @@ impl Meta {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Marks chunks as damaged (durably): the next write of their data
+    /// stores a good copy (see `apply_commit`).
+    pub fn mark_damaged(&self, fps: &[Fingerprint]) -> Result<(), MetaError> {
+        let txn = self.database().begin_write()?;
+        {
+            let mut t = txn.open_table(DAMAGED)?;
+            for fp in fps {
+                t.insert(*fp, ())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Chunks marked damaged and not yet written again.
+    pub fn damaged_chunks(&self) -> Result<Vec<Fingerprint>, MetaError> {
+        let txn = self.database().begin_read()?;
+        let table = match txn.open_table(DAMAGED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(row?.0.value());
+        }
+        Ok(out)
     }
 
     /// Segments GC emptied (their files may still exist).

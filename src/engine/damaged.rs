@@ -1,0 +1,142 @@
+//! Damaged chunks: finding index entries whose record fails verification,
+//! marking them (`datastore repair`), and healing them when their data is
+//! written again.
+//!
+//! Invariants:
+//! - A marked chunk keeps its index entry and reference count (files still
+//!   name it); only dedup changes: a write of the same data stores a new
+//!   record, and the commit that makes it durable moves the entry there
+//!   and drops the mark (`Meta::apply_commit`). So nothing deduplicates
+//!   onto a record known to be bad.
+//! - Marks are durable (`damaged_chunks` table); this set mirrors them for
+//!   the write path, which looks only when the set is not empty.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::{lock, Engine, Result};
+use crate::crypto::Fingerprint;
+use crate::meta::IndexEntry;
+use crate::store::{record, segment};
+
+/// One index entry whose record failed verification.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedChunk {
+    /// Hex of the whole fingerprint.
+    pub chunk: String,
+    pub segment: u64,
+    pub offset: u64,
+    pub references: u64,
+    pub reason: String,
+    #[serde(skip)]
+    pub fingerprint: Fingerprint,
+}
+
+#[derive(Default)]
+pub(crate) struct DamagedSet {
+    any: AtomicBool,
+    set: Mutex<HashSet<Fingerprint>>,
+}
+
+impl DamagedSet {
+    pub fn new(marked: Vec<Fingerprint>) -> Self {
+        DamagedSet {
+            any: AtomicBool::new(!marked.is_empty()),
+            set: Mutex::new(marked.into_iter().collect()),
+        }
+    }
+
+    /// True when `fp` is marked damaged (cheap while none is).
+    pub fn contains(&self, fp: &Fingerprint) -> bool {
+        self.any.load(Ordering::Relaxed) && lock(&self.set).contains(fp)
+    }
+
+    pub fn add(&self, fps: &[Fingerprint]) {
+        let mut set = lock(&self.set);
+        set.extend(fps.iter().copied());
+        self.any.store(!set.is_empty(), Ordering::Relaxed);
+    }
+
+    /// A commit moved these to good records.
+    pub fn healed(&self, fps: &[Fingerprint]) {
+        if fps.is_empty() {
+            return;
+        }
+        let mut set = lock(&self.set);
+        for fp in fps {
+            set.remove(fp);
+        }
+        self.any.store(!set.is_empty(), Ordering::Relaxed);
+    }
+}
+
+impl Engine {
+    /// Every referenced index entry whose record fails its checks: header
+    /// and CRC always, the keyed fingerprint too when the key is loaded.
+    pub fn find_damaged_chunks(&self) -> Result<Vec<DamagedChunk>> {
+        let mut entries: Vec<(Fingerprint, IndexEntry)> = Vec::new();
+        self.meta.for_each_chunk(|fp, e| {
+            if e.refcount > 0 {
+                entries.push((*fp, *e));
+            }
+        })?;
+        let keys = self.keys().ok();
+        let mut out = Vec::new();
+        for (fp, e) in entries {
+            let why = match self.segment_file(e.segment) {
+                Err(err) => Some(err.to_string()),
+                Ok(f) => match segment::read_exact_at(&f, e.offset, e.record_len as usize) {
+                    Err(err) => Some(format!("cannot read the record: {err}")),
+                    Ok(rec) => self.record_problem(&fp, rec, keys.as_deref()),
+                },
+            };
+            if let Some(reason) = why {
+                out.push(DamagedChunk {
+                    chunk: hex::encode(fp),
+                    segment: e.segment,
+                    offset: e.offset,
+                    references: e.refcount,
+                    reason,
+                    fingerprint: fp,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn record_problem(
+        &self,
+        fp: &Fingerprint,
+        rec: Vec<u8>,
+        keys: Option<&crate::crypto::KeyRing>,
+    ) -> Option<String> {
+        let h = match record::parse_header(&rec) {
+            Ok(h) => h,
+            Err(e) => return Some(format!("bad record header: {e}")),
+        };
+        if &h.fingerprint != fp {
+            return Some("the record names another chunk".into());
+        }
+        if !record::check_body(&h, &rec) {
+            return Some("CRC mismatch".into());
+        }
+        let keys = keys?;
+        super::read::decode_record(keys, fp, rec, &self.stats)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    /// Marks chunks damaged, durably: from now on a write of their data
+    /// stores a good copy instead of deduplicating onto the bad one.
+    pub fn mark_damaged(&self, fps: &[Fingerprint]) -> Result<()> {
+        self.meta.mark_damaged(fps)?;
+        self.damaged.add(fps);
+        Ok(())
+    }
+
+    /// True when a write of `fp` must store a record of its own.
+    pub(crate) fn is_damaged(&self, fp: &Fingerprint) -> bool {
+        self.damaged.contains(fp)
+    }
+}
