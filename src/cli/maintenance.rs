@@ -49,14 +49,62 @@ struct RepairOutput {
     marked: bool,
 }
 
+/// A missing or damaged metadata database is replaced by its checkpoint
+/// (not with `dry_run`: then that is what it reports, as damage). Returns
+/// whether it was.
+fn restore_metadata(store: &std::path::Path, dry_run: bool) -> Result<bool, Failure> {
+    use crate::meta::{checkpoint_path, Meta, MetaError};
+    let index = crate::engine::index_path(store);
+    let why = match Meta::check_file(&index) {
+        None => return Ok(false),
+        Some(e @ (MetaError::Missing(_) | MetaError::Corrupt { .. })) => e,
+        Some(other) => return Err(crate::engine::EngineError::from(other).into()),
+    };
+    let checkpoint = checkpoint_path(&index);
+    if let Some(e) = Meta::check_file(&checkpoint) {
+        return Err(Failure::new(
+            Exit::Damaged,
+            format!("{why}; its checkpoint cannot be used either: {e}"),
+        ));
+    }
+    let taken = std::fs::metadata(&checkpoint)
+        .and_then(|m| m.modified())
+        .map(crate::cli::encryption::utc_time)
+        .unwrap_or_else(|_| "an unknown time".into());
+    if dry_run {
+        return Err(Failure::new(
+            Exit::Damaged,
+            format!("{why}; `datastore repair` would put back its checkpoint of {taken}"),
+        ));
+    }
+    Meta::restore_checkpoint(&index).map_err(crate::engine::EngineError::from)?;
+    crate::say!(
+        "Put back the metadata checkpoint of {taken}: changes committed after it are lost (their records stay in the segment files)."
+    );
+    Ok(true)
+}
+
 pub fn repair(cli: &Cli, dry_run: bool, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
+    restore_metadata(&cli.store, dry_run)?;
     let engine = if dry_run {
         Engine::open_read_only(&cli.store)?
     } else {
         Engine::open(&cli.store, None)?
     };
     let damaged = engine.find_damaged_chunks()?;
+    // Records GC moved after the checkpoint, or a second copy of a chunk.
+    let found = damaged.len();
+    let damaged = match dry_run {
+        true => damaged,
+        false => engine.relink_damaged(damaged)?,
+    };
+    if damaged.len() < found && !json {
+        crate::say!(
+            "Relinked {} chunks to good copies found in the segment files.",
+            found - damaged.len()
+        );
+    }
     let marked = !dry_run && !damaged.is_empty();
     if marked {
         let fps: Vec<_> = damaged.iter().map(|d| d.fingerprint).collect();
@@ -118,6 +166,8 @@ pub fn gc(cli: &Cli, threshold: f64, json: bool) -> Result<(), Failure> {
     let r = engine.gc(threshold)?;
     let metadata = crate::volume::compact_metadata_offline(&engine)
         .map_err(|e| Failure::new(Exit::Io, format!("compacting the metadata database: {e}")))?;
+    // The checkpoint must not name records GC moved.
+    engine.write_checkpoint()?;
     if json {
         return print_json(&GcOutput {
             report: r,

@@ -2,7 +2,7 @@
 //! group, and the mapping of failures to exit codes (see `exit`).
 
 mod conversion;
-mod encryption;
+pub(crate) mod encryption;
 pub mod exit;
 mod import;
 mod maintenance;

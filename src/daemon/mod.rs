@@ -32,6 +32,10 @@ pub const SOCKET: &str = "control.sock";
 const COMPACT_AT_EXIT_MAX: u64 = 256 << 20;
 /// Group commit interval: changes not fsync'ed become durable this often.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// How often the metadata database is copied to `meta/checkpoint.redb`
+/// while mounted (and at every unmount): what `datastore repair` puts back
+/// when the database is lost.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -201,9 +205,18 @@ pub fn serve(
     shared.resume_conversion();
 
     let mut last_commit = Instant::now();
+    let mut last_checkpoint = Instant::now();
     while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         metrics::tick();
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            last_checkpoint = Instant::now();
+            if let Some(v) = shared.volume() {
+                if let Err(e) = v.write_checkpoint() {
+                    crate::log_line!("datastore: metadata checkpoint failed: {e}");
+                }
+            }
+        }
         if last_commit.elapsed() >= COMMIT_EVERY {
             last_commit = Instant::now();
             if let Some(v) = shared.volume() {
@@ -252,6 +265,9 @@ pub fn serve(
             }
             Ok(None) => {}
             Err(e) => crate::log_line!("datastore: metadata not compacted: {e}"),
+        }
+        if let Err(e) = v.write_checkpoint() {
+            crate::log_line!("datastore: metadata checkpoint failed: {e}");
         }
     }
     if let Some(Err(e)) = result {

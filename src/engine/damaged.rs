@@ -31,6 +31,8 @@ pub struct DamagedChunk {
     pub reason: String,
     #[serde(skip)]
     pub fingerprint: Fingerprint,
+    #[serde(skip)]
+    pub record_len: u32,
 }
 
 #[derive(Default)]
@@ -99,6 +101,7 @@ impl Engine {
                     references: e.refcount,
                     reason,
                     fingerprint: fp,
+                    record_len: e.record_len,
                 });
             }
         }
@@ -138,5 +141,67 @@ impl Engine {
     /// True when a write of `fp` must store a record of its own.
     pub(crate) fn is_damaged(&self, fp: &Fingerprint) -> bool {
         self.damaged.contains(fp)
+    }
+}
+
+impl Engine {
+    /// Points damaged entries at a good record of the same chunk found in
+    /// any segment file, with or without a row (a checkpoint older than a
+    /// GC, a segment the index lost); returns the entries still damaged.
+    /// Segments a moved entry now points into get rows (committed up to
+    /// their last valid record).
+    pub fn relink_damaged(&self, damaged: Vec<DamagedChunk>) -> Result<Vec<DamagedChunk>> {
+        if damaged.is_empty() {
+            return Ok(damaged);
+        }
+        // A record can replace an entry's only if it has the entry's length.
+        let wanted: std::collections::HashMap<Fingerprint, u32> = damaged
+            .iter()
+            .map(|d| (d.fingerprint, d.record_len))
+            .collect();
+        let rows: HashSet<u64> = self.meta.segments()?.iter().map(|r| r.0).collect();
+        let mut found: std::collections::HashMap<Fingerprint, (u64, u64)> = Default::default();
+        let mut new_rows = Vec::new();
+        let dir = self.segments_dir.clone();
+        for (id, path) in segment::list_segments(&dir).map_err(super::io_err("list segments"))? {
+            let image =
+                std::fs::read(&path).map_err(super::io_err(format!("read {}", path.display())))?;
+            let mut valid_end = 0;
+            let mut used = false;
+            segment::walk_records(&image, id, |item| {
+                if let segment::WalkItem::Record {
+                    offset,
+                    header,
+                    bytes,
+                } = item
+                {
+                    valid_end = offset + bytes.len() as u64;
+                    if wanted.get(&header.fingerprint) == Some(&(bytes.len() as u32))
+                        && !found.contains_key(&header.fingerprint)
+                        && self
+                            .record_problem(&header.fingerprint, bytes.to_vec(), None)
+                            .is_none()
+                    {
+                        found.insert(header.fingerprint, (id, offset));
+                        used = true;
+                    }
+                }
+            });
+            if used && !rows.contains(&id) {
+                new_rows.push((id, valid_end));
+            }
+        }
+        let moves: Vec<(Fingerprint, u64, u64)> = found
+            .iter()
+            .map(|(fp, (seg, off))| (*fp, *seg, *off))
+            .collect();
+        if !moves.is_empty() {
+            self.meta.apply_relocation(&moves, &[], &new_rows, &[])?;
+            self.bump_index_generation();
+        }
+        Ok(damaged
+            .into_iter()
+            .filter(|d| !found.contains_key(&d.fingerprint))
+            .collect())
     }
 }

@@ -375,6 +375,16 @@ impl Engine {
         Ok(())
     }
 
+    /// A durable commit, then a byte copy of the metadata database as
+    /// `meta/checkpoint.redb` (what `datastore repair` puts back when the
+    /// database is lost or damaged). No transaction runs during the copy.
+    pub fn write_checkpoint(&self) -> Result<()> {
+        self.commit(true)?;
+        let _c = lock(&self.commit_lock);
+        self.meta.write_checkpoint()?;
+        Ok(())
+    }
+
     /// Makes every durable commit so far durable in the bucket mirror too
     /// (no-op without one). Holds the commit lock, so the mirror reads a
     /// stable database; a failure leaves the local store intact and is

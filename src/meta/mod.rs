@@ -217,6 +217,12 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "redb panicked".into())
 }
 
+/// The second copy of the database: a byte copy taken right after a
+/// durable commit (see `write_checkpoint`).
+pub fn checkpoint_path(path: &Path) -> PathBuf {
+    path.with_file_name("checkpoint.redb")
+}
+
 fn fresh_path(path: &Path) -> PathBuf {
     path.with_extension("redb.fresh")
 }
@@ -373,6 +379,59 @@ impl Meta {
         }
         *slot = Arc::new(open_existing(&self.path, OpenMode::ReadWrite)?);
         Ok(())
+    }
+
+    /// Copies the database file to `checkpoint.redb` beside it (temp file,
+    /// fsync, rename, fsync of the directory; mode 0600). The caller holds
+    /// every lock a write transaction needs and has just made a durable
+    /// commit, so the copy is that commit (redb opens a byte copy taken
+    /// between transactions as it would after a crash at that moment).
+    pub fn write_checkpoint(&self) -> Result<(), MetaError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |e: std::io::Error| MetaError::Db(format!("checkpoint: {e}"));
+        let dest = checkpoint_path(&self.path);
+        let tmp = dest.with_extension("redb.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let mut from = std::fs::File::open(&self.path).map_err(io)?;
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
+            std::io::copy(&mut from, &mut to).map_err(io)?;
+            to.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &dest).map_err(io)?;
+        if let Some(dir) = dest.parent() {
+            crate::fsutil::sync_dir(dir).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the checkpoint in place of a missing or damaged database file
+    /// (offline, nothing has it open). Refuses a checkpoint that does not
+    /// open itself.
+    pub fn restore_checkpoint(path: &Path) -> Result<(), MetaError> {
+        let checkpoint = checkpoint_path(path);
+        drop(open_existing(&checkpoint, OpenMode::ReadOnly)?);
+        let io = |e: std::io::Error| MetaError::Db(format!("restore the checkpoint: {e}"));
+        let tmp = path.with_extension("redb.restoring");
+        std::fs::copy(&checkpoint, &tmp).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            crate::fsutil::sync_dir(dir).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the database file at `path` opens (None) or why not.
+    pub fn check_file(path: &Path) -> Option<MetaError> {
+        open_existing(path, OpenMode::ReadOnly).err()
     }
 
     /// Bytes the database file occupies on disk, and bytes its rows need

@@ -333,6 +333,15 @@ impl Volume {
         Ok(())
     }
 
+    /// Commits everything durably and copies the metadata database to its
+    /// checkpoint (see `Engine::write_checkpoint`).
+    pub fn write_checkpoint(&self) -> VResult<()> {
+        let _one_at_a_time = lock(&self.commit_lock);
+        self.commit_locked(true)?;
+        self.engine.write_checkpoint()?;
+        Ok(())
+    }
+
     /// Rewrites the metadata database into a fresh, dense file (see
     /// `rewrite_metadata`) when that would save a tenth of it and at
     /// least 1 MiB, and the file is at most `max_bytes` (a rewrite takes about a
