@@ -635,3 +635,53 @@ fn repair_finds_records_gc_moved_after_the_checkpoint() {
     f.mount();
     assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), data);
 }
+
+/// Changes one hex character of the first wrapped key in keystore.json.
+fn flip_keystore_hex(f: &Fixture) {
+    let path = f.store().join("keystore").join("keystore.json");
+    let mut text = std::fs::read(&path).unwrap();
+    let at = String::from_utf8_lossy(&text)
+        .find("\"wrapped\": \"")
+        .unwrap()
+        + 12
+        + 10;
+    text[at] = if text[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&path, text).unwrap();
+}
+
+/// One flipped character in keystore.json: the right password still
+/// opens the store (from keystore.json.bak), scrub reports the damaged
+/// copy, and repair (or the next unlock) writes it again.
+#[test]
+fn a_damaged_keystore_copy_is_caught_worked_around_and_repaired() {
+    let f = Fixture::new(&[]);
+    let main = f.store().join("keystore").join("keystore.json");
+    let backup = f.store().join("keystore").join("keystore.json.bak");
+    flip_keystore_hex(&f);
+    let o = f.run(&["scrub"]);
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("keystore.json: keystore is corrupt: checksum mismatch"));
+    assert!(f
+        .ok(&["encryption", "show"])
+        .contains("WARNING: keystore.json is damaged"));
+    assert_eq!(code(&f.run(&["repair", "--dry-run"])), 10);
+    assert!(f
+        .ok(&["repair"])
+        .contains("Wrote both keystore copies again"));
+    assert_eq!(
+        std::fs::read(&main).unwrap(),
+        std::fs::read(&backup).unwrap()
+    );
+    f.ok(&["scrub"]);
+
+    flip_keystore_hex(&f);
+    f.mount();
+    assert!(f.is_mounted(), "the right password opens the store");
+    f.unmount();
+    f.ok(&["scrub"]);
+    assert_eq!(
+        std::fs::read(&main).unwrap(),
+        std::fs::read(&backup).unwrap()
+    );
+}

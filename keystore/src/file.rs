@@ -6,6 +6,10 @@
 //! Invariant: every save writes the backup first and the main file second,
 //! each atomically (temp file, fsync, rename, fsync dir), so at any crash
 //! point at least one of the two is a complete, current-or-previous copy.
+//! Every save also writes `checksum`, BLAKE3 of the file's content without
+//! it: a copy whose checksum does not match is damaged and the other copy
+//! is used. (Against accidental damage only: tampering with a wrapped key
+//! is caught by its AES-GCM tag, and a checksum has no key.)
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -109,6 +113,10 @@ pub struct KeystoreFile {
     /// Present only while a conversion to the current key runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retiring: Option<Retiring>,
+    /// "blake3:" and the hex BLAKE3 of the compact JSON of this file with
+    /// no checksum (absent in files written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 pub fn decode_hex(field: &str, v: &str, len: usize) -> Result<Vec<u8>, KeystoreError> {
@@ -179,8 +187,42 @@ impl KeystoreFile {
     pub fn parse(bytes: &[u8]) -> Result<Self, KeystoreError> {
         let f: KeystoreFile = serde_json::from_slice(bytes)
             .map_err(|e| KeystoreError::Corrupt(format!("unreadable keystore: {e}")))?;
+        if let Some(stored) = &f.checksum {
+            if *stored != f.content_checksum()? {
+                return Err(KeystoreError::Corrupt(
+                    "checksum mismatch: the file is damaged".into(),
+                ));
+            }
+        }
         f.validate()?;
         Ok(f)
+    }
+
+    /// The checksum of this content (see the module comment).
+    fn content_checksum(&self) -> Result<String, KeystoreError> {
+        let mut plain = self.clone();
+        plain.checksum = None;
+        let bytes = serde_json::to_vec(&plain)
+            .map_err(|e| KeystoreError::Corrupt(format!("serialise: {e}")))?;
+        Ok(format!("blake3:{}", blake3::hash(&bytes).to_hex()))
+    }
+
+    /// What is wrong with each copy on disk (empty: both parse and match
+    /// their checksums). For scrub.
+    pub fn check_copies(dir: &Path) -> Vec<String> {
+        let mut problems = Vec::new();
+        for name in [FILE_NAME, BACKUP_NAME] {
+            let p = dir.join(name);
+            match std::fs::read(&p) {
+                Err(e) => problems.push(format!("{}: {e}", p.display())),
+                Ok(b) => {
+                    if let Err(e) = Self::parse(&b) {
+                        problems.push(format!("{}: {e}", p.display()));
+                    }
+                }
+            }
+        }
+        problems
     }
 
     /// Loads the main file, falling back to the backup; says which it used.
@@ -217,7 +259,9 @@ impl KeystoreFile {
 
     pub fn save(&self, dir: &Path) -> Result<(), KeystoreError> {
         self.validate()?;
-        let bytes = serde_json::to_vec_pretty(self)
+        let mut sealed = self.clone();
+        sealed.checksum = Some(self.content_checksum()?);
+        let bytes = serde_json::to_vec_pretty(&sealed)
             .map_err(|e| KeystoreError::Corrupt(format!("serialise: {e}")))?;
         write_atomic(&dir.join(BACKUP_NAME), &bytes)?;
         write_atomic(&dir.join(FILE_NAME), &bytes)

@@ -307,6 +307,7 @@ impl Keystore {
                 slots: Vec::new(),
                 generation: 0,
                 retiring,
+                checksum: None,
             },
             loaded_from_backup: false,
         };
@@ -336,6 +337,27 @@ impl Keystore {
 
     pub fn fips_mode(&self) -> FipsMode {
         self.file.fips_mode
+    }
+
+    /// Writes the loaded content to both files again (`datastore repair`
+    /// after `KeystoreFile::check_copies` found one damaged).
+    pub fn write_both_copies(&self) -> Result<(), KeystoreError> {
+        self.file.save(&self.dir)
+    }
+
+    /// The id of the store this keystore belongs to.
+    pub fn store_id(&self) -> &str {
+        &self.file.store_id
+    }
+
+    /// When the main file was damaged and the backup was loaded: writes
+    /// the backup's content to both again. Returns whether it did.
+    pub fn restore_main_copy(&self) -> Result<bool, KeystoreError> {
+        if !self.loaded_from_backup {
+            return Ok(false);
+        }
+        self.file.save(&self.dir)?;
+        Ok(true)
     }
 
     pub fn startup(&self) -> StartupMode {

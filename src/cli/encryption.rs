@@ -302,7 +302,7 @@ fn print_show(s: &Show) {
         );
     }
     if s.keystore.loaded_from_backup {
-        crate::say!("WARNING: keystore.json was unreadable; loaded from keystore.json.bak");
+        crate::say!("WARNING: keystore.json is damaged; loaded from keystore.json.bak (`datastore repair` writes it again)");
     }
 }
 

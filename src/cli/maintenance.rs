@@ -8,13 +8,38 @@ use super::store::load_config;
 use super::Cli;
 use crate::engine::Engine;
 
+/// What is wrong with the keystore's two copies (none for a store without
+/// a keystore).
+fn keystore_problems(store: &std::path::Path) -> Vec<String> {
+    let dir = keystore::Keystore::dir_of(store);
+    match dir.exists() {
+        true => keystore::file::KeystoreFile::check_copies(&dir),
+        false => Vec::new(),
+    }
+}
+
+/// `scrub --json`: the segment report and the keystore's problems.
+#[derive(serde::Serialize)]
+struct ScrubOutput<'a> {
+    #[serde(flatten)]
+    report: &'a crate::engine::ScrubReport,
+    keystore_problems: &'a [String],
+}
+
 pub fn scrub(cli: &Cli, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
     let engine = Engine::open_read_only(&cli.store)?;
     let r = engine.scrub()?;
+    let keystore = keystore_problems(&cli.store);
     if json {
-        print_json(&r)?;
+        print_json(&ScrubOutput {
+            report: &r,
+            keystore_problems: &keystore,
+        })?;
     } else {
+        for k in &keystore {
+            crate::say!("BAD keystore copy {k}");
+        }
         crate::say!(
             "Scrubbed {} segments, {} records, {} bytes; {} index entries checked.",
             r.segments,
@@ -32,13 +57,12 @@ pub fn scrub(cli: &Cli, json: bool) -> Result<(), Failure> {
             );
         }
     }
-    if r.is_clean() {
-        Ok(())
-    } else {
-        Err(Failure::new(
+    match (r.bad.len(), keystore.len()) {
+        (0, 0) => Ok(()),
+        (records, copies) => Err(Failure::new(
             Exit::Damaged,
-            format!("scrub found {} bad records", r.bad.len()),
-        ))
+            format!("scrub found {records} bad records and {copies} damaged keystore copies"),
+        )),
     }
 }
 
@@ -84,8 +108,30 @@ fn restore_metadata(store: &std::path::Path, dry_run: bool) -> Result<bool, Fail
     Ok(true)
 }
 
+/// Writes both keystore copies again from the one that is intact.
+fn repair_keystore(store: &std::path::Path, dry_run: bool) -> Result<(), Failure> {
+    let problems = keystore_problems(store);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if dry_run {
+        return Err(Failure::new(
+            Exit::Damaged,
+            format!("damaged keystore copy: {}", problems.join("; ")),
+        ));
+    }
+    let ks = super::store::open_keystore(store)?;
+    ks.write_both_copies()?;
+    crate::say!(
+        "Wrote both keystore copies again from the intact one ({}).",
+        problems.join("; ")
+    );
+    Ok(())
+}
+
 pub fn repair(cli: &Cli, dry_run: bool, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
+    repair_keystore(&cli.store, dry_run)?;
     restore_metadata(&cli.store, dry_run)?;
     let engine = if dry_run {
         Engine::open_read_only(&cli.store)?

@@ -150,6 +150,18 @@ pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, Unloc
 /// config one step behind; the keystore is the authority).
 fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
     let mut cfg = StoreConfig::load(store).map_err(UnlockError::Config)?;
+    if cfg.store_id != ks.store_id() {
+        return Err(UnlockError::Config(format!(
+            "the keystore belongs to store {}, datastore.toml to store {}: refused (a keystore or datastore.toml from another store was put here)",
+            ks.store_id(),
+            cfg.store_id
+        )));
+    }
+    if ks.restore_main_copy()? {
+        crate::log_line!(
+            "datastore: keystore.json was damaged; it was written again from keystore.json.bak"
+        );
+    }
     let alg = fingerprint_alg(ks.fips_mode());
     if cfg.engine.fingerprint != alg || !cfg.engine.encrypted() {
         cfg.engine.fingerprint = alg;
