@@ -144,6 +144,28 @@ pub fn open_private_log(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// (pid, uid) of the process at the other end of a Unix socket.
+pub fn peer_credentials(s: &std::os::unix::net::UnixStream) -> Option<(i32, u32)> {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((cred.pid, cred.uid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

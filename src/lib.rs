@@ -10,9 +10,19 @@
 macro_rules! log_line {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        if $crate::LOG_TIMESTAMPS.load(std::sync::atomic::Ordering::Relaxed) {
+            let now = $crate::timefmt::utc_time(std::time::SystemTime::now());
+            let _ = writeln!(std::io::stderr(), "{now} {}", format_args!($($arg)*));
+        } else {
+            let _ = writeln!(std::io::stderr(), $($arg)*);
+        }
     }};
 }
+
+/// Set by the mount daemon: its `log_line!`s (daemon.log) start with the
+/// UTC time; a command's one-line error on a terminal does not.
+pub static LOG_TIMESTAMPS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// `println!` that never panics: with standard output closed, or its
 /// reader gone (`datastore status | head -1`), the line is lost and the
@@ -35,4 +45,5 @@ pub mod fsutil;
 pub mod meta;
 pub mod remote;
 pub mod store;
+pub mod timefmt;
 pub mod volume;

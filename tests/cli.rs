@@ -153,9 +153,65 @@ fn add_and_remove_passwords_from_stdin_lines() {
         &["encryption", "password", "remove"],
         "second admin password\n",
     );
-    env.ok(&["encryption", "password", "remove"], &format!("{PW}\n"));
-    // Only the recovery slot is left; it cannot be removed as a password.
-    assert_eq!(env.show()["keystore"]["slots"].as_array().unwrap().len(), 1);
+    // The last password stays (the recovery key is for emergencies).
+    let o = env.run(&["encryption", "password", "remove"], &format!("{PW}\n"));
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(stderr(&o).contains("last password"), "{}", stderr(&o));
+    assert_eq!(env.show()["keystore"]["slots"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn new_passwords_are_checked_as_they_are_typed() {
+    let env = Env::new();
+    // Too short (outside FIPS mode too), with the minimum said.
+    let o = env.run(&["init"], "short\n");
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(stderr(&o).contains("at least 8"), "{}", stderr(&o));
+    // A second line that differs from the first.
+    let o = env.run(&["init"], &format!("{PW}\n{PW}x\n"));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("differ"), "{}", stderr(&o));
+    // Not UTF-8.
+    let pw = env.dir.path().join("latin1");
+    std::fs::write(&pw, b"caf\xe9 au lait\n").unwrap();
+    let o = env.run(&["init", "--password-file", pw.to_str().unwrap()], "");
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("UTF-8"), "{}", stderr(&o));
+    assert!(!env.store().join("datastore.toml").exists());
+    // The same line twice is a confirmation.
+    env.ok(&["init"], &format!("{PW}\n{PW}\n"));
+}
+
+#[test]
+fn a_store_without_its_configuration_is_not_created_again() {
+    let env = Env::new();
+    env.ok(&["init"], &format!("{PW}\n"));
+    std::fs::remove_file(env.store().join("datastore.toml")).unwrap();
+    let mnt = env.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let o = env.run(&["mount", mnt.to_str().unwrap()], &format!("{PW}\n"));
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lost its configuration"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("creating it"));
+    // A directory with other files in it is not taken over either.
+    let other = env.dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("file"), "x").unwrap();
+    let o = env.run(
+        &[
+            "--store",
+            other.to_str().unwrap(),
+            "mount",
+            mnt.to_str().unwrap(),
+        ],
+        &format!("{PW}\n"),
+    );
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("creating it"));
 }
 
 #[test]

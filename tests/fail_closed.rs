@@ -685,3 +685,40 @@ fn a_damaged_keystore_copy_is_caught_worked_around_and_repaired() {
         std::fs::read(&backup).unwrap()
     );
 }
+
+/// A wrong password at `unlock` is logged with the time and who tried,
+/// and the next attempt waits: guessing is slow and leaves a trace.
+#[test]
+fn failed_unlocks_are_logged_with_a_time_and_slowed_down() {
+    let f = Fixture::new(&[]);
+    f.mount_locked();
+    let wrong = f.dir.path().join("wrong");
+    std::fs::write(&wrong, "not the password at all\n").unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..3 {
+        let o = f.run(&["unlock", "--password-file", wrong.to_str().unwrap()]);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+    }
+    assert!(
+        t.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    f.ok(&["unlock", "--password-file", f.pw().to_str().unwrap()]);
+    let log = std::fs::read_to_string(f.store().join("daemon.log")).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unlock refused"))
+        .collect();
+    assert_eq!(refused.len(), 3, "{log}");
+    for line in refused {
+        assert!(
+            line.starts_with("20") && line.contains(" UTC datastore: unlock refused (uid 0 pid "),
+            "{line}"
+        );
+    }
+    assert!(
+        !log.contains("not the password"),
+        "a password reached the log"
+    );
+}

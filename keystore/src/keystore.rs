@@ -8,7 +8,8 @@
 //!   slot cannot be moved or have its cost lowered without failing to open.
 //! - Unlock pays the full KDF for every slot it tries: there is no check
 //!   that can reject a wrong password before the KDF has run.
-//! - The last password/recovery slot is never removed.
+//! - The last password slot is never removed (nor the recovery slot by
+//!   `remove_password`).
 //! - In shipping mode no boot slot and no boot-key file exist.
 //! - In FIPS mode `validated` every slot uses PBKDF2 and self-tests pass
 //!   before any key is unwrapped.
@@ -36,6 +37,9 @@ use crate::volume::{VolumeKey, VOLUME_KEY_LEN};
 /// Minimum password length in FIPS mode `validated` (SP 800-132 guidance as
 /// applied by the validated module's PBKDF2 service).
 pub const FIPS_MIN_PASSWORD: usize = 14;
+/// Minimum password length otherwise (NIST SP 800-63B's floor for
+/// user-chosen secrets). The recovery key is 32 random bytes.
+pub const MIN_PASSWORD: usize = 8;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -159,6 +163,11 @@ impl Keystore {
     fn check_password_policy(&self, password: &[u8]) -> Result<(), KeystoreError> {
         if password.is_empty() {
             return Err(KeystoreError::Refused("the password is empty".into()));
+        }
+        if password.len() < MIN_PASSWORD {
+            return Err(KeystoreError::Refused(format!(
+                "passwords need at least {MIN_PASSWORD} bytes ({FIPS_MIN_PASSWORD} in FIPS mode)"
+            )));
         }
         if self.file.fips_mode == FipsMode::Validated && password.len() < FIPS_MIN_PASSWORD {
             return Err(KeystoreError::Refused(format!(
@@ -575,19 +584,19 @@ impl Keystore {
     }
 
     /// Removes the password slot that `password` opens; refuses to remove
-    /// the last password or recovery slot.
+    /// the last password slot (and the recovery slot is no password).
     pub fn remove_password(&mut self, password: &[u8], kats: &KatSet) -> Result<(), KeystoreError> {
         self.gate(kats)?;
         let (id, _vk) = self.open_with_secret(password)?;
-        let remaining = self
+        let other_passwords = self
             .file
             .slots
             .iter()
-            .filter(|s| s.kind != SlotKind::Boot && s.id != id)
+            .filter(|s| s.kind == SlotKind::Password && s.id != id)
             .count();
-        if remaining == 0 {
+        if other_passwords == 0 {
             return Err(KeystoreError::Refused(
-                "refusing to remove the last keyslot: the store would become unreadable".into(),
+                "refusing to remove the last password: add another one first (the recovery key is for emergencies)".into(),
             ));
         }
         let kind = self.file.slots.iter().find(|s| s.id == id).map(|s| s.kind);

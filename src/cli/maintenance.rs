@@ -93,7 +93,7 @@ fn restore_metadata(store: &std::path::Path, dry_run: bool) -> Result<bool, Fail
     }
     let taken = std::fs::metadata(&checkpoint)
         .and_then(|m| m.modified())
-        .map(crate::cli::encryption::utc_time)
+        .map(crate::timefmt::utc_time)
         .unwrap_or_else(|_| "an unknown time".into());
     if dry_run {
         return Err(Failure::new(

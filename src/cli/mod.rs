@@ -2,7 +2,7 @@
 //! group, and the mapping of failures to exit codes (see `exit`).
 
 mod conversion;
-pub(crate) mod encryption;
+mod encryption;
 pub mod exit;
 mod import;
 mod maintenance;
@@ -305,7 +305,7 @@ pub fn run(cli: Cli) -> i32 {
         } => store::init_unencrypted(&cli),
         Command::Init {
             fips_mode, remote, ..
-        } => store::init(&cli, *fips_mode, remote.config()),
+        } => store::init(&cli, *fips_mode, remote.config()).map(drop),
         Command::Attach { remote } => store::attach(&cli, remote.config()),
         Command::Encryption { command } => encryption::run(&cli, command),
         Command::Mount {

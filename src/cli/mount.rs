@@ -100,10 +100,13 @@ pub fn mount(
         ));
     }
     check_mountpoint_apart(mountpoint, &cli.store)?;
+    let mut new_password = None;
     if !cli.store.join(crate::config::CONFIG_FILE).exists() && !password_stdin {
-        // First use of the store: create it (password prompt), then mount.
+        // First use of the store: create it (password prompt), then mount
+        // with that password.
+        super::store::check_new_store_dir(&cli.store)?;
         crate::say!("No store at {}: creating it.", cli.store.display());
-        super::store::init(cli, super::FipsArg::Disabled, None)?;
+        new_password = Some(super::store::init(cli, super::FipsArg::Disabled, None)?);
     }
     load_config(&cli.store)?;
     // Checked before anything starts: a bad --http is a usage error.
@@ -117,6 +120,8 @@ pub fn mount(
             line.pop();
         }
         (!line.is_empty()).then_some(line)
+    } else if new_password.is_some() {
+        new_password
     } else {
         mount_password(cli)?
     };
@@ -199,11 +204,11 @@ pub fn mount(
     if let Ok(mut f) = std::fs::File::open(&log_path) {
         let _ = f.read_to_string(&mut log_tail);
     }
-    let last = log_tail
-        .lines()
-        .last()
-        .unwrap_or("the daemon exited")
-        .trim_start_matches("datastore: ")
+    let last = log_tail.lines().last().unwrap_or("the daemon exited");
+    // Past the daemon's timestamp and "datastore: ".
+    let last = last
+        .split_once("datastore: ")
+        .map_or(last, |(_, message)| message)
         .to_string();
     let code = match status.code() {
         Some(3) => Exit::WrongPassword,
@@ -286,37 +291,21 @@ pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Fai
 /// The process at the other end of the control socket must run as root
 /// or as us: anyone else listening there could be waiting for a password.
 fn check_peer(s: &UnixStream, path: &Path) -> Result<(), Failure> {
-    use std::os::unix::io::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if rc != 0 || (cred.uid != 0 && cred.uid != me) {
-        return Err(Failure::new(
+    match crate::fsutil::peer_credentials(s) {
+        Some((_, uid)) if uid == 0 || uid == me => Ok(()),
+        peer => Err(Failure::new(
             Exit::Refused,
             format!(
-                "{} is served by uid {} (pid {}), not by root: refused, nothing was sent",
+                "{} is served by {}, not by root: refused, nothing was sent",
                 path.display(),
-                cred.uid,
-                cred.pid
+                peer.map_or("an unknown process".into(), |(pid, uid)| format!(
+                    "uid {uid} (pid {pid})"
+                )),
             ),
-        ));
+        )),
     }
-    Ok(())
 }
 
 pub(crate) fn no_daemon(store: &Path) -> Failure {

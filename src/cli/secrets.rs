@@ -33,12 +33,17 @@ impl SecretReader {
         confirm: bool,
     ) -> Result<Zeroizing<String>, Failure> {
         if let Some(path) = file {
-            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                Failure::new(
-                    Exit::Io,
-                    format!("cannot read password file {}: {e}", path.display()),
-                )
-            })?);
+            let text =
+                Zeroizing::new(std::fs::read_to_string(path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => Failure::new(
+                        Exit::Usage,
+                        format!("the password in {} is not valid UTF-8", path.display()),
+                    ),
+                    _ => Failure::new(
+                        Exit::Io,
+                        format!("cannot read password file {}: {e}", path.display()),
+                    ),
+                })?);
             let first = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
             return non_empty(first);
         }
@@ -59,14 +64,30 @@ impl SecretReader {
             }
             return non_empty(first);
         }
+        let first = non_empty(self.stdin_line()?)?;
+        if confirm {
+            // A second line, where the caller sent one, must repeat it.
+            let again = self.stdin_line()?;
+            if !again.is_empty() && *again != *first {
+                return Err(Failure::new(Exit::Usage, "the two passwords differ"));
+            }
+        }
+        Ok(first)
+    }
+
+    /// The next line of stdin without its newline ("" at the end).
+    fn stdin_line(&mut self) -> Result<Zeroizing<String>, Failure> {
         let lines = self
             .stdin_lines
             .get_or_insert_with(|| std::io::stdin().lock());
         let mut line = Zeroizing::new(String::new());
-        lines
-            .read_line(&mut line)
-            .map_err(|e| Failure::new(Exit::Io, format!("cannot read password from stdin: {e}")))?;
-        non_empty(trim_newline(line))
+        lines.read_line(&mut line).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                Failure::new(Exit::Usage, "the password on stdin is not valid UTF-8")
+            }
+            _ => Failure::new(Exit::Io, format!("cannot read password from stdin: {e}")),
+        })?;
+        Ok(trim_newline(line))
     }
 }
 

@@ -73,7 +73,13 @@ pub fn open_keystore(store: &Path) -> Result<Keystore, Failure> {
     Ok(Keystore::open(store, &boot_key_dir())?)
 }
 
-pub fn init(cli: &Cli, fips: FipsArg, remote: Option<RemoteConfig>) -> Result<(), Failure> {
+/// `datastore init`; returns the new password (a first `mount` goes on to
+/// unlock with it instead of asking again).
+pub fn init(
+    cli: &Cli,
+    fips: FipsArg,
+    remote: Option<RemoteConfig>,
+) -> Result<zeroize::Zeroizing<String>, Failure> {
     let store = &cli.store;
     check_new_store_dir(store)?;
     let fips = fips_of(fips);
@@ -130,7 +136,7 @@ pub fn init(cli: &Cli, fips: FipsArg, remote: Option<RemoteConfig>) -> Result<()
     }
     crate::say!("Recovery key (shown once; keep it offline, it opens the store like a password):");
     crate::say!("  {}", recovery.as_str());
-    Ok(())
+    Ok(password)
 }
 
 /// `init --no-encryption`: a store without keystore or password whose
@@ -212,14 +218,23 @@ fn create_store_dir(store: &Path) -> Result<(), Failure> {
 
 /// A path `init` or `attach` may create a store in: absent or an empty
 /// directory.
-fn check_new_store_dir(store: &Path) -> Result<(), Failure> {
+pub fn check_new_store_dir(store: &Path) -> Result<(), Failure> {
     if store.exists() && !store.is_dir() {
         return Err(Failure::new(
             Exit::Usage,
             format!("{} exists and is not a directory", store.display()),
         ));
     }
-    if store.join(CONFIG_FILE).exists() || Keystore::dir_of(store).exists() {
+    if !store.join(CONFIG_FILE).exists() && Keystore::dir_of(store).exists() {
+        return Err(Failure::new(
+            Exit::NotAStore,
+            format!(
+                "{} holds a keystore but no {CONFIG_FILE}: the store lost its configuration (put {CONFIG_FILE} back; nothing was created)",
+                store.display()
+            ),
+        ));
+    }
+    if store.join(CONFIG_FILE).exists() {
         return Err(Failure::new(
             Exit::Refused,
             format!("{} already holds a store", store.display()),

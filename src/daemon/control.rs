@@ -13,6 +13,9 @@ use zeroize::Zeroizing;
 use super::{keys, set_owner_only, DaemonError, Shared, SOCKET};
 use crate::cli::exit::{Exit, Failure};
 
+/// The pause after a refused unlock.
+const FAILED_UNLOCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Binds the socket (replacing a stale one) and serves it on a thread.
 pub fn start(shared: Arc<Shared>) -> Result<PathBuf, DaemonError> {
     let path = shared.store.join(SOCKET);
@@ -93,6 +96,16 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
                     Err(e) => Err(Failure::new(Exit::Error, e.to_string())),
                 }
             };
+            if let Err(f) = &r {
+                let who = crate::fsutil::peer_credentials(&stream)
+                    .map_or("an unknown process".into(), |(pid, uid)| {
+                        format!("uid {uid} pid {pid}")
+                    });
+                crate::log_line!("datastore: unlock refused ({who}): {}", f.message);
+                // Requests are served one at a time: at most one password
+                // guess per FAILED_UNLOCK_PAUSE, however many connections try.
+                std::thread::sleep(FAILED_UNLOCK_PAUSE);
+            }
             answer(&mut stream, r)
         }
         "lock" => {

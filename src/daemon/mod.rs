@@ -143,6 +143,7 @@ pub fn serve(
     ready: impl FnOnce(bool),
 ) -> Result<(), DaemonError> {
     limit_malloc_arenas();
+    crate::LOG_TIMESTAMPS.store(true, std::sync::atomic::Ordering::Relaxed);
     if !mountpoint.is_dir() {
         return Err(DaemonError::Usage(format!(
             "mount point {} is not a directory",
