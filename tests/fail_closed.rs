@@ -722,3 +722,85 @@ fn failed_unlocks_are_logged_with_a_time_and_slowed_down() {
         "a password reached the log"
     );
 }
+
+/// A mount whose daemon was killed is detached by the next `mount`; a
+/// second mount on a live one is refused; mount points with a tab or a
+/// backslash unmount; a relative `--store` unmounts from elsewhere.
+#[test]
+fn dead_stacked_odd_and_relative_mounts() {
+    let f = Fixture::new(&[]);
+    f.mount();
+    std::fs::write(f.mnt().join("kept"), b"before the kill").unwrap();
+    std::fs::File::open(f.mnt()).unwrap().sync_all().unwrap();
+    std::fs::File::open(f.mnt().join("kept"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+
+    // Stacked: another store on the same live mount point.
+    let g = Fixture::new(&[]);
+    let o = g.run(&[
+        "mount",
+        f.mnt().to_str().unwrap(),
+        "--password-file",
+        g.pw().to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 9, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already a datastore mount"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Dead: the daemon killed, the kernel mount left behind.
+    let pid = f.daemon_pid().unwrap();
+    // SAFETY: kill(2) on the daemon's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = std::time::Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(f.is_mounted(), "the dead mount is still in the mount table");
+    let out = f.ok(&mount_args(&f)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(out.contains("Detached the dead datastore mount"), "{out}");
+    assert_eq!(
+        std::fs::read(f.mnt().join("kept")).unwrap(),
+        b"before the kill"
+    );
+    f.unmount();
+
+    // A tab and a backslash in the mount point's name.
+    let odd = f.dir.path().join("tab\there back\\slash");
+    std::fs::create_dir(&odd).unwrap();
+    f.ok(&[
+        "mount",
+        odd.to_str().unwrap(),
+        "--password-file",
+        f.pw().to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(odd.join("kept")).unwrap(), b"before the kill");
+    f.ok(&["unmount", odd.to_str().unwrap()]);
+
+    // A relative --store, unmounted from another directory.
+    let bin = env!("CARGO_BIN_EXE_datastore");
+    let ok = std::process::Command::new(bin)
+        .current_dir(f.dir.path())
+        .args(["--store", "store", "mount", "mnt", "--password-file", "pw"])
+        .env_remove("DATASTORE_STORE")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let o = std::process::Command::new(bin)
+        .current_dir("/")
+        .arg("unmount")
+        .arg(f.mnt())
+        .env_remove("DATASTORE_STORE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!f.is_mounted());
+}

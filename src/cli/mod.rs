@@ -297,7 +297,12 @@ pub fn kdf_options() -> keystore::SlotOptions {
 }
 
 /// Runs the command; returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+pub fn run(mut cli: Cli) -> i32 {
+    // An absolute store path: the daemon records it in the mount table, and
+    // `unmount` from another directory must find it there.
+    if let Ok(abs) = std::path::absolute(&cli.store) {
+        cli.store = abs;
+    }
     let result = match &cli.command {
         Command::Init {
             no_encryption: true,

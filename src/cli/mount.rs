@@ -3,6 +3,7 @@
 //! socket.
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,9 @@ pub fn mount(
     password_stdin: bool,
     http: HttpArgs,
 ) -> Result<(), Failure> {
+    if !foreground {
+        clear_stale_mount(mountpoint)?;
+    }
     if !mountpoint.is_dir() {
         return Err(Failure::new(
             Exit::Usage,
@@ -223,6 +227,44 @@ pub fn mount(
     Err(Failure::new(code, last))
 }
 
+/// A datastore mount already at `mountpoint`: one whose daemon died (the
+/// kernel answers ENOTCONN) is detached so the mount can go ahead; a live
+/// one is refused (no stacked mounts: one unmount would hide the other).
+fn clear_stale_mount(mountpoint: &Path) -> Result<(), Failure> {
+    let Some(abs) = std::path::absolute(mountpoint).ok() else {
+        return Ok(());
+    };
+    if !datastore_mounts().iter().any(|(mp, _)| *mp == abs) {
+        return Ok(());
+    }
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let c = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes())
+                .map_err(|_| Failure::new(Exit::Usage, "bad mount point"))?;
+            // SAFETY: umount2 with a valid C string.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(Failure::new(
+                    Exit::Io,
+                    format!(
+                        "{} is a dead datastore mount and cannot be detached: {e}",
+                        abs.display()
+                    ),
+                ));
+            }
+            crate::say!("Detached the dead datastore mount at {}.", abs.display());
+            Ok(())
+        }
+        _ => Err(Failure::new(
+            Exit::InUse,
+            format!(
+                "{} is already a datastore mount (unmount it first)",
+                abs.display()
+            ),
+        )),
+    }
+}
+
 /// The mount point may be neither inside the store nor the store or one of
 /// its ancestors: the mount would hide the store from its own daemon.
 fn check_mountpoint_apart(mountpoint: &Path, store: &Path) -> Result<(), Failure> {
@@ -346,10 +388,34 @@ fn store_of_mount(mountpoint: &Path) -> Option<PathBuf> {
         .map(|(_, store)| store)
 }
 
+/// A mountinfo field with the kernel's `\ooo` escapes (space, tab,
+/// newline, backslash) turned back into bytes.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Every datastore mount of this machine: (mount point, store).
 pub(crate) fn datastore_mounts() -> Vec<(PathBuf, PathBuf)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let unescape = |s: &str| PathBuf::from(s.replace("\\040", " "));
+    let unescape = |s: &str| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(s)));
     info.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
