@@ -438,6 +438,15 @@ impl Keystore {
         Ok(vk)
     }
 
+    /// The volume key `secret` opens, changing nothing (no shipping-mode
+    /// exit, no file written): for commands that only read the store.
+    pub fn open_key(&self, secret: &[u8], kats: &KatSet) -> Result<VolumeKey, KeystoreError> {
+        self.gate(kats)?;
+        let (_, vk) = self.open_with_secret(secret)?;
+        harden_process()?;
+        Ok(vk)
+    }
+
     /// Unlocks without a password through the boot key, when the startup
     /// mode is `unlocked` and shipping mode is off. Ok(None) means a
     /// password is needed.

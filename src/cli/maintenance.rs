@@ -26,9 +26,23 @@ struct ScrubOutput<'a> {
     keystore_problems: &'a [String],
 }
 
-pub fn scrub(cli: &Cli, json: bool) -> Result<(), Failure> {
+pub fn scrub(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
     let engine = Engine::open_read_only(&cli.store)?;
+    if verify_data {
+        let password = super::secrets::SecretReader::new().read(
+            "Password",
+            cli.password_file.as_deref(),
+            false,
+        )?;
+        let keys = crate::daemon::keys::keys_to_read(&cli.store, password.as_bytes()).map_err(
+            |e| match e {
+                crate::daemon::keys::UnlockError::Key(k) => Failure::from(k),
+                other => Failure::new(Exit::Error, other.to_string()),
+            },
+        )?;
+        engine.set_keys(Some(keys.ring.clone()));
+    }
     let r = engine.scrub()?;
     let keystore = keystore_problems(&cli.store);
     if json {

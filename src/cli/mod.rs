@@ -160,6 +160,10 @@ pub enum Command {
     },
     /// Check every record of every segment (CRCs; works without the key).
     Scrub {
+        /// Also decrypt every record and check its keyed fingerprint (asks
+        /// for the password): finds records altered with a valid CRC.
+        #[arg(long)]
+        verify_data: bool,
         #[arg(long)]
         json: bool,
     },
@@ -334,7 +338,7 @@ pub fn run(mut cli: Cli) -> i32 {
         Command::Unlock => mount::unlock(&cli),
         Command::Lock => mount::lock(&cli),
         Command::Status { json } => mount::status(&cli, *json),
-        Command::Scrub { json } => maintenance::scrub(&cli, *json),
+        Command::Scrub { verify_data, json } => maintenance::scrub(&cli, *verify_data, *json),
         Command::Gc { threshold, json } => maintenance::gc(&cli, *threshold, *json),
         Command::Repair { dry_run, json } => maintenance::repair(&cli, *dry_run, *json),
     };

@@ -205,6 +205,15 @@ pub fn keys_with_password(store: &Path, password: &[u8]) -> Result<LoadedKeys, U
     derive(&ks, vk)
 }
 
+/// The key objects a password (or recovery key) opens, writing nothing:
+/// for commands that only read the store (`scrub --verify-data`).
+pub fn keys_to_read(store: &Path, password: &[u8]) -> Result<LoadedKeys, UnlockError> {
+    StoreConfig::load(store).map_err(UnlockError::Config)?;
+    let ks = Keystore::open(store, &boot_key_dir())?;
+    let vk = ks.open_key(password, &KatSet::embedded())?;
+    derive(&ks, vk)
+}
+
 /// Unlocks with a password (or recovery key).
 pub fn unlock_with_password(
     store: &Path,

@@ -86,7 +86,12 @@ impl Engine {
                 WalkItem::Damaged { offset, reason } => report.bad.push(BadRecord {
                     segment: id,
                     offset,
-                    chunk: None,
+                    // A body that fails its CRC under a header that parses:
+                    // the header names the chunk.
+                    chunk: image
+                        .get(offset as usize..)
+                        .and_then(|rest| record::parse_header(rest).ok())
+                        .map(|h| hex::encode(&h.fingerprint[..8])),
                     reason,
                 }),
             });
