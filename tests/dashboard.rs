@@ -59,7 +59,9 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-fn mount_http(f: &Fixture, port: u16) {
+/// Mounts with `--http` on loopback and no token file: returns the token
+/// the mount made in the store (every request needs it).
+fn mount_http(f: &Fixture, port: u16) -> String {
     let pw = f.pw();
     let mnt = f.mnt();
     let addr = format!("127.0.0.1:{port}");
@@ -71,21 +73,33 @@ fn mount_http(f: &Fixture, port: u16) {
         "--http",
         &addr,
     ]);
+    let text = std::fs::read_to_string(f.store().join("http-token")).unwrap();
+    text.trim().to_string()
 }
 
 #[test]
 fn metrics_move_with_io_and_the_dashboard_matches_status() {
     let f = Fixture::new(&[]);
     let port = common::free_port();
-    mount_http(&f, port);
-    let (code, before) = get(port, "/metrics", None);
+    let token = mount_http(&f, port);
+    // Loopback too: without the store's token (root-only) nothing is
+    // served, so no local user reads the dedup figures (an oracle).
+    assert_eq!(get(port, "/metrics", None).0, 401);
+    assert_eq!(get(port, "/api/status", None).0, 401);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(f.store().join("http-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, before) = get(port, "/metrics", Some(&token));
     assert_eq!(code, 200);
     let marker = "MARKERNAME4711";
     let file = f.mnt().join(format!("{marker}.bin"));
     std::fs::write(&file, common::random_bytes(3, 8 << 20)).unwrap();
     std::fs::File::open(&file).unwrap().sync_all().unwrap();
     assert_eq!(std::fs::read(&file).unwrap().len(), 8 << 20);
-    let (_, after) = get(port, "/metrics", None);
+    let (_, after) = get(port, "/metrics", Some(&token));
     let moved = |name: &str| metric(&after, name) - metric(&before, name);
     assert!(
         moved("datastore_write_bytes_total") >= (8 << 20) as f64,
@@ -103,7 +117,7 @@ fn metrics_move_with_io_and_the_dashboard_matches_status() {
     assert!(metric(&after, "datastore_logical_bytes") >= (8 << 20) as f64);
     assert_eq!(metric(&after, "datastore_locked"), 0.0);
     // The dashboard's data is the status admins get from the CLI.
-    let (_, api) = get(port, "/api/status", None);
+    let (_, api) = get(port, "/api/status", Some(&token));
     let api: serde_json::Value = serde_json::from_str(&api).unwrap();
     let cli: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
     for k in [
@@ -116,17 +130,17 @@ fn metrics_move_with_io_and_the_dashboard_matches_status() {
         assert_eq!(api[k], cli[k], "{k}");
     }
     assert_eq!(api["shield"]["state"], "amber", "{api}");
-    let (_, page) = get(port, "/", None);
+    let (_, page) = get(port, "/", Some(&token));
     assert!(page.contains("Durable capacity"));
     for body in [&after, &page, &api.to_string()] {
         assert!(!body.contains(marker), "a file name was served");
         assert!(!body.contains(PW), "the password was served");
     }
     f.ok(&["lock"]);
-    let (_, api) = get(port, "/api/status", None);
+    let (_, api) = get(port, "/api/status", Some(&token));
     let api: serde_json::Value = serde_json::from_str(&api).unwrap();
     assert_eq!(api["shield"]["state"], "grey", "{api}");
-    let (_, m) = get(port, "/metrics", None);
+    let (_, m) = get(port, "/metrics", Some(&token));
     assert_eq!(metric(&m, "datastore_locked"), 1.0);
     f.unmount();
 }
@@ -136,15 +150,15 @@ fn metrics_move_with_io_and_the_dashboard_matches_status() {
 fn the_shield_is_green_in_fips_mode_validated() {
     let f = Fixture::new(&["--fips-mode", "validated"]);
     let port = common::free_port();
-    mount_http(&f, port);
-    let (_, api) = get(port, "/api/status", None);
+    let token = mount_http(&f, port);
+    let (_, api) = get(port, "/api/status", Some(&token));
     let api: serde_json::Value = serde_json::from_str(&api).unwrap();
     assert_eq!(api["shield"]["state"], "green", "{api}");
     assert!(api["shield"]["label"]
         .as_str()
         .unwrap()
         .contains("AWS-LC FIPS"));
-    let (_, m) = get(port, "/metrics", None);
+    let (_, m) = get(port, "/metrics", Some(&token));
     assert_eq!(metric(&m, "datastore_fips_validated"), 1.0);
     f.unmount();
 }
@@ -203,9 +217,9 @@ fn chromium() -> std::path::PathBuf {
 
 /// Loads the dashboard in headless Chromium, returns the DOM after its
 /// script ran and saves a screenshot under target/test-artifacts/.
-fn render(port: u16, name: &str) -> String {
+fn render(port: u16, token: &str, name: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{port}/");
+    let url = format!("http://127.0.0.1:{port}/?token={token}");
     let common = |extra: &[String]| {
         let o = std::process::Command::new(chromium())
             .args([
@@ -263,7 +277,7 @@ fn the_dashboard_renders_the_shield_and_the_status_numbers_in_chromium() {
     for (name, init, lock) in stores {
         let f = Fixture::new(&init);
         let port = common::free_port();
-        mount_http(&f, port);
+        let token = mount_http(&f, port);
         let data = f.mnt().join("filename-marker-42");
         std::fs::write(&data, common::random_bytes(9, 3 << 20)).unwrap();
         std::fs::File::open(&data).unwrap().sync_all().unwrap();
@@ -271,7 +285,7 @@ fn the_dashboard_renders_the_shield_and_the_status_numbers_in_chromium() {
             f.ok(&["lock"]);
         }
         let cli: serde_json::Value = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
-        let dom = render(port, name);
+        let dom = render(port, &token, name);
         assert!(
             dom.contains("data-loaded=\"1\""),
             "the page never loaded its data"
@@ -303,12 +317,12 @@ fn the_dashboard_renders_the_shield_and_the_status_numbers_in_chromium() {
 fn an_unencrypted_store_shows_red_and_its_conversion_shows_as_a_job() {
     let f = Fixture::new(&["--no-encryption"]);
     let port = common::free_port();
-    mount_http(&f, port);
+    let token = mount_http(&f, port);
     let file = f.mnt().join("data.bin");
     std::fs::write(&file, common::random_bytes(5, 32 << 20)).unwrap();
     std::fs::File::open(&file).unwrap().sync_all().unwrap();
     let api = || -> serde_json::Value {
-        let (code, body) = get(port, "/api/status", None);
+        let (code, body) = get(port, "/api/status", Some(&token));
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };
@@ -318,7 +332,7 @@ fn an_unencrypted_store_shows_red_and_its_conversion_shows_as_a_job() {
         .as_str()
         .unwrap()
         .contains("Not encrypted"));
-    assert_eq!(get(port, "/metrics", None).0, 200);
+    assert_eq!(get(port, "/metrics", Some(&token)).0, 200);
     let pw = f.pw();
     f.ok(&[
         "encryption",

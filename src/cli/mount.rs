@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -58,12 +59,14 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    fn options(&self) -> Result<Option<daemon::http::HttpOptions>, Failure> {
+    fn options(&self, store: &Path) -> Result<Option<daemon::http::HttpOptions>, Failure> {
         let Some(addr) = self.addr else {
             return Ok(None);
         };
         let token = match &self.token_file {
-            None => None,
+            // The store's own token is for loopback listeners only.
+            None if !addr.ip().is_loopback() => None,
+            None => Some(store_token(store)?),
             Some(f) => {
                 let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
                     Failure::new(Exit::Usage, format!("cannot read {}: {e}", f.display()))
@@ -86,6 +89,70 @@ impl HttpArgs {
             .map_err(|e| Failure::new(Exit::Usage, e))
     }
 }
+
+/// The web endpoints' token when none was given: `<store>/http-token`
+/// (made on first use: 32 random bytes as hex, mode 0600, owned by root
+/// like the store), so only who can read the store directory can read the
+/// dashboard and its figures (which reveal dedup: an oracle for whether
+/// some data is stored).
+fn store_token(store: &Path) -> Result<Zeroizing<String>, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store.join(HTTP_TOKEN);
+    let refused = |m: String| Failure::new(Exit::Refused, m);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            let meta = f
+                .metadata()
+                .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+            crate::fsutil::check_private(&path, &meta).map_err(refused)?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(refused(format!(
+                    "{} is readable by others (mode {:o}): refused (chmod 600 it)",
+                    path.display(),
+                    meta.mode() & 0o7777
+                )));
+            }
+            let mut text = Zeroizing::new(String::new());
+            f.read_to_string(&mut text)
+                .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+            let line = text.lines().next().unwrap_or("").trim();
+            if line.len() < 16 {
+                return Err(refused(format!(
+                    "{} holds no token of 16 characters or more",
+                    path.display()
+                )));
+            }
+            Ok(Zeroizing::new(line.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = Zeroizing::new([0u8; 32]);
+            keystore::Provider::DEFAULT.fill_random(&mut raw[..])?;
+            let token = Zeroizing::new(hex::encode(&raw[..]));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| {
+                    Failure::new(Exit::Io, format!("cannot create {}: {e}", path.display()))
+                })?;
+            f.write_all(format!("{}\n", token.as_str()).as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| {
+                    Failure::new(Exit::Io, format!("cannot write {}: {e}", path.display()))
+                })?;
+            Ok(token)
+        }
+        Err(e) => Err(refused(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// The file `store_token` keeps the web token in.
+pub const HTTP_TOKEN: &str = "http-token";
 
 pub fn mount(
     cli: &Cli,
@@ -114,7 +181,7 @@ pub fn mount(
     }
     load_config(&cli.store)?;
     // Checked before anything starts: a bad --http is a usage error.
-    let http_options = http.options()?;
+    let http_options = http.options(&cli.store)?;
     let password = if password_stdin {
         let mut line = Zeroizing::new(String::new());
         std::io::stdin()

@@ -1,7 +1,8 @@
 //! The daemon's web endpoints (`mount --http ADDR`): the dashboard page,
 //! its data as JSON (`/api/status`), and Prometheus metrics (`/metrics`).
-//! Loopback only unless a token is configured; with a token every request
-//! must carry `Authorization: Bearer TOKEN` (or `?token=TOKEN`). Nothing
+//! Every request must carry the token (`Authorization: Bearer TOKEN` or
+//! `?token=TOKEN`): `--http-token-file`, or by default `<store>/http-token`,
+//! readable by root only. A non-loopback address needs `--http-token-file`. Nothing
 //! served names a file, a key or a password; the page loads nothing from
 //! the internet.
 
