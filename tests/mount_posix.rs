@@ -355,3 +355,100 @@ fn writing_or_truncating_drops_file_capabilities_even_as_root() {
         "a chmod or utimes dropped the capability"
     );
 }
+
+/// The kernel's rules, checked against gocryptfs (ext4 underneath) on the
+/// same machine: chown by root keeps set-group-ID without group-execute
+/// and drops set-user-ID; an O_DIRECT write by a non-root user drops both.
+#[test]
+fn chown_and_direct_writes_treat_set_id_bits_as_the_kernel_does() {
+    let m = Mounted::new();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let chown = |p: &Path| run("chown", &["0:1001", p.to_str().unwrap()]);
+    for (before, after) in [(0o2644, 0o2644), (0o2754, 0o0754), (0o6644, 0o2644)] {
+        let p = m.mnt().join(format!("chown-{before:o}"));
+        std::fs::write(&p, "data").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(before)).unwrap();
+        chown(&p);
+        assert_eq!(mode(&p), after, "chown of mode {before:o}");
+    }
+    let p = m.mnt().join("direct");
+    std::fs::write(&p, vec![0u8; 8192]).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o6777)).unwrap();
+    run(
+        "runuser",
+        &[
+            "-u",
+            "tests",
+            "--",
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", p.display()),
+            "bs=4096",
+            "count=1",
+            "oflag=direct",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    assert_eq!(mode(&p), 0o777);
+}
+
+/// rewinddir(3) on a handle opened before names were created shows them.
+#[test]
+fn rewinddir_shows_names_made_after_opendir() {
+    let m = Mounted::new();
+    let d = m.mnt().join("dir");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("first"), "").unwrap();
+    let c = std::ffi::CString::new(d.to_str().unwrap()).unwrap();
+    let names = |dir: *mut libc::DIR| {
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: `dir` is an open DIR*; readdir returns NULL at the end.
+            let e = unsafe { libc::readdir(dir) };
+            if e.is_null() {
+                break out;
+            }
+            // SAFETY: d_name is NUL-terminated.
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+            out.push(name.to_string_lossy().into_owned());
+        }
+    };
+    // SAFETY: opendir on a valid path; closed below.
+    let dir = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(!dir.is_null());
+    assert!(names(dir).contains(&"first".to_string()));
+    for i in 0..100 {
+        std::fs::write(d.join(format!("later{i}")), "").unwrap();
+    }
+    // SAFETY: `dir` is open.
+    unsafe { libc::rewinddir(dir) };
+    let again = names(dir);
+    // SAFETY: `dir` is open; closed once.
+    unsafe { libc::closedir(dir) };
+    let later = again.iter().filter(|n| n.starts_with("later")).count();
+    assert_eq!(later, 100, "{again:?}");
+}
+
+/// The mount says relatime: a read after a write (or of a file whose
+/// access time is older than its change) moves the access time.
+#[test]
+fn reads_move_the_access_time_as_relatime_says() {
+    let m = Mounted::new();
+    let p = m.mnt().join("file");
+    std::fs::write(&p, "content").unwrap();
+    run("touch", &["-a", "-d", "2001-01-01", p.to_str().unwrap()]);
+    let before = std::fs::metadata(&p).unwrap().atime();
+    assert!(before < 1_000_000_000 + 50_000_000, "{before}");
+    let _ = std::fs::read(&p).unwrap();
+    let after = std::fs::metadata(&p).unwrap().atime();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - after).abs() < 60, "atime {after}, now {now}");
+    // A second read right after does not move it again (no write per read).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let _ = std::fs::read(&p).unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().atime(), after);
+}

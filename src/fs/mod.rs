@@ -48,7 +48,9 @@ pub struct DatastoreFs {
     fill: Arc<PageFill>,
     drop_behind: DropBehind,
     /// Open directory handles: the snapshot readdir serves by index.
-    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    /// Open directory handles: the listing, and whether it was read since
+    /// opendir (a read from offset 0 after that is a rewinddir: read again).
+    dirs: Mutex<HashMap<u64, (Vec<DirEntry>, bool)>>,
     next_fh: AtomicU64,
 }
 
@@ -484,7 +486,7 @@ impl Filesystem for DatastoreFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -495,7 +497,10 @@ impl Filesystem for DatastoreFs {
         reply: ReplyWrite,
     ) {
         let v = vol_or_reply!(self, reply);
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+        // The kernel sets the flag for writers without CAP_FSETID, but not
+        // on every path (direct I/O writes here): a non-root writer counts
+        // as one too.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) || req.uid() != 0 {
             if let Err(e) = v.kill_privileges(ino.0) {
                 return reply.error(errno(&e));
             }
@@ -563,7 +568,7 @@ impl Filesystem for DatastoreFs {
                 self.dirs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, entries);
+                    .insert(fh, (entries, false));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno(&e)),
@@ -573,15 +578,24 @@ impl Filesystem for DatastoreFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entries) = dirs.get(&fh.0) else {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((entries, read_before)) = dirs.get_mut(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if offset == 0 && *read_before {
+            // rewinddir(3): names made since opendir must show.
+            let v = vol_or_reply!(self, reply);
+            match v.read_dir(ino.0) {
+                Ok(fresh) => *entries = fresh,
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        *read_before = true;
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(*ino),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::error::{err, VResult, VolError};
-use super::inode::{self, DirentRecord, Extent, Kind, Time, INLINE_EXTENTS_MAX};
+use super::inode::{self, DirentRecord, Extent, Inode, Kind, Time, INLINE_EXTENTS_MAX};
 use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
 use super::{
     lock, State, Volume, DIRTY_LIMIT, SCATTERED_DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP,
@@ -380,6 +380,10 @@ impl Volume {
                 _ => return err(libc::EINVAL),
             }
             let fsize = inode.size;
+            let touched = relatime(inode, self.engine.check_poisoned().is_ok());
+            if touched {
+                Self::touch(&mut st, ino);
+            }
             if off >= fsize {
                 return Ok((Vec::new(), None));
             }
@@ -1078,4 +1082,21 @@ mod tests {
         assert_eq!(b[&10], b"aZZ1234567xyz+!!!");
         assert_eq!(b.len(), 1);
     }
+}
+
+/// The `relatime` rule the mount announces: a read moves the access time
+/// to now when it is not after the last change or is a day old (so a
+/// read after a write shows, without a metadata write per read). Not once
+/// writes stopped. True when it moved.
+fn relatime(inode: &mut Inode, writable: bool) -> bool {
+    const DAY_NS: i128 = 86_400 * 1_000_000_000;
+    let now = Time::now();
+    let ns = |t: Time| t.secs as i128 * 1_000_000_000 + t.nanos as i128;
+    let stale = ns(inode.atime) <= ns(inode.mtime)
+        || ns(inode.atime) <= ns(inode.ctime)
+        || ns(now) - ns(inode.atime) >= DAY_NS;
+    if writable && stale {
+        inode.atime = now;
+    }
+    writable && stale
 }

@@ -1019,15 +1019,23 @@ impl Volume {
             if c.uid != 0 && (uid_change || !owner) {
                 return err(libc::EPERM);
             }
+            if inode.kind != Kind::Dir {
+                // The kernel's rule: set-user-ID always goes; set-group-ID
+                // goes when group-execute is set (without it the bit marks
+                // mandatory locking) or the caller is neither root nor in
+                // the file's group.
+                let mut kill = 0o4000;
+                if inode.perm & 0o010 != 0 || (c.uid != 0 && c.gid != inode.gid) {
+                    kill |= 0o2000;
+                }
+                inode.perm &= !kill;
+                inode.xattrs.remove(CAPABILITY_XATTR);
+            }
             if let Some(u) = set.uid {
                 inode.uid = u;
             }
             if let Some(g) = set.gid {
                 inode.gid = g;
-            }
-            if inode.kind != Kind::Dir {
-                inode.perm &= !0o6000;
-                inode.xattrs.remove(CAPABILITY_XATTR);
             }
             inode.ctime = now;
         }
