@@ -994,6 +994,23 @@ impl Volume {
     }
 }
 
+/// The `relatime` rule the mount announces: a read moves the access time
+/// to now when it is not after the last change or is a day old (so a
+/// read after a write shows, without a metadata write per read). Not once
+/// writes stopped. True when it moved.
+fn relatime(inode: &mut Inode, writable: bool) -> bool {
+    const DAY_NS: i128 = 86_400 * 1_000_000_000;
+    let now = Time::now();
+    let ns = |t: Time| t.secs as i128 * 1_000_000_000 + t.nanos as i128;
+    let stale = ns(inode.atime) <= ns(inode.mtime)
+        || ns(inode.atime) <= ns(inode.ctime)
+        || ns(now) - ns(inode.atime) >= DAY_NS;
+    if writable && stale {
+        inode.atime = now;
+    }
+    writable && stale
+}
+
 #[cfg(test)]
 mod tests {
     use super::{buffer_insert, overlay_buffer, split_window, Extent, DIRTY_LIMIT, MAX_WINDOW};
@@ -1082,21 +1099,4 @@ mod tests {
         assert_eq!(b[&10], b"aZZ1234567xyz+!!!");
         assert_eq!(b.len(), 1);
     }
-}
-
-/// The `relatime` rule the mount announces: a read moves the access time
-/// to now when it is not after the last change or is a day old (so a
-/// read after a write shows, without a metadata write per read). Not once
-/// writes stopped. True when it moved.
-fn relatime(inode: &mut Inode, writable: bool) -> bool {
-    const DAY_NS: i128 = 86_400 * 1_000_000_000;
-    let now = Time::now();
-    let ns = |t: Time| t.secs as i128 * 1_000_000_000 + t.nanos as i128;
-    let stale = ns(inode.atime) <= ns(inode.mtime)
-        || ns(inode.atime) <= ns(inode.ctime)
-        || ns(now) - ns(inode.atime) >= DAY_NS;
-    if writable && stale {
-        inode.atime = now;
-    }
-    writable && stale
 }
