@@ -851,3 +851,40 @@ fn scrub_verify_data_catches_a_record_altered_with_a_valid_crc() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains(&format!("chunk {fp8}")), "{out}");
 }
+
+/// `scrub` while mounted runs in the daemon (it was refused: store in use),
+/// with the key while unlocked; a flipped byte is found.
+#[test]
+fn scrub_runs_through_the_mounted_daemon() {
+    let f = Fixture::new(&[]);
+    store_with_a_file(&f);
+    f.mount();
+    std::fs::write(f.mnt().join("more"), common::random_bytes(41, 1 << 20)).unwrap();
+    std::fs::File::open(f.mnt().join("more"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&f.ok(&["scrub", "--json"])).unwrap();
+    assert_eq!(r["verified_with_key"], true, "{r}");
+    assert!(r["records"].as_u64().unwrap() > 10, "{r}");
+    let biggest = std::fs::read_dir(f.store().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&biggest, &bytes).unwrap();
+    let o = f.run(&["scrub"]);
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("BAD segment"));
+    f.ok(&["lock"]);
+    let o = f.run(&[
+        "scrub",
+        "--verify-data",
+        "--password-file",
+        f.pw().to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+}

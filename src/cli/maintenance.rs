@@ -26,8 +26,35 @@ struct ScrubOutput<'a> {
     keystore_problems: &'a [String],
 }
 
+/// A scrub by the mounted daemon (None: no daemon runs). It verifies
+/// with the key when the mount is unlocked.
+fn scrub_through_daemon(
+    store: &std::path::Path,
+    verify_data: bool,
+) -> Result<Option<crate::engine::ScrubReport>, Failure> {
+    let Some(json) = super::mount::control(store, "scrub\n")? else {
+        return Ok(None);
+    };
+    let r: crate::engine::ScrubReport =
+        serde_json::from_str(&json).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
+    if verify_data && !r.verified_with_key {
+        return Err(Failure::new(
+            Exit::Locked,
+            "the mount is locked: `datastore unlock` it, then scrub --verify-data",
+        ));
+    }
+    Ok(Some(r))
+}
+
 pub fn scrub(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
+    match scrub_through_daemon(&cli.store, verify_data)? {
+        Some(r) => report_scrub(cli, &r, json),
+        None => scrub_offline(cli, verify_data, json),
+    }
+}
+
+fn scrub_offline(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure> {
     let engine = Engine::open_read_only(&cli.store)?;
     if verify_data {
         let password = super::secrets::SecretReader::new().read(
@@ -43,11 +70,15 @@ pub fn scrub(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure> {
         )?;
         engine.set_keys(Some(keys.ring.clone()));
     }
-    let r = engine.scrub()?;
+    report_scrub(cli, &engine.scrub()?, json)
+}
+
+/// Prints a scrub's findings and the keystore's; exit 10 on any.
+fn report_scrub(cli: &Cli, r: &crate::engine::ScrubReport, json: bool) -> Result<(), Failure> {
     let keystore = keystore_problems(&cli.store);
     if json {
         print_json(&ScrubOutput {
-            report: &r,
+            report: r,
             keystore_problems: &keystore,
         })?;
     } else {

@@ -177,6 +177,22 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
             let r = convert(shared, pw.as_bytes(), rate);
             answer(&mut stream, r)
         }
+        "scrub" => {
+            // On a thread of its own: a scrub reads every segment, and
+            // requests are otherwise served one at a time.
+            let engine = shared.engine.clone();
+            std::thread::spawn(move || {
+                let r = engine
+                    .scrub_committed()
+                    .map_err(Failure::from)
+                    .and_then(|r| {
+                        serde_json::to_string(&r)
+                            .map_err(|e| Failure::new(Exit::Error, e.to_string()))
+                    });
+                let _ = answer(&mut stream, r);
+            });
+            Ok(())
+        }
         "status" => {
             let r = shared.status().map_err(Failure::from).and_then(|s| {
                 serde_json::to_string(&s).map_err(|e| Failure::new(Exit::Error, e.to_string()))

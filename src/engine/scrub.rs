@@ -10,7 +10,7 @@ use super::{Engine, Result};
 use crate::store::record;
 use crate::store::segment::{self, WalkItem};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BadRecord {
     pub segment: u64,
     pub offset: u64,
@@ -19,7 +19,7 @@ pub struct BadRecord {
     pub reason: String,
 }
 
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScrubReport {
     pub segments: u64,
     pub records: u64,
@@ -41,6 +41,14 @@ impl Engine {
         if !self.is_read_only() {
             self.commit(false)?;
         }
+        self.scrub_committed()
+    }
+
+    /// `scrub` of what is committed, without committing first: for the
+    /// mounted daemon, whose volume owns when commits happen (a commit of
+    /// the chunk index alone would leave its references without the
+    /// extents that make them).
+    pub fn scrub_committed(&self) -> Result<ScrubReport> {
         let crypto = self.keys().ok();
         let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
         let mut report = ScrubReport {
