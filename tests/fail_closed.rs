@@ -549,9 +549,18 @@ fn a_damaged_chunk_is_repaired_by_writing_its_data_again() {
     let o = f.run(&["repair", "--dry-run"]);
     assert_eq!(code(&o), 10, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("DAMAGED chunk"));
-    let report: serde_json::Value = serde_json::from_str(&f.ok(&["repair", "--json"])).unwrap();
+    let pw = f.pw();
+    let out = f.ok(&[
+        "repair",
+        "--json",
+        "--list-files",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["marked"], true, "{report}");
     assert_eq!(report["damaged"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["files"], serde_json::json!(["/kept"]), "{report}");
 
     f.mount();
     assert!(

@@ -111,11 +111,43 @@ fn report_scrub(cli: &Cli, r: &crate::engine::ScrubReport, json: bool) -> Result
     }
 }
 
-/// `repair --json`: what was found and whether it was marked.
+/// `repair --json`: what was found, whether it was marked, and (with
+/// `--list-files`) the files using it.
 #[derive(serde::Serialize)]
 struct RepairOutput {
     damaged: Vec<crate::engine::DamagedChunk>,
     marked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<String>>,
+}
+
+/// The files using `damaged` chunks: the volume opened with the password.
+fn files_using(
+    cli: &Cli,
+    engine: Engine,
+    damaged: &[crate::engine::DamagedChunk],
+) -> Result<Vec<String>, Failure> {
+    let password = super::secrets::SecretReader::new().read(
+        "Password",
+        cli.password_file.as_deref(),
+        false,
+    )?;
+    let unlock_failed = |e: crate::daemon::keys::UnlockError| match e {
+        crate::daemon::keys::UnlockError::Key(k) => Failure::from(k),
+        other => Failure::new(Exit::Error, other.to_string()),
+    };
+    let keys = crate::daemon::keys::keys_to_read(&cli.store, password.as_bytes())
+        .map_err(unlock_failed)?;
+    let engine = std::sync::Arc::new(engine);
+    let volume = crate::daemon::keys::load(&engine, keys).map_err(unlock_failed)?;
+    let wanted = damaged.iter().map(|d| d.fingerprint).collect();
+    let files = volume
+        .files_using(&wanted)
+        .map_err(|e| Failure::new(Exit::Io, format!("listing the files: {e}")))?;
+    Ok(files
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect())
 }
 
 /// A missing or damaged metadata database is replaced by its checkpoint
@@ -174,7 +206,7 @@ fn repair_keystore(store: &std::path::Path, dry_run: bool) -> Result<(), Failure
     Ok(())
 }
 
-pub fn repair(cli: &Cli, dry_run: bool, json: bool) -> Result<(), Failure> {
+pub fn repair(cli: &Cli, dry_run: bool, list_files: bool, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
     repair_keystore(&cli.store, dry_run)?;
     restore_metadata(&cli.store, dry_run)?;
@@ -201,12 +233,20 @@ pub fn repair(cli: &Cli, dry_run: bool, json: bool) -> Result<(), Failure> {
         let fps: Vec<_> = damaged.iter().map(|d| d.fingerprint).collect();
         engine.mark_damaged(&fps)?;
     }
+    let files = match list_files && !damaged.is_empty() {
+        true => Some(files_using(cli, engine, &damaged)?),
+        false => None,
+    };
     if json {
         print_json(&RepairOutput {
             damaged: damaged.clone(),
             marked,
+            files,
         })?;
     } else {
+        for f in files.iter().flatten() {
+            crate::say!("FILE using a damaged chunk: {f}");
+        }
         for d in &damaged {
             crate::say!(
                 "DAMAGED chunk {} (segment {:016x} offset {}, {} references): {}",

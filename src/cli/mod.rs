@@ -175,6 +175,10 @@ pub enum Command {
         /// Only report what would be marked.
         #[arg(long)]
         dry_run: bool,
+        /// Also name the files that use a damaged chunk (asks for the
+        /// password; not with --dry-run).
+        #[arg(long, conflicts_with = "dry_run")]
+        list_files: bool,
         #[arg(long)]
         json: bool,
     },
@@ -340,7 +344,11 @@ pub fn run(mut cli: Cli) -> i32 {
         Command::Status { json } => mount::status(&cli, *json),
         Command::Scrub { verify_data, json } => maintenance::scrub(&cli, *verify_data, *json),
         Command::Gc { threshold, json } => maintenance::gc(&cli, *threshold, *json),
-        Command::Repair { dry_run, json } => maintenance::repair(&cli, *dry_run, *json),
+        Command::Repair {
+            dry_run,
+            list_files,
+            json,
+        } => maintenance::repair(&cli, *dry_run, *list_files, *json),
     };
     match result {
         Ok(()) => Exit::Ok as i32,

@@ -950,6 +950,41 @@ impl Volume {
         Ok(out)
     }
 
+    /// The paths (from the root, `/`-separated bytes) of every file whose
+    /// extents name one of `chunks` (a hard link is listed once per name).
+    pub fn files_using(
+        &self,
+        chunks: &std::collections::HashSet<crate::crypto::Fingerprint>,
+    ) -> VResult<Vec<Vec<u8>>> {
+        let mut found = Vec::new();
+        let mut dirs = vec![(ROOT, Vec::new())];
+        while let Some((dir, path)) = dirs.pop() {
+            for (ino, kind, name) in self.read_dir(dir)? {
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let child = [&path[..], b"/", &name[..]].concat();
+                match kind {
+                    Kind::Dir => dirs.push((ino, child)),
+                    Kind::File if self.uses_any(ino, chunks)? => found.push(child),
+                    _ => {}
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    fn uses_any(
+        &self,
+        ino: u64,
+        chunks: &std::collections::HashSet<crate::crypto::Fingerprint>,
+    ) -> VResult<bool> {
+        let mut st = lock(&self.state);
+        let map = self.load_extents(&mut st, ino)?;
+        Ok(map.values().any(|e| chunks.contains(&e.fingerprint)))
+    }
+
     // ---- attributes ----------------------------------------------------
 
     /// What a write or truncate by an unprivileged caller does to a file
