@@ -103,6 +103,24 @@ fn every_command_refuses(f: &Fixture, what: &str) {
     assert!(added.is_empty(), "created: {added:?}");
 }
 
+/// The store's largest segment file (the one holding the test's data).
+fn biggest_segment(f: &Fixture) -> PathBuf {
+    std::fs::read_dir(f.store().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
+/// Flips one bit in the middle of the largest segment file.
+fn flip_middle_of_biggest_segment(f: &Fixture) {
+    let path = biggest_segment(f);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
 fn segment_files(f: &Fixture) -> usize {
     std::fs::read_dir(f.store().join("segments"))
         .unwrap()
@@ -535,15 +553,7 @@ fn after_writes_stopped_changes_fail_instead_of_being_undone() {
 fn a_damaged_chunk_is_repaired_by_writing_its_data_again() {
     let f = Fixture::new(&[]);
     let data = store_with_a_file(&f);
-    let biggest = std::fs::read_dir(f.store().join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&biggest).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&biggest, &bytes).unwrap();
+    flip_middle_of_biggest_segment(&f);
 
     assert_eq!(code(&f.run(&["scrub"])), 10);
     let o = f.run(&["repair", "--dry-run"]);
@@ -822,11 +832,7 @@ fn scrub_verify_data_catches_a_record_altered_with_a_valid_crc() {
     use datastore::store::record;
     let f = Fixture::new(&[]);
     store_with_a_file(&f);
-    let seg = std::fs::read_dir(f.store().join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let seg = biggest_segment(&f);
     let mut bytes = std::fs::read(&seg).unwrap();
     let at = 32; // the first record, after the segment header
     let h = record::parse_header(&bytes[at..]).unwrap();
@@ -876,15 +882,7 @@ fn scrub_runs_through_the_mounted_daemon() {
     let r: serde_json::Value = serde_json::from_str(&f.ok(&["scrub", "--json"])).unwrap();
     assert_eq!(r["verified_with_key"], true, "{r}");
     assert!(r["records"].as_u64().unwrap() > 10, "{r}");
-    let biggest = std::fs::read_dir(f.store().join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&biggest).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&biggest, &bytes).unwrap();
+    flip_middle_of_biggest_segment(&f);
     let o = f.run(&["scrub"]);
     assert_eq!(code(&o), 10, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("BAD segment"));
