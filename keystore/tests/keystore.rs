@@ -104,19 +104,25 @@ fn second_password_and_recovery_key_open_and_last_slot_stays() {
         .unlock(typed.as_bytes(), &KatSet::embedded())
         .unwrap()
         .same_as(&vk));
-    ks.remove_password(b"second admin password", &KatSet::embedded())
-        .unwrap();
     ks.remove_password(PW, &KatSet::embedded()).unwrap();
-    // Only the recovery slot is left: it opens, and it cannot be removed.
+    // The last password stays; the recovery key is no password either.
     let mut ks = reopen(dir.path());
     assert!(matches!(
         ks.unlock(PW, &KatSet::embedded()),
         Err(KeystoreError::WrongPassword)
     ));
     assert!(matches!(
+        ks.remove_password(b"second admin password", &KatSet::embedded()),
+        Err(KeystoreError::Refused(_))
+    ));
+    assert!(matches!(
         ks.remove_password(rk.as_str().as_bytes(), &KatSet::embedded()),
         Err(KeystoreError::Refused(_))
     ));
+    assert!(ks
+        .unlock(b"second admin password", &KatSet::embedded())
+        .unwrap()
+        .same_as(&vk));
     assert!(ks
         .unlock(rk.as_str().as_bytes(), &KatSet::embedded())
         .unwrap()
@@ -124,7 +130,7 @@ fn second_password_and_recovery_key_open_and_last_slot_stays() {
 }
 
 #[test]
-fn removing_the_last_slot_is_refused() {
+fn removing_the_last_password_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut ks, vk, rk) = Keystore::create(
         dir.path(),
@@ -136,10 +142,14 @@ fn removing_the_last_slot_is_refused() {
     )
     .unwrap();
     drop((vk, rk));
-    // Password + recovery: removing the password leaves the recovery key.
-    ks.remove_password(PW, &KatSet::embedded()).unwrap();
-    assert_eq!(ks.info().slots.len(), 1);
-    assert_eq!(ks.info().slots[0].kind, SlotKind::Recovery);
+    // Password + recovery: the password stays (the recovery key alone is
+    // for emergencies, not the way in).
+    assert!(matches!(
+        ks.remove_password(PW, &KatSet::embedded()),
+        Err(KeystoreError::Refused(_))
+    ));
+    assert_eq!(ks.info().slots.len(), 2);
+    assert!(ks.info().slots.iter().any(|s| s.kind == SlotKind::Password));
 }
 
 #[test]
