@@ -403,6 +403,9 @@ impl Meta {
             std::io::copy(&mut from, &mut to).map_err(io)?;
             to.sync_all().map_err(io)?;
         }
+        // The copy wrote the database's holes (its all-zero pages) out as
+        // blocks: give them back, as the compacted database does.
+        crate::fsutil::punch_zero_pages(&tmp).map_err(io)?;
         std::fs::rename(&tmp, &dest).map_err(io)?;
         if let Some(dir) = dest.parent() {
             crate::fsutil::sync_dir(dir).map_err(io)?;
