@@ -55,11 +55,17 @@ impl Stream {
     }
 
     /// Notes a request for [at, end): a continuation moves the stream on
-    /// and returns the range [from, to) to drop now, if any; anything else
-    /// starts a new stream.
+    /// and returns the range [from, to) to drop now, if any; a request
+    /// behind the stream's head but not far below the dropped mark is a
+    /// late one (answered by another FUSE thread after later ones) and
+    /// changes nothing; anything else, a jump back into what was dropped
+    /// or ahead of the stream, starts a new stream.
     fn advance(&mut self, at: u64, end: u64) -> Option<(u64, u64)> {
-        if at + SLACK < self.reached || at > self.reached + SLACK {
+        if at + SLACK < self.dropped_to || at > self.reached + SLACK {
             *self = Stream::starting(at, end);
+            return None;
+        }
+        if at + SLACK < self.reached {
             return None;
         }
         self.reached = self.reached.max(end);
@@ -172,6 +178,19 @@ mod tests {
         // steps from there up to within a step of the window.
         assert_eq!(first, MIB);
         assert!(last <= 2048 * MIB - KEEP && last + STEP > 2048 * MIB - KEEP);
+    }
+
+    #[test]
+    fn a_request_answered_late_does_not_restart_the_stream() {
+        // Request 100 reaches the tracker after requests up to 120 (its
+        // thread was descheduled): the stream still drops everything but
+        // its last GiB, with no gap.
+        let mut order: Vec<u64> = (0..2048).filter(|i| *i != 100).collect();
+        order.insert(120, 100);
+        let got = drops(order.into_iter().map(|i| i * MIB), MIB);
+        assert_eq!(got.first().unwrap().0, 0);
+        assert!(got.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!(got.last().unwrap().1, 2048 * MIB - KEEP);
     }
 
     #[test]

@@ -473,8 +473,8 @@ impl Filesystem for DatastoreFs {
         match v.read_around(ino.0, offset, size) {
             Ok((d, around)) => {
                 crate::daemon::metrics::record_read(d.len(), started);
-                reply.data(&d);
                 self.drop_behind.access(ino.0, offset, d.len() as u64);
+                reply.data(&d);
                 if let (Some(t), Some(a)) = (ticket, around) {
                     self.fill
                         .offer(ino.0, t, offset, offset + d.len() as u64, a);
@@ -509,8 +509,8 @@ impl Filesystem for DatastoreFs {
         match v.write(ino.0, offset, data) {
             Ok(n) => {
                 crate::daemon::metrics::record_write(n, started);
-                reply.written(n as u32);
                 self.drop_behind.access(ino.0, offset, n as u64);
+                reply.written(n as u32);
             }
             Err(e) => reply.error(errno(&e)),
         }
