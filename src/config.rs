@@ -125,6 +125,20 @@ impl StoreConfig {
         }
     }
 
+    /// The store id as 16 bytes (its 32 hex digits; a malformed id, which
+    /// `init` never writes, is hashed to 16 bytes instead).
+    pub fn id_bytes(&self) -> [u8; 16] {
+        match hex::decode(&self.store_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+        {
+            Some(b) => b,
+            None => blake3::hash(self.store_id.as_bytes()).as_bytes()[..16]
+                .try_into()
+                .expect("16 bytes"),
+        }
+    }
+
     pub fn load(store: &Path) -> Result<Self, String> {
         let path = store.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)

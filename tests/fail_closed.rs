@@ -225,15 +225,24 @@ fn read_only_commands_change_nothing_and_work_on_read_only_media() {
 fn segments_the_database_does_not_know_are_kept() {
     let f = Fixture::new(&[]);
     let first = store_with_a_file(&f);
-    let older = std::fs::read(index(&f)).unwrap();
+    // The metadata directory as a backup of it holds it: the database and
+    // its checkpoint (an older database alone is refused, see below).
+    let older = (
+        std::fs::read(index(&f)).unwrap(),
+        std::fs::read(checkpoint(&f)).unwrap(),
+    );
     f.mount();
     let second = common::random_bytes(28, 5 << 20);
     std::fs::write(f.mnt().join("second"), &second).unwrap();
     f.unmount();
-    let newer = std::fs::read(index(&f)).unwrap();
+    let newer = (
+        std::fs::read(index(&f)).unwrap(),
+        std::fs::read(checkpoint(&f)).unwrap(),
+    );
     let segments_before = tree_state(&f.store().join("segments"));
 
-    std::fs::write(index(&f), &older).unwrap();
+    std::fs::write(index(&f), &older.0).unwrap();
+    std::fs::write(checkpoint(&f), &older.1).unwrap();
     f.mount();
     assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
     assert!(!f.mnt().join("second").exists());
@@ -243,7 +252,8 @@ fn segments_the_database_does_not_know_are_kept() {
         assert_eq!(segments_after.get(p), Some(v), "{p:?} removed or changed");
     }
 
-    std::fs::write(index(&f), &newer).unwrap();
+    std::fs::write(index(&f), &newer.0).unwrap();
+    std::fs::write(checkpoint(&f), &newer.1).unwrap();
     f.mount();
     assert_eq!(std::fs::read(f.mnt().join("second")).unwrap(), second);
     assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
@@ -589,12 +599,162 @@ fn a_damaged_chunk_is_repaired_by_writing_its_data_again() {
 }
 
 fn checkpoint(f: &Fixture) -> PathBuf {
-    f.store().join("meta").join("checkpoint.redb")
+    f.store().join("meta").join("checkpoint")
+}
+
+fn len_of(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// Waits (up to 20 s) until the checkpoint file changes from `before`
+/// bytes: the daemon appended a delta (every 5 s after a change).
+fn wait_for_checkpoint_change(f: &Fixture, before: u64) {
+    let t = std::time::Instant::now();
+    while len_of(&checkpoint(f)) == before && t.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_ne!(
+        len_of(&checkpoint(f)),
+        before,
+        "no checkpoint frame in 20 s"
+    );
+}
+
+/// Writes `name` on the mount, fsyncs it and waits for the checkpoint
+/// frame that holds it (the first change of a mount writes a base, later
+/// ones append deltas).
+fn write_and_wait_for_a_frame(f: &Fixture, name: &str, data: &[u8]) {
+    let before = len_of(&checkpoint(f));
+    std::fs::write(f.mnt().join(name), data).unwrap();
+    std::fs::File::open(f.mnt().join(name))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    wait_for_checkpoint_change(f, before);
+}
+
+/// The mounted daemon appends the metadata that changed to the checkpoint
+/// every 5 s: after a crash and the loss of index.redb, `repair` brings
+/// back a file written seconds before (not only what the last unmount
+/// held).
+#[test]
+fn repair_brings_back_what_the_checkpoint_journal_holds_after_a_crash() {
+    let f = Fixture::new(&[]);
+    let first = store_with_a_file(&f);
+    f.mount();
+    write_and_wait_for_a_frame(&f, "early", b"in the base this mount wrote");
+    let second = common::random_bytes(41, 1 << 20);
+    write_and_wait_for_a_frame(&f, "late", &second);
+    f.kill_daemon();
+    std::fs::remove_file(index(&f)).unwrap();
+    let out = f.ok(&["repair"]);
+    assert!(out.contains("Put back the metadata checkpoint"), "{out}");
+    assert!(!out.contains("and 0 later changes"), "{out}");
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
+    assert_eq!(
+        std::fs::read(f.mnt().join("early")).unwrap(),
+        b"in the base this mount wrote"
+    );
+    assert_eq!(std::fs::read(f.mnt().join("late")).unwrap(), second);
+    f.unmount();
+    f.ok(&["scrub"]);
+}
+
+/// An older copy of index.redb put back (a careless restore): every
+/// command refuses it (exit 10) before anything is cut or reclaimed, and
+/// `repair` puts back the newer state from the checkpoint.
+#[test]
+fn an_older_copy_of_the_database_is_refused_and_repair_puts_back_the_newer_state() {
+    let f = Fixture::new(&[]);
+    let first = store_with_a_file(&f);
+    let older = std::fs::read(index(&f)).unwrap();
+    f.mount();
+    let second = common::random_bytes(42, 2 << 20);
+    std::fs::write(f.mnt().join("later"), &second).unwrap();
+    f.unmount();
+    let segments_before = common::dir_bytes(&f.store().join("segments"));
+    std::fs::write(index(&f), &older).unwrap();
+    for args in [&["status"][..], &["scrub"], &["gc"]] {
+        let o = f.run(args);
+        assert_eq!(code(&o), 10, "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("older than its checkpoint"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = f.run(
+        &mount_args(&f)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(!f.is_mounted());
+    assert_eq!(
+        common::dir_bytes(&f.store().join("segments")),
+        segments_before,
+        "nothing cut"
+    );
+    let o = f.run(&["repair", "--dry-run"]);
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("would put back its checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    f.ok(&["repair"]);
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
+    assert_eq!(std::fs::read(f.mnt().join("later")).unwrap(), second);
+    f.unmount();
+}
+
+/// A torn or damaged last frame: `repair` puts back the state of the frame
+/// before and says where the checkpoint ended; scrub reports the damage.
+#[test]
+fn a_damaged_checkpoint_frame_costs_only_the_frames_after_it() {
+    let f = Fixture::new(&[]);
+    let first = store_with_a_file(&f);
+    f.mount();
+    write_and_wait_for_a_frame(&f, "early", b"in the base this mount wrote");
+    write_and_wait_for_a_frame(&f, "late", b"in the last frame");
+    f.kill_daemon();
+    // The newest frame's last byte (its body CRC) flipped.
+    let mut bytes = std::fs::read(checkpoint(&f)).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x40;
+    std::fs::write(checkpoint(&f), &bytes).unwrap();
+    let o = f.run(&["scrub"]);
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("checkpoint"), "{out}");
+    std::fs::remove_file(index(&f)).unwrap();
+    let out = f.ok(&["repair"]);
+    assert!(out.contains("The checkpoint ends early"), "{out}");
+    f.mount();
+    assert_eq!(std::fs::read(f.mnt().join("kept")).unwrap(), first);
+    assert!(f.mnt().join("early").exists());
+    assert!(!f.mnt().join("late").exists(), "only in the damaged frame");
+    f.unmount();
+    f.ok(&["scrub"]);
+
+    // A damaged checkpoint beside an intact database: repair writes it
+    // again from the database.
+    let mut bytes = std::fs::read(checkpoint(&f)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(checkpoint(&f), &bytes).unwrap();
+    assert_eq!(code(&f.run(&["scrub"])), 10);
+    assert_eq!(code(&f.run(&["repair", "--dry-run"])), 10);
+    let out = f.ok(&["repair"]);
+    assert!(out.contains("Wrote the metadata checkpoint again"), "{out}");
+    f.ok(&["scrub"]);
 }
 
 /// `rm meta/index.redb` (or a damaged one), then `repair`: every file
-/// committed before the last checkpoint (taken at every unmount and every
-/// 10 minutes while mounted) comes back.
+/// committed before the last checkpoint frame (a whole image at every
+/// unmount, the changed blocks every 5 s while mounted) comes back.
 #[test]
 fn a_lost_metadata_database_is_put_back_from_its_checkpoint() {
     let f = Fixture::new(&[]);

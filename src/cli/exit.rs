@@ -66,7 +66,9 @@ impl From<EngineError> for Failure {
             EngineError::Config(_) => Exit::NotAStore,
             EngineError::Integrity { .. } | EngineError::NotFound(_) => Exit::Damaged,
             EngineError::Key(k) => keystore_code(k),
-            EngineError::Meta(MetaError::Missing(_) | MetaError::Corrupt { .. }) => Exit::Damaged,
+            EngineError::Meta(
+                MetaError::Missing(_) | MetaError::Corrupt { .. } | MetaError::Older { .. },
+            ) => Exit::Damaged,
             EngineError::Meta(_) | EngineError::Poisoned | EngineError::ReadOnly => Exit::Error,
             EngineError::Remote(_) => Exit::Io,
         };

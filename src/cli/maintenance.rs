@@ -24,6 +24,8 @@ struct ScrubOutput<'a> {
     #[serde(flatten)]
     report: &'a crate::engine::ScrubReport,
     keystore_problems: &'a [String],
+    /// What is wrong with `meta/checkpoint`, if anything.
+    checkpoint_problems: &'a [String],
 }
 
 /// A scrub by the mounted daemon (None: no daemon runs). It verifies
@@ -73,17 +75,42 @@ fn scrub_offline(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure
     report_scrub(cli, &engine.scrub()?, json)
 }
 
+/// What is wrong with the metadata checkpoint (every frame's checksums
+/// checked), if anything. A store without one (never unmounted since it
+/// was made by this build) has nothing wrong; an incomplete last frame (a
+/// crash while appending) is no damage.
+fn checkpoint_problem(store: &std::path::Path) -> Option<String> {
+    use crate::meta::checkpoint;
+    let index = crate::engine::index_path(store);
+    if !checkpoint::path(&index).exists() {
+        return None;
+    }
+    let id = load_config(store).ok()?.id_bytes();
+    match checkpoint::verify(&index, &id) {
+        Err(e) => Some(format!("metadata checkpoint: {e}")),
+        Ok(r) if r.damaged => r
+            .stopped
+            .map(|why| format!("metadata checkpoint: {why}; the frames after it cannot be used")),
+        Ok(_) => None,
+    }
+}
+
 /// Prints a scrub's findings and the keystore's; exit 10 on any.
 fn report_scrub(cli: &Cli, r: &crate::engine::ScrubReport, json: bool) -> Result<(), Failure> {
     let keystore = keystore_problems(&cli.store);
+    let checkpoint: Vec<String> = checkpoint_problem(&cli.store).into_iter().collect();
     if json {
         print_json(&ScrubOutput {
             report: r,
             keystore_problems: &keystore,
+            checkpoint_problems: &checkpoint,
         })?;
     } else {
         for k in &keystore {
             crate::say!("BAD keystore copy {k}");
+        }
+        for c in &checkpoint {
+            crate::say!("BAD {c}");
         }
         crate::say!(
             "Scrubbed {} segments, {} records, {} bytes; {} index entries checked.",
@@ -102,11 +129,11 @@ fn report_scrub(cli: &Cli, r: &crate::engine::ScrubReport, json: bool) -> Result
             );
         }
     }
-    match (r.bad.len(), keystore.len()) {
+    match (r.bad.len(), keystore.len() + checkpoint.len()) {
         (0, 0) => Ok(()),
         (records, copies) => Err(Failure::new(
             Exit::Damaged,
-            format!("scrub found {records} bad records and {copies} damaged keystore copies"),
+            format!("scrub found {records} bad records and {copies} damaged keystore or checkpoint copies"),
         )),
     }
 }
@@ -150,39 +177,92 @@ fn files_using(
         .collect())
 }
 
-/// A missing or damaged metadata database is replaced by its checkpoint
-/// (not with `dry_run`: then that is what it reports, as damage). Returns
-/// whether it was.
-fn restore_metadata(store: &std::path::Path, dry_run: bool) -> Result<bool, Failure> {
-    use crate::meta::{checkpoint_path, Meta, MetaError};
+/// Why the metadata database cannot be used as it is (missing, corrupt,
+/// or older than its checkpoint), or None.
+fn metadata_problem(store: &std::path::Path, id: &[u8; 16]) -> Result<Option<String>, Failure> {
+    use crate::meta::{Meta, MetaError, OpenMode};
     let index = crate::engine::index_path(store);
-    let why = match Meta::check_file(&index) {
-        None => return Ok(false),
-        Some(e @ (MetaError::Missing(_) | MetaError::Corrupt { .. })) => e,
+    match Meta::check_file(&index) {
+        None => {}
+        Some(e @ (MetaError::Missing(_) | MetaError::Corrupt { .. })) => {
+            return Ok(Some(e.to_string()))
+        }
         Some(other) => return Err(crate::engine::EngineError::from(other).into()),
+    }
+    let meta = Meta::open(&index, OpenMode::ReadOnly).map_err(crate::engine::EngineError::from)?;
+    // An unreadable checkpoint is scrub's to report; the database is fine.
+    Ok(crate::engine::older_than_checkpoint(&meta, id)
+        .ok()
+        .flatten()
+        .map(|e| e.to_string()))
+}
+
+/// A missing, damaged or rolled-back metadata database is replaced by the
+/// image its checkpoint holds (not with `dry_run`: then that is what it
+/// reports, as damage). Returns whether it was.
+fn restore_metadata(
+    store: &std::path::Path,
+    cfg: &crate::config::StoreConfig,
+    dry_run: bool,
+) -> Result<bool, Failure> {
+    use crate::meta::{checkpoint, Meta};
+    let mode = match dry_run {
+        true => crate::meta::OpenMode::ReadOnly,
+        false => crate::meta::OpenMode::ReadWrite,
     };
-    let checkpoint = checkpoint_path(&index);
-    if let Some(e) = Meta::check_file(&checkpoint) {
-        return Err(Failure::new(
+    let _lock = crate::engine::lock_store(store, mode)?;
+    let id = cfg.id_bytes();
+    let Some(why) = metadata_problem(store, &id)? else {
+        return Ok(false);
+    };
+    let index = crate::engine::index_path(store);
+    let unusable = |e: &dyn std::fmt::Display| {
+        Failure::new(
             Exit::Damaged,
             format!("{why}; its checkpoint cannot be used either: {e}"),
-        ));
-    }
-    let taken = std::fs::metadata(&checkpoint)
-        .and_then(|m| m.modified())
-        .map(crate::timefmt::utc_time)
-        .unwrap_or_else(|_| "an unknown time".into());
+        )
+    };
     if dry_run {
+        let newest = match checkpoint::verify(&index, &id) {
+            Ok(r) => crate::timefmt::utc_from_unix(r.newest().time),
+            Err(_) if checkpoint::legacy_path(&index).exists() => "an earlier build".into(),
+            Err(e) => return Err(unusable(&e)),
+        };
         return Err(Failure::new(
             Exit::Damaged,
-            format!("{why}; `datastore repair` would put back its checkpoint of {taken}"),
+            format!("{why}; `datastore repair` would put back its checkpoint of {newest}"),
         ));
     }
-    Meta::restore_checkpoint(&index).map_err(crate::engine::EngineError::from)?;
+    let replayed = Meta::restore_checkpoint(&index, &id).map_err(|e| unusable(&e))?;
+    let frames = &replayed.frames;
     crate::say!(
-        "Put back the metadata checkpoint of {taken}: changes committed after it are lost (their records stay in the segment files)."
+        "Put back the metadata checkpoint of {} (a base of {} and {} later changes): changes committed after it are lost (their records stay in the segment files).",
+        crate::timefmt::utc_from_unix(replayed.newest().time),
+        crate::timefmt::utc_from_unix(frames[0].time),
+        frames.len() - 1
     );
+    if let Some(stop) = &replayed.stopped {
+        crate::say!("The checkpoint ends early: {stop}; the changes it held after that are lost.");
+    }
     Ok(true)
+}
+
+/// A damaged checkpoint beside an intact database is written again from
+/// the database (a new base).
+fn rewrite_damaged_checkpoint(
+    store: &std::path::Path,
+    engine: &Engine,
+    dry_run: bool,
+) -> Result<(), Failure> {
+    let Some(problem) = checkpoint_problem(store) else {
+        return Ok(());
+    };
+    if dry_run {
+        return Err(Failure::new(Exit::Damaged, problem));
+    }
+    engine.write_checkpoint()?;
+    crate::say!("Wrote the metadata checkpoint again from the database ({problem}).");
+    Ok(())
 }
 
 /// Writes both keystore copies again from the one that is intact.
@@ -207,14 +287,15 @@ fn repair_keystore(store: &std::path::Path, dry_run: bool) -> Result<(), Failure
 }
 
 pub fn repair(cli: &Cli, dry_run: bool, list_files: bool, json: bool) -> Result<(), Failure> {
-    load_config(&cli.store)?;
+    let cfg = load_config(&cli.store)?;
     repair_keystore(&cli.store, dry_run)?;
-    restore_metadata(&cli.store, dry_run)?;
+    restore_metadata(&cli.store, &cfg, dry_run)?;
     let engine = if dry_run {
         Engine::open_read_only(&cli.store)?
     } else {
         Engine::open(&cli.store, None)?
     };
+    rewrite_damaged_checkpoint(&cli.store, &engine, dry_run)?;
     let damaged = engine.find_damaged_chunks()?;
     // Records GC moved after the checkpoint, or a second copy of a chunk.
     let found = damaged.len();

@@ -32,10 +32,11 @@ pub const SOCKET: &str = "control.sock";
 const COMPACT_AT_EXIT_MAX: u64 = 256 << 20;
 /// Group commit interval: changes not fsync'ed become durable this often.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
-/// How often the metadata database is copied to `meta/checkpoint.redb`
-/// while mounted (and at every unmount): what `datastore repair` puts back
-/// when the database is lost.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(600);
+/// How often the blocks of the metadata database that changed go to
+/// `meta/checkpoint` while mounted (a whole image goes there at every
+/// unmount): `datastore repair` puts back what it holds when the database
+/// is lost, so at most this much of committed metadata is lost with it.
+pub const JOURNAL_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -202,20 +203,20 @@ pub fn serve(
             mountpoint.display()
         );
     }
-    ready(locked);
+    // Before the mount reports ready: a status right after `mount` returns
+    // shows the job running, not "paused (not mounted)".
     shared.resume_conversion();
+    ready(locked);
 
     let mut last_commit = Instant::now();
     let mut last_checkpoint = Instant::now();
     while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         metrics::tick();
-        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+        if last_checkpoint.elapsed() >= JOURNAL_EVERY {
             last_checkpoint = Instant::now();
-            if let Some(v) = shared.volume() {
-                if let Err(e) = v.write_checkpoint() {
-                    crate::log_line!("datastore: metadata checkpoint failed: {e}");
-                }
+            if let Err(e) = shared.engine.journal_checkpoint() {
+                crate::log_line!("datastore: metadata checkpoint failed: {e}");
             }
         }
         if last_commit.elapsed() >= COMMIT_EVERY {

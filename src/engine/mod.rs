@@ -7,8 +7,10 @@
 //! - Only one process opens a store (an exclusive flock on `<store>/lock`).
 //! - A chunk enters the durable index only after its record bytes were
 //!   fdatasync'ed (`commit(true)` syncs segments, then commits the index).
-//! - At open (read-write), segment bytes past their committed length are
-//!   cut: they belong to no committed chunk. A segment file without a row
+//! - At open (read-write), whole records past a segment's committed
+//!   length are kept and committed as dead bytes (GC reclaims them), a
+//!   torn record after them is cut; a database older than the checkpoint
+//!   is refused (see `checkpoint`). A segment file without a row
 //!   is never deleted unless it holds no record (the index may be the part
 //!   that is damaged or old); a missing database is never recreated for a
 //!   store that holds records.
@@ -22,6 +24,7 @@
 //!   readable meanwhile: every read verifies the chunk's fingerprint.
 //! - Lock order: gc_gate, commit_lock, writer, pending.
 
+mod checkpoint;
 mod chunker;
 pub mod compress;
 mod convert;
@@ -47,6 +50,7 @@ use crate::meta::{ChunkChange, Meta, MetaError, NewRecord, OpenMode};
 use crate::store::segment::{self, SegmentWriter};
 use readers::{ReaderCache, SegmentReaders};
 
+pub use checkpoint::older_than_checkpoint;
 pub use convert::{GenerationCount, GenerationScan, SegmentScan};
 pub use damaged::DamagedChunk;
 pub use gc::GcReport;
@@ -159,6 +163,10 @@ pub struct Engine {
     /// Chunks marked damaged (`datastore repair`) and not yet healed: a
     /// write of their data stores a new record instead of deduplicating.
     damaged: damaged::DamagedSet,
+    /// The checkpoint writer, and the index generation its last frame
+    /// holds (at open: the opening generation, so an untouched store takes
+    /// no frame).
+    checkpoint: Mutex<(crate::meta::checkpoint::CheckpointWriter, Option<u64>)>,
     pub stats: Stats,
     _lock: File,
 }
@@ -200,10 +208,11 @@ impl Engine {
 
     fn open_in(store: &Path, crypto: Option<Arc<ChunkCrypto>>, mode: OpenMode) -> Result<Self> {
         let cfg = StoreConfig::load(store).map_err(EngineError::Config)?;
-        let config = cfg.engine;
+        let config = cfg.engine.clone();
         let lock_file = lock_store(store, mode)?;
         let segments_dir = store.join("segments");
         let meta = open_meta(store, &segments_dir, mode)?;
+        checkpoint::refuse_older_database(&meta, &cfg.id_bytes())?;
         let writer = match mode {
             OpenMode::ReadOnly => None,
             OpenMode::ReadWrite => {
@@ -233,6 +242,10 @@ impl Engine {
             summary: Mutex::new(None),
             successors: Default::default(),
             damaged,
+            checkpoint: Mutex::new((
+                checkpoint::writer(&index_path(store), cfg.id_bytes()),
+                Some(0),
+            )),
             stats: Stats::default(),
             _lock: lock_file,
         })
@@ -343,8 +356,18 @@ impl Engine {
         releases: &[ChunkRef],
         extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
     ) -> Result<()> {
-        self.check_poisoned()?;
         let _c = lock(&self.commit_lock);
+        self.commit_locked(durable, releases, extra)
+    }
+
+    /// `commit_releasing`, for a caller that holds the commit lock.
+    fn commit_locked(
+        &self,
+        durable: bool,
+        releases: &[ChunkRef],
+        extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
+    ) -> Result<()> {
+        self.check_poisoned()?;
         self.release(releases)?;
         let start = std::time::Instant::now();
         let (view, batch) = {
@@ -372,16 +395,6 @@ impl Engine {
         stats::add(&self.stats.commit_anomalies, anomalies.released_unknown);
         self.damaged.healed(&anomalies.healed);
         stats::add_since(&self.stats.ns_commit, start);
-        Ok(())
-    }
-
-    /// A durable commit, then a byte copy of the metadata database as
-    /// `meta/checkpoint.redb` (what `datastore repair` puts back when the
-    /// database is lost or damaged). No transaction runs during the copy.
-    pub fn write_checkpoint(&self) -> Result<()> {
-        self.commit(true)?;
-        let _c = lock(&self.commit_lock);
-        self.meta.write_checkpoint()?;
         Ok(())
     }
 
@@ -511,8 +524,9 @@ pub fn index_path(store: &Path) -> PathBuf {
 
 /// Takes the store's lock: exclusive for a read-write open, shared for a
 /// read-only one (which, on read-only media without a lock file, needs
-/// none: nothing can write there).
-fn lock_store(store: &Path, mode: OpenMode) -> Result<File> {
+/// none: nothing can write there). Also held by work on files no open
+/// engine may have open (`repair` putting back the database).
+pub fn lock_store(store: &Path, mode: OpenMode) -> Result<File> {
     let path = store.join("lock");
     let (file, how) = match mode {
         OpenMode::ReadWrite => (
@@ -569,10 +583,13 @@ fn holds_no_record(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Brings segment files in line with the last durable commit: cuts bytes
-/// past the committed length, removes files that hold no record (with
-/// their rows), keeps files without a row that hold records (reported).
-/// Returns the next free segment id.
+/// Brings segment files in line with the last durable commit: whole
+/// records past the committed length are kept and committed (a crash's
+/// unfinished batch, or records an index put back from an older copy does
+/// not know: dead bytes for GC, never deleted here), a torn record after
+/// them is cut; removes files that hold no record (with their rows), keeps
+/// files without a row that hold records (reported). Returns the next free
+/// segment id.
 fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     let rows: HashMap<u64, (u64, u64)> = meta
         .segments()?
@@ -583,6 +600,7 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     let files = segment::list_segments(dir).map_err(io_err(format!("list {}", dir.display())))?;
     let mut next = rows.keys().chain(&retired).max().map_or(1, |m| m + 1);
     let mut present = std::collections::HashSet::new();
+    let mut adopted = Vec::new();
     for (id, path) in files {
         next = next.max(id + 1);
         let len = std::fs::metadata(&path)
@@ -606,11 +624,25 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
             Some(&(committed, _)) => {
                 present.insert(id);
                 if len > committed {
-                    cut_uncommitted_tail(&path, committed)?;
+                    let kept = end_of_whole_records(&path, committed)?;
+                    if kept > committed {
+                        crate::log_line!(
+                            "datastore: kept {} bytes of whole records past the committed end of {} (dead until gc)",
+                            kept - committed,
+                            path.display()
+                        );
+                        adopted.push((id, kept));
+                    }
+                    if len > kept {
+                        cut_uncommitted_tail(&path, kept)?;
+                    }
                 }
                 // A file shorter than committed is damage: scrub reports it.
             }
         }
+    }
+    if !adopted.is_empty() {
+        meta.apply_relocation(&[], &[], &adopted, &[])?;
     }
     let gone: Vec<u64> = rows
         .iter()
@@ -623,6 +655,29 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     }
     crate::fsutil::sync_dir(dir).map_err(io_err("sync segments dir"))?;
     Ok(next)
+}
+
+/// Where the run of whole, valid records (header and body CRCs) that
+/// starts at `from` in the segment file at `path` ends.
+fn end_of_whole_records(path: &Path, from: u64) -> Result<u64> {
+    use crate::store::record::{check_body, parse_header};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut tail = Vec::new();
+    File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(from))?;
+            f.read_to_end(&mut tail)
+        })
+        .map_err(io_err(format!("read the tail of {}", path.display())))?;
+    let mut pos = 0;
+    while let Ok(h) = parse_header(&tail[pos..]) {
+        let end = pos + h.record_len() as usize;
+        if end > tail.len() || !check_body(&h, &tail[pos..end]) {
+            break;
+        }
+        pos = end;
+    }
+    Ok(from + pos as u64)
 }
 
 fn cut_uncommitted_tail(path: &Path, committed: u64) -> Result<()> {

@@ -6,6 +6,8 @@
 //! - `retired_segments`: ids of segments GC emptied (file maybe not yet gone)
 //! - `damaged_chunks`: fingerprints whose record failed verification; a
 //!   commit that brings a new record for one moves its entry there
+//! - `engine_state`: `checkpoint_seq`, the newest checkpoint frame this
+//!   database's content went into (see `checkpoint`)
 //!
 //! Invariants (kept by `apply_commit` and `apply_relocation`, the only
 //! writers):
@@ -16,6 +18,7 @@
 //! - entries with refcount 0 stay until GC removes them (so a concurrent
 //!   writer that deduplicated against one can revive it safely).
 
+pub mod checkpoint;
 mod read_only;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,9 @@ const RETIRED: TableDefinition<u64, ()> = TableDefinition::new("retired_segments
 /// Chunks whose record failed verification (`datastore repair`): the next
 /// write of the same data stores a new record and the entry moves to it.
 const DAMAGED: TableDefinition<[u8; 32], ()> = TableDefinition::new("damaged_chunks");
+/// Engine counters: `checkpoint_seq` (see `checkpoint`).
+const STATE: TableDefinition<&str, u64> = TableDefinition::new("engine_state");
+const CHECKPOINT_SEQ: &str = "checkpoint_seq";
 /// Remote mirror: (segment id, start offset) -> (end offset, pack object id).
 const REMOTE_PACKS: TableDefinition<(u64, u64), (u64, [u8; 16])> =
     TableDefinition::new("remote_packs");
@@ -60,6 +66,15 @@ pub enum MetaError {
     Missing(PathBuf),
     #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (put back a copy of it)")]
     Corrupt { path: PathBuf, why: String },
+    /// The database is older than its checkpoint: it was put back from an
+    /// earlier copy. Opening it would forget (and later reclaim) data
+    /// committed since.
+    #[error("metadata database {path} is older than its checkpoint (it holds checkpoint {db}, the checkpoint {checkpoint}): it was put back from an earlier copy; nothing was changed")]
+    Older {
+        path: PathBuf,
+        db: u64,
+        checkpoint: u64,
+    },
 }
 
 macro_rules! db_err {
@@ -217,12 +232,6 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "redb panicked".into())
 }
 
-/// The second copy of the database: a byte copy taken right after a
-/// durable commit (see `write_checkpoint`).
-pub fn checkpoint_path(path: &Path) -> PathBuf {
-    path.with_file_name("checkpoint.redb")
-}
-
 fn fresh_path(path: &Path) -> PathBuf {
     path.with_extension("redb.fresh")
 }
@@ -280,6 +289,28 @@ pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// A consistent read view of the index.
 pub struct MetaRead {
     txn: ReadTransaction,
+}
+
+/// A replay of the byte copy earlier builds wrote: one base frame.
+fn legacy_replay(
+    copy: &Path,
+    taken: Option<std::time::SystemTime>,
+) -> std::io::Result<checkpoint::Replayed> {
+    let time = taken
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Ok(checkpoint::Replayed {
+        frames: vec![checkpoint::FrameInfo {
+            kind: 1,
+            seq: 0,
+            time,
+            db_len: std::fs::metadata(copy)?.len(),
+            body_len: 0,
+        }],
+        stopped: None,
+        damaged: false,
+        end: 0,
+    })
 }
 
 impl MetaRead {
@@ -367,6 +398,7 @@ impl Meta {
             copy_table(&src, &txn, REMOTE_PACKS)?;
             copy_table(&src, &txn, RETIRED)?;
             copy_table(&src, &txn, DAMAGED)?;
+            copy_table(&src, &txn, STATE)?;
             copy(&src, &txn)?;
             txn.commit()?;
         }
@@ -381,47 +413,56 @@ impl Meta {
         Ok(())
     }
 
-    /// Copies the database file to `checkpoint.redb` beside it (temp file,
-    /// fsync, rename, fsync of the directory; mode 0600). The caller holds
-    /// every lock a write transaction needs and has just made a durable
-    /// commit, so the copy is that commit (redb opens a byte copy taken
-    /// between transactions as it would after a crash at that moment).
-    pub fn write_checkpoint(&self) -> Result<(), MetaError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |e: std::io::Error| MetaError::Db(format!("checkpoint: {e}"));
-        let dest = checkpoint_path(&self.path);
-        let tmp = dest.with_extension("redb.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        {
-            let mut from = std::fs::File::open(&self.path).map_err(io)?;
-            let mut to = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            std::io::copy(&mut from, &mut to).map_err(io)?;
-            to.sync_all().map_err(io)?;
-        }
-        // The copy wrote the database's holes (its all-zero pages) out as
-        // blocks: give them back, as the compacted database does.
-        crate::fsutil::punch_zero_pages(&tmp).map_err(io)?;
-        std::fs::rename(&tmp, &dest).map_err(io)?;
-        if let Some(dir) = dest.parent() {
-            crate::fsutil::sync_dir(dir).map_err(io)?;
-        }
+    /// The newest checkpoint frame this database's content went into (0:
+    /// none yet).
+    pub fn checkpoint_seq(&self) -> Result<u64, MetaError> {
+        let txn = self.database().begin_read()?;
+        let table = match txn.open_table(STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(CHECKPOINT_SEQ)?.map_or(0, |v| v.value()))
+    }
+
+    /// Records `seq` as the checkpoint frame the content of `txn` goes
+    /// into (in the commit right before the frame's image is read).
+    pub fn set_checkpoint_seq(txn: &redb::WriteTransaction, seq: u64) -> Result<(), MetaError> {
+        txn.open_table(STATE)?.insert(CHECKPOINT_SEQ, seq)?;
         Ok(())
     }
 
-    /// Puts the checkpoint in place of a missing or damaged database file
-    /// (offline, nothing has it open). Refuses a checkpoint that does not
-    /// open itself.
-    pub fn restore_checkpoint(path: &Path) -> Result<(), MetaError> {
-        let checkpoint = checkpoint_path(path);
-        drop(open_existing(&checkpoint, OpenMode::ReadOnly)?);
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the checkpoint's image in place of the database file at `path`
+    /// (offline, nothing has it open): replayed into `index.redb.restoring`,
+    /// made durable, checked to open, renamed over. A store whose only
+    /// second copy is the byte copy of earlier builds gets that.
+    pub fn restore_checkpoint(
+        path: &Path,
+        store_id: &[u8; 16],
+    ) -> Result<checkpoint::Replayed, MetaError> {
         let io = |e: std::io::Error| MetaError::Db(format!("restore the checkpoint: {e}"));
         let tmp = path.with_extension("redb.restoring");
-        std::fs::copy(&checkpoint, &tmp).map_err(io)?;
+        let legacy = checkpoint::legacy_path(path);
+        let replayed = if !checkpoint::path(path).exists() && legacy.exists() {
+            drop(open_existing(&legacy, OpenMode::ReadOnly)?);
+            std::fs::copy(&legacy, &tmp).map_err(io)?;
+            let taken = std::fs::metadata(&legacy).and_then(|m| m.modified()).ok();
+            legacy_replay(&tmp, taken).map_err(io)?
+        } else {
+            checkpoint::restore(path, store_id, &tmp).map_err(|e| MetaError::Corrupt {
+                path: checkpoint::path(path),
+                why: e.to_string(),
+            })?
+        };
+        if let Err(e) = open_existing(&tmp, OpenMode::ReadOnly) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io)?;
@@ -429,7 +470,10 @@ impl Meta {
         if let Some(dir) = path.parent() {
             crate::fsutil::sync_dir(dir).map_err(io)?;
         }
-        Ok(())
+        if replayed.stopped.is_some() && replayed.end > 0 {
+            checkpoint::cut_after(path, &replayed).map_err(|e| MetaError::Db(e.to_string()))?;
+        }
+        Ok(replayed)
     }
 
     /// Whether the database file at `path` opens (None) or why not.

@@ -204,8 +204,18 @@ impl Fixture {
             if state == "done" {
                 return;
             }
-            assert!(state == "converting" || state == "finishing", "{st}");
-            assert!(t.elapsed().as_secs() < 300, "no end: {st}");
+            let log =
+                || std::fs::read_to_string(self.store().join("daemon.log")).unwrap_or_default();
+            assert!(
+                state == "converting" || state == "finishing",
+                "{st}\ndaemon.log:\n{}",
+                log()
+            );
+            assert!(
+                t.elapsed().as_secs() < 300,
+                "no end: {st}\ndaemon.log:\n{}",
+                log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
