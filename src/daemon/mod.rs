@@ -37,6 +37,8 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// unmount): `datastore repair` puts back what it holds when the database
 /// is lost, so at most this much of committed metadata is lost with it.
 pub const JOURNAL_EVERY: Duration = Duration::from_secs(5);
+/// After a failed checkpoint frame (a full disk), the next try.
+const JOURNAL_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -210,13 +212,29 @@ pub fn serve(
 
     let mut last_commit = Instant::now();
     let mut last_checkpoint = Instant::now();
+    let mut checkpoint_failing = false;
     while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         metrics::tick();
-        if last_checkpoint.elapsed() >= JOURNAL_EVERY {
+        let checkpoint_wait = match checkpoint_failing {
+            true => JOURNAL_RETRY,
+            false => JOURNAL_EVERY,
+        };
+        if last_checkpoint.elapsed() >= checkpoint_wait {
             last_checkpoint = Instant::now();
-            if let Err(e) = shared.engine.journal_checkpoint() {
-                crate::log_line!("datastore: metadata checkpoint failed: {e}");
+            match shared.engine.journal_checkpoint() {
+                Err(e) if !checkpoint_failing => {
+                    crate::log_line!(
+                        "datastore: metadata checkpoint failed (retried every minute): {e}"
+                    );
+                    checkpoint_failing = true;
+                }
+                Err(_) => {}
+                Ok(_) if checkpoint_failing => {
+                    crate::log_line!("datastore: metadata checkpoint written again");
+                    checkpoint_failing = false;
+                }
+                Ok(_) => {}
             }
         }
         if last_commit.elapsed() >= COMMIT_EVERY {

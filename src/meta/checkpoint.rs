@@ -250,11 +250,27 @@ impl CheckpointWriter {
     fn stage_base(&self, file: &File, len: u64, blocks: usize, seq: u64) -> Result<Staged> {
         let tmp = self.path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
+        let staged = self.write_base(file, len, blocks, seq, &tmp);
+        if staged.is_err() {
+            // A full disk must not stay fuller by a partial copy.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        staged
+    }
+
+    fn write_base(
+        &self,
+        file: &File,
+        len: u64,
+        blocks: usize,
+        seq: u64,
+        tmp: &Path,
+    ) -> Result<Staged> {
         let out = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .open(tmp)?;
         let mut out = BufWriter::new(out);
         out.write_all(&file_header(&self.store_id))?;
         out.write_all(&[0u8; FRAME_HEADER_LEN])?;
@@ -281,7 +297,7 @@ impl CheckpointWriter {
         out.seek(SeekFrom::Start(FILE_HEADER_LEN))?;
         out.write_all(&info.encode())?;
         Ok(Staged::Base {
-            tmp,
+            tmp: tmp.to_path_buf(),
             digests,
             bytes: FILE_HEADER_LEN + FRAME_HEADER_LEN as u64 + body_len + 4,
         })
@@ -297,8 +313,11 @@ impl CheckpointWriter {
                 digests,
                 bytes,
             } => {
-                File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &self.path)?;
+                let durable = File::open(&tmp).and_then(|f| f.sync_all());
+                if let Err(e) = durable.and_then(|_| std::fs::rename(&tmp, &self.path)) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
                 if let Some(dir) = self.path.parent() {
                     let _ = std::fs::remove_file(legacy_path(&dir.join("index.redb")));
                     crate::fsutil::sync_dir(dir)?;
@@ -323,9 +342,16 @@ impl CheckpointWriter {
                 let mut frame = info.encode().to_vec();
                 frame.extend_from_slice(&body);
                 frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-                let mut f = OpenOptions::new().append(true).open(&self.path)?;
-                f.write_all(&frame)?;
-                f.sync_data()?;
+                let appended = OpenOptions::new()
+                    .append(true)
+                    .open(&self.path)
+                    .and_then(|mut f| f.write_all(&frame).and_then(|_| f.sync_data()));
+                if let Err(e) = appended {
+                    // Part of a frame may be there: the next frame is a
+                    // base, which replaces the file.
+                    self.written = None;
+                    return Err(e.into());
+                }
                 let w = self.written.as_mut().expect("a delta follows a base");
                 w.digests = digests;
                 w.delta_bytes += frame.len() as u64;

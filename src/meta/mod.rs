@@ -66,6 +66,9 @@ pub enum MetaError {
     Missing(PathBuf),
     #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (put back a copy of it)")]
     Corrupt { path: PathBuf, why: String },
+    /// The checkpoint cannot be replayed (missing, damaged, another store's).
+    #[error("{0}")]
+    Checkpoint(String),
     /// The database is older than its checkpoint: it was put back from an
     /// earlier copy. Opening it would forget (and later reclaim) data
     /// committed since.
@@ -454,9 +457,9 @@ impl Meta {
             let taken = std::fs::metadata(&legacy).and_then(|m| m.modified()).ok();
             legacy_replay(&tmp, taken).map_err(io)?
         } else {
-            checkpoint::restore(path, store_id, &tmp).map_err(|e| MetaError::Corrupt {
-                path: checkpoint::path(path),
-                why: e.to_string(),
+            checkpoint::restore(path, store_id, &tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                MetaError::Checkpoint(format!("{}: {e}", checkpoint::path(path).display()))
             })?
         };
         if let Err(e) = open_existing(&tmp, OpenMode::ReadOnly) {
