@@ -35,6 +35,7 @@ macro_rules! say {
     }};
 }
 
+pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -43,6 +44,8 @@ pub mod engine;
 pub mod fs;
 pub mod fsutil;
 pub mod meta;
+pub mod metrics;
+pub mod poison;
 pub mod remote;
 pub mod store;
 pub mod timefmt;

@@ -45,6 +45,13 @@ fn tree_state(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, String)> {
     out
 }
 
+/// Asserts that `args` fails with exit `exit` and says `says`.
+fn refused(f: &Fixture, args: &[&str], exit: i32, says: &str) {
+    let o = f.run(args);
+    assert_eq!(code(&o), exit, "{args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+}
+
 fn index(f: &Fixture) -> PathBuf {
     f.store().join("meta").join("index.redb")
 }
@@ -357,13 +364,7 @@ fn a_store_directory_or_log_another_user_controls_is_refused() {
     for mode in ["0777", "0770"] {
         sh(&format!("chmod {mode} {}", store.display()));
         for args in [&mount[..], &["unlock"], &["gc"], &["status"]] {
-            let o = f.run(args);
-            assert_eq!(code(&o), 8, "{args:?} with mode {mode}: {}", stderr(&o));
-            assert!(
-                stderr(&o).contains("writable by group or others"),
-                "{}",
-                stderr(&o)
-            );
+            refused(&f, args, 8, "writable by group or others");
         }
     }
     sh(&format!(
@@ -633,6 +634,18 @@ fn write_and_wait_for_a_frame(f: &Fixture, name: &str, data: &[u8]) {
     wait_for_checkpoint_change(f, before);
 }
 
+/// A store with `kept` (returned), mounted again: `early` written and
+/// in the mount's first frame (a base), `late` (`late_data`) in the next
+/// (a delta); then the daemon is killed.
+fn crash_after_two_frames(f: &Fixture, late_data: &[u8]) -> Vec<u8> {
+    let first = store_with_a_file(f);
+    f.mount();
+    write_and_wait_for_a_frame(f, "early", b"in the base this mount wrote");
+    write_and_wait_for_a_frame(f, "late", late_data);
+    f.kill_daemon();
+    first
+}
+
 /// The mounted daemon appends the metadata that changed to the checkpoint
 /// every 5 s: after a crash and the loss of index.redb, `repair` brings
 /// back a file written seconds before (not only what the last unmount
@@ -640,12 +653,8 @@ fn write_and_wait_for_a_frame(f: &Fixture, name: &str, data: &[u8]) {
 #[test]
 fn repair_brings_back_what_the_checkpoint_journal_holds_after_a_crash() {
     let f = Fixture::new(&[]);
-    let first = store_with_a_file(&f);
-    f.mount();
-    write_and_wait_for_a_frame(&f, "early", b"in the base this mount wrote");
     let second = common::random_bytes(41, 1 << 20);
-    write_and_wait_for_a_frame(&f, "late", &second);
-    f.kill_daemon();
+    let first = crash_after_two_frames(&f, &second);
     std::fs::remove_file(index(&f)).unwrap();
     let out = f.ok(&["repair"]);
     assert!(out.contains("Put back the metadata checkpoint"), "{out}");
@@ -676,13 +685,7 @@ fn an_older_copy_of_the_database_is_refused_and_repair_puts_back_the_newer_state
     let segments_before = common::dir_bytes(&f.store().join("segments"));
     std::fs::write(index(&f), &older).unwrap();
     for args in [&["status"][..], &["scrub"], &["gc"]] {
-        let o = f.run(args);
-        assert_eq!(code(&o), 10, "{args:?}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains("older than its checkpoint"),
-            "{}",
-            stderr(&o)
-        );
+        refused(&f, args, 10, "older than its checkpoint");
     }
     let o = f.run(
         &mount_args(&f)
@@ -697,12 +700,11 @@ fn an_older_copy_of_the_database_is_refused_and_repair_puts_back_the_newer_state
         segments_before,
         "nothing cut"
     );
-    let o = f.run(&["repair", "--dry-run"]);
-    assert_eq!(code(&o), 10, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("would put back its checkpoint"),
-        "{}",
-        stderr(&o)
+    refused(
+        &f,
+        &["repair", "--dry-run"],
+        10,
+        "would put back its checkpoint",
     );
     f.ok(&["repair"]);
     f.mount();
@@ -716,11 +718,7 @@ fn an_older_copy_of_the_database_is_refused_and_repair_puts_back_the_newer_state
 #[test]
 fn a_damaged_checkpoint_frame_costs_only_the_frames_after_it() {
     let f = Fixture::new(&[]);
-    let first = store_with_a_file(&f);
-    f.mount();
-    write_and_wait_for_a_frame(&f, "early", b"in the base this mount wrote");
-    write_and_wait_for_a_frame(&f, "late", b"in the last frame");
-    f.kill_daemon();
+    let first = crash_after_two_frames(&f, b"in the last frame");
     // The newest frame's last byte (its body CRC) flipped.
     let mut bytes = std::fs::read(checkpoint(&f)).unwrap();
     *bytes.last_mut().unwrap() ^= 0x40;
@@ -768,12 +766,11 @@ fn a_lost_metadata_database_is_put_back_from_its_checkpoint() {
                 std::fs::write(index(&f), &bytes[..bytes.len() / 3]).unwrap();
             }
         }
-        let o = f.run(&["repair", "--dry-run"]);
-        assert_eq!(code(&o), 10, "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("would put back its checkpoint"),
-            "{}",
-            stderr(&o)
+        refused(
+            &f,
+            &["repair", "--dry-run"],
+            10,
+            "would put back its checkpoint",
         );
         let out = f.ok(&["repair"]);
         assert!(out.contains("Put back the metadata checkpoint"), "{out}");

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::KeystoreError;
 use crate::kdf::Kdf;
+use crate::provider::FipsMode;
 
 pub const FORMAT_NAME: &str = "datastore-keystore";
 pub const FORMAT_VERSION: u32 = 1;
@@ -26,13 +27,6 @@ pub const FILE_NAME: &str = "keystore.json";
 pub const BACKUP_NAME: &str = "keystore.json.bak";
 const MAX_FILE: u64 = 1 << 20;
 const MAX_SLOTS: usize = 32;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FipsMode {
-    Disabled,
-    Validated,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -25,11 +25,11 @@ use zeroize::Zeroizing;
 
 use crate::error::KeystoreError;
 use crate::file::{
-    decode_hex, destroy_file, FipsMode, KeystoreFile, Retiring, RetiringKey, Shipping, Slot,
-    SlotKind, StartupMode,
+    decode_hex, destroy_file, KeystoreFile, Retiring, RetiringKey, Shipping, Slot, SlotKind,
+    StartupMode,
 };
 use crate::kdf::Kdf;
-use crate::provider::{Provider, GCM_NONCE_LEN, GCM_TAG_LEN};
+use crate::provider::{FipsMode, Provider, GCM_NONCE_LEN, GCM_TAG_LEN};
 use crate::secmem::{harden_process, LockedBox};
 use crate::selftest::{self, KatSet};
 use crate::volume::{VolumeKey, VOLUME_KEY_LEN};

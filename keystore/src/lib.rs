@@ -18,11 +18,11 @@ pub mod volume;
 pub mod xts;
 
 pub use error::KeystoreError;
-pub use file::{FipsMode, Retiring, RetiringKey, SlotKind, StartupMode};
+pub use file::{Retiring, RetiringKey, SlotKind, StartupMode};
 pub use keystore::{
     Keystore, KeystoreInfo, RecoveryKey, SlotOptions, FIPS_MIN_PASSWORD, MIN_PASSWORD,
 };
-pub use provider::{GcmKey, HmacKey, ModuleStatus, Provider, XtsKey};
+pub use provider::{FipsMode, GcmKey, HmacKey, ModuleStatus, Provider, XtsKey};
 pub use secmem::{harden_process, locked_bytes, process_is_hardened, LockedBox};
 pub use selftest::{KatSet, SelfTestReport};
 pub use volume::VolumeKey;

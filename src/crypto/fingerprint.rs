@@ -9,7 +9,7 @@
 use keystore::{HmacKey, KeystoreError, LockedBox, Provider};
 use serde::{Deserialize, Serialize};
 
-pub type Fingerprint = [u8; 32];
+pub use crate::chunk::Fingerprint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use keystore::{KeystoreError, Provider};
 
-pub use crate::store::record::KeyGen;
+pub use crate::chunk::KeyGen;
 
 /// Everything the engine needs to turn plaintext chunks into records and
 /// back, for one key generation (or for an unencrypted store).

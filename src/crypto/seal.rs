@@ -40,6 +40,7 @@
 //! when the open's budget runs out. The AAD binds each value to its table
 //! and key, so a sealed value moved to another row does not open.
 
+use crate::poison::{Recover, RecoverRw};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -197,7 +198,7 @@ impl Keyed {
                 return Ok(k.clone());
             }
         }
-        let mut cache = self.older.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.older.locked();
         if let Some(k) = cache.get(&id) {
             return Ok(k.clone());
         }
@@ -329,15 +330,12 @@ impl MetaSealer {
     }
 
     fn retiring(&self) -> Option<Arc<SealKeys>> {
-        self.retiring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.retiring.read_locked().clone()
     }
 
     /// Drops the retiring keys (the conversion converted everything).
     pub fn forget_retiring(&self) {
-        *self.retiring.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.retiring.write_locked() = None;
     }
 
     /// The generation new values are sealed under.

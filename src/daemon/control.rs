@@ -2,6 +2,7 @@
 //! (for unlock) one password line; the answer is `ok ...` or
 //! `err <exit code> <message>` on one line, or the status as JSON.
 
+use crate::poison::RecoverRw;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -86,7 +87,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
             } else {
                 match keys::unlock_with_password(&shared.store, &shared.engine, pw.as_bytes()) {
                     Ok(v) => {
-                        *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        *shared.volume.write_locked() = Some(v);
                         shared.page_fill.resume();
                         crate::log_line!("datastore: unlocked");
                         shared.resume_conversion();
@@ -111,11 +112,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
         "lock" => {
             shared.stop_conversion();
             shared.page_fill.pause();
-            let v = shared
-                .volume
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let v = shared.volume.write_locked().take();
             let r = match v {
                 None => Ok("already locked".to_string()),
                 Some(v) => match v.sync_all() {
@@ -135,7 +132,7 @@ fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
                         Ok("locked".to_string())
                     }
                     Err(e) => {
-                        *shared.volume.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        *shared.volume.write_locked() = Some(v);
                         shared.page_fill.resume();
                         Err(Failure::new(
                             Exit::Io,

@@ -20,6 +20,7 @@
 //! it also backs off to a quarter duty cycle while reads or writes are
 //! being served; with one it never exceeds it.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,17 +132,14 @@ pub struct Job {
 
 impl Job {
     pub fn progress(&self) -> Progress {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.progress.locked().clone()
     }
 
     /// Stops the job at its next step and waits for it (before locking or
     /// unmounting); what it did is committed, the rest resumes later.
     pub fn stop_and_join(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let t = self.thread.locked().take();
         if let Some(t) = t {
             let _ = t.join();
         }
@@ -149,8 +147,7 @@ impl Job {
 
     pub fn is_running(&self) -> bool {
         self.thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .as_ref()
             .is_some_and(|t| !t.is_finished())
     }
@@ -200,7 +197,7 @@ pub fn start(store: &Path, vol: Arc<Volume>) -> Arc<Job> {
         .name("datastore-convert".into())
         .spawn(move || {
             let r = background_pool().and_then(|pool| pool.install(|| run(&store, &vol, &j)));
-            let mut p = j.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = j.progress.locked();
             p.state = match r {
                 Ok(true) => "done".into(),
                 Ok(false) => "stopped".into(),
@@ -212,10 +209,9 @@ pub fn start(store: &Path, vol: Arc<Volume>) -> Arc<Job> {
             p.eta_secs = None;
         });
     match t {
-        Ok(t) => *job.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
+        Ok(t) => *job.thread.locked() = Some(t),
         Err(e) => {
-            job.progress.lock().unwrap_or_else(|e| e.into_inner()).state =
-                format!("failed: cannot start a thread: {e}");
+            job.progress.locked().state = format!("failed: cannot start a thread: {e}");
         }
     }
     job
@@ -384,7 +380,7 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             }
         }
     };
-    job.progress.lock().unwrap_or_else(|e| e.into_inner()).state = "finishing".into();
+    job.progress.locked().state = "finishing".into();
     finish(store, vol, current, &last_scan).map(|()| true)
 }
 
@@ -395,7 +391,7 @@ fn update(
     bytes_at_start: u64,
     max_rate: u64,
 ) -> Result<(), String> {
-    let mut p = job.progress.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = job.progress.locked();
     p.chunks_done = counter(vol, DONE_CHUNKS)?;
     p.bytes_done = counter(vol, DONE_BYTES)?;
     p.chunks_total = counter(vol, TOTAL_CHUNKS)?.max(p.chunks_done);

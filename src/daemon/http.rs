@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::metrics;
 use super::status::Status;
 use super::Shared;
+use crate::metrics;
 
 const PAGE: &str = include_str!("dashboard.html");
 

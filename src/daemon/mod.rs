@@ -12,9 +12,9 @@ pub mod conversion;
 pub mod http;
 mod import;
 pub mod keys;
-pub mod metrics;
 pub mod status;
 
+use crate::poison::{Recover, RecoverRw};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,17 +72,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn volume(&self) -> Option<Arc<crate::volume::Volume>> {
-        self.volume
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.volume.read_locked().clone()
     }
 
     fn job(&self) -> Option<Arc<conversion::Job>> {
-        self.conversion
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.conversion.locked().clone()
     }
 
     /// Starts (or resumes) the key conversion when the keystore says one
@@ -93,8 +87,7 @@ impl Shared {
             return;
         }
         crate::log_line!("datastore: key conversion running");
-        *self.conversion.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(conversion::start(&self.store, v));
+        *self.conversion.locked() = Some(conversion::start(&self.store, v));
     }
 
     /// Stops a running conversion (before lock or unmount; it resumes at
@@ -215,7 +208,7 @@ pub fn serve(
     let mut checkpoint_failing = false;
     while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
-        metrics::tick();
+        crate::metrics::tick();
         let checkpoint_wait = match checkpoint_failing {
             true => JOURNAL_RETRY,
             false => JOURNAL_EVERY,

@@ -15,8 +15,8 @@ use rayon::prelude::*;
 
 use super::successors::{tail_key, Predictor};
 use super::{io_err, Result};
+use crate::chunk::Fingerprint;
 use crate::config::EngineConfig;
-use crate::crypto::Fingerprint;
 
 /// Bytes read per batch (must be well above the maximum chunk size).
 pub const BATCH: usize = 8 << 20;

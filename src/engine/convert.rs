@@ -7,6 +7,7 @@
 //! Invariant: like every put, a converted chunk's reference is pending until
 //! the next commit; the caller installs it in an extent or releases it.
 
+use crate::poison::RecoverRw;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -111,7 +112,7 @@ impl Engine {
     /// false when it is not (the caller stores it again instead).
     pub fn add_reference(&self, c: &ChunkRef) -> Result<bool> {
         self.check_poisoned()?;
-        let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gc_gate.read_locked();
         let indexed = lock(&self.pending).get(&c.fingerprint).is_some()
             || self.meta.read()?.lookup(&c.fingerprint)?.is_some();
         if !indexed {

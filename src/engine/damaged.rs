@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::{lock, Engine, Result};
-use crate::crypto::Fingerprint;
+use crate::chunk::Fingerprint;
 use crate::meta::IndexEntry;
 use crate::store::{record, segment};
 

@@ -10,7 +10,8 @@
 //! row (deleted at open). Memory is bounded by one segment.
 
 use super::{io_err, lock, Engine, Result};
-use crate::crypto::Fingerprint;
+use crate::chunk::Fingerprint;
+use crate::poison::RecoverRw;
 use crate::store::segment::{self, WalkItem};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -61,7 +62,7 @@ impl Engine {
         mut after_segment: impl FnMut(u64),
     ) -> Result<GcReport> {
         let (mut report, candidates) = {
-            let _gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
+            let _gate = self.gc_gate.write_locked();
             self.commit(true)?;
             let _c = lock(&self.commit_lock);
             let report = GcReport {
@@ -110,7 +111,7 @@ impl Engine {
                 }
                 Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
             };
-            let gate = self.gc_gate.write().unwrap_or_else(|e| e.into_inner());
+            let gate = self.gc_gate.write_locked();
             self.commit(true)?;
             let commit_lock = lock(&self.commit_lock);
             let mut writer = lock(&self.writer);

@@ -37,6 +37,7 @@ pub mod stats;
 mod successors;
 mod write;
 
+use crate::poison::{Recover, RecoverRw};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
@@ -57,12 +58,7 @@ pub use gc::GcReport;
 pub use scrub::{BadRecord, ScrubReport};
 pub use stats::{Stats, StatsSnapshot};
 
-/// One chunk of a stored stream: the recipe of a stream is a list of these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ChunkRef {
-    pub fingerprint: Fingerprint,
-    pub len: u32,
-}
+pub use crate::chunk::ChunkRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -175,7 +171,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding an engine lock poisons the mutex; the data it
     // guards is still consistent (every critical section is short and
     // checked), and the engine's own poison flag covers failed writes.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl Engine {
@@ -277,7 +273,7 @@ impl Engine {
     /// Loads (or drops) the key ring: new records use its current keys;
     /// records of its retiring generation stay readable.
     pub fn set_keys(&self, keys: Option<Arc<KeyRing>>) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        *self.keys.write_locked() = keys;
         // Its fingerprints were made with the keys before, and it holds
         // digests of plaintext: a locked engine keeps none of it.
         self.successors.clear();
@@ -286,14 +282,11 @@ impl Engine {
     /// Attaches (or detaches) the bucket mirror: from then on every durable
     /// commit returns only once the bucket has it too.
     pub fn set_remote(&self, remote: Option<Arc<crate::remote::Remote>>) {
-        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = remote;
+        *self.remote.write_locked() = remote;
     }
 
     pub fn remote(&self) -> Option<Arc<crate::remote::Remote>> {
-        self.remote
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.remote.read_locked().clone()
     }
 
     /// The keys new records are written with.
@@ -302,11 +295,7 @@ impl Engine {
     }
 
     pub(crate) fn keys(&self) -> Result<Arc<KeyRing>> {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(EngineError::Locked)
+        self.keys.read_locked().clone().ok_or(EngineError::Locked)
     }
 
     pub(crate) fn check_poisoned(&self) -> Result<()> {

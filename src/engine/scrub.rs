@@ -3,6 +3,7 @@
 //! checks that every live index entry points at a good record.
 //! Memory is bounded by one segment image.
 
+use crate::poison::RecoverRw;
 use rayon::prelude::*;
 
 use super::read::decode_record;
@@ -50,7 +51,7 @@ impl Engine {
     /// extents that make them).
     pub fn scrub_committed(&self) -> Result<ScrubReport> {
         let crypto = self.keys().ok();
-        let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gc_gate.read_locked();
         let mut report = ScrubReport {
             verified_with_key: crypto.is_some(),
             ..Default::default()

@@ -24,6 +24,7 @@
 //! change or are dropped; keys are 64-bit digests of a chunk's length and
 //! last 32 bytes, so a collision is only a wrong guess.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -70,7 +71,7 @@ pub fn tail_key(chunk: &[u8]) -> u64 {
 
 impl Successors {
     fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.locked()
     }
 
     /// Notes which chunk followed which in `data`, cut at `cuts` with

@@ -7,6 +7,7 @@
 //! independent streams on different threads never wait for each other except
 //! for the short, in-order append into the open segment.
 
+use crate::poison::RecoverRw;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Read;
@@ -142,7 +143,7 @@ impl Engine {
         crypto: &ChunkCrypto,
         mut next: impl FnMut() -> Result<Option<Batch<'a>>> + Send,
     ) -> Result<Vec<ChunkRef>> {
-        let _gate = self.gc_gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gc_gate.read_locked();
         let mut timed_next = || {
             let t = Instant::now();
             let b = next();

@@ -17,6 +17,7 @@
 //! answers them. Nothing within `KEEP` bytes of the stream's head is
 //! dropped.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -108,7 +109,7 @@ impl DropBehind {
     /// the pages far behind it when it continues a sequential stream.
     pub fn access(&self, ino: u64, at: u64, len: u64) {
         let end = at + len;
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut streams = self.streams.locked();
         if streams.len() >= STREAMS && !streams.contains_key(&ino) {
             streams.clear();
         }
@@ -123,10 +124,7 @@ impl DropBehind {
 
     /// Forgets `ino`'s stream (its handle was released).
     pub fn forget(&self, ino: u64) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
+        self.streams.locked().remove(&ino);
     }
 }
 

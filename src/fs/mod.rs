@@ -12,6 +12,7 @@
 //! and pages, so at most a name cached in the last `TTL` still resolves
 //! (and its getattr then fails).
 
+use crate::poison::{Recover, RecoverRw};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -91,7 +92,7 @@ fn errno(e: &VolError) -> Errno {
     if let Some(cause) = &e.cause {
         repeats::log_collapsed(format!("datastore: I/O error: {cause}"));
     }
-    crate::daemon::metrics::record_error(e.errno);
+    crate::metrics::record_error(e.errno);
     Errno::from_i32(e.errno)
 }
 
@@ -144,12 +145,7 @@ impl DatastoreFs {
 
     /// The loaded volume, or EACCES (logged) while the store is locked.
     fn vol(&self) -> Result<Arc<Volume>, Errno> {
-        match self
-            .volume
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        match self.volume.read_locked().as_ref() {
             Some(v) => Ok(v.clone()),
             None => {
                 repeats::log_collapsed(
@@ -197,12 +193,7 @@ impl Filesystem for DatastoreFs {
     }
 
     fn destroy(&mut self) {
-        if let Some(v) = self
-            .volume
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(v) = self.volume.read_locked().as_ref() {
             if let Err(e) = v.sync_all() {
                 crate::log_line!("datastore: final sync failed: {e}");
             }
@@ -472,7 +463,7 @@ impl Filesystem for DatastoreFs {
         let ticket = self.fill.ticket(ino.0);
         match v.read_around(ino.0, offset, size) {
             Ok((d, around)) => {
-                crate::daemon::metrics::record_read(d.len(), started);
+                crate::metrics::record_read(d.len(), started);
                 self.drop_behind.access(ino.0, offset, d.len() as u64);
                 reply.data(&d);
                 if let (Some(t), Some(a)) = (ticket, around) {
@@ -508,7 +499,7 @@ impl Filesystem for DatastoreFs {
         let started = std::time::Instant::now();
         match v.write(ino.0, offset, data) {
             Ok(n) => {
-                crate::daemon::metrics::record_write(n, started);
+                crate::metrics::record_write(n, started);
                 self.drop_behind.access(ino.0, offset, n as u64);
                 reply.written(n as u32);
             }
@@ -565,10 +556,7 @@ impl Filesystem for DatastoreFs {
         match v.read_dir(ino.0) {
             Ok(entries) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, (entries, false));
+                self.dirs.locked().insert(fh, (entries, false));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno(&e)),
@@ -583,7 +571,7 @@ impl Filesystem for DatastoreFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirs = self.dirs.locked();
         let Some((entries, read_before)) = dirs.get_mut(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
@@ -617,10 +605,7 @@ impl Filesystem for DatastoreFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.dirs.locked().remove(&fh.0);
         reply.ok();
     }
 

@@ -27,6 +27,7 @@
 //! would grow the kernel's idea of its size), outside the pages the read
 //! itself answered.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -71,7 +72,7 @@ pub struct PageFill {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl PageFill {
@@ -195,7 +196,7 @@ impl PageFill {
                 if n.store(INodeNo(job.ino), at, &bytes).is_err() {
                     break;
                 }
-                crate::daemon::metrics::record_fill(bytes.len());
+                crate::metrics::record_fill(bytes.len());
             }
         }
         let deferred = {

@@ -9,6 +9,7 @@
 //! last written; the number of repeats held back is written before the next
 //! line that gets through.
 
+use crate::poison::Recover;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ static FILTER: Mutex<Option<RepeatFilter>> = Mutex::new(None);
 
 /// Writes `line` to the daemon's log unless it only repeats the last one.
 pub(super) fn log_collapsed(line: String) {
-    let mut filter = FILTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut filter = FILTER.locked();
     for l in filter
         .get_or_insert_with(RepeatFilter::default)
         .admit(&line, Instant::now())

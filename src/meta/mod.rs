@@ -21,12 +21,13 @@
 pub mod checkpoint;
 mod read_only;
 
+use crate::poison::RecoverRw;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition};
 
-use crate::crypto::Fingerprint;
+use crate::chunk::Fingerprint;
 
 /// Page cache of the metadata database.
 const CACHE_BYTES: usize = 64 << 20;
@@ -368,7 +369,7 @@ impl Meta {
     /// The database, for layers above (the volume) that keep their own
     /// tables and commit them together with the chunk index.
     pub fn database(&self) -> Arc<Database> {
-        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.db.read_locked().clone()
     }
 
     pub fn read(&self) -> Result<MetaRead, MetaError> {
@@ -391,7 +392,7 @@ impl Meta {
     ) -> Result<(), MetaError> {
         let fresh = fresh_path(&self.path);
         let _ = std::fs::remove_file(&fresh);
-        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.db.write_locked();
         {
             let new = create_db(&fresh)?;
             let src = slot.begin_read()?;

@@ -11,6 +11,7 @@
 //! Invariant: the file descriptor is read-only, so no code path through
 //! this backend can change the file.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -70,7 +71,7 @@ impl Overlay {
 }
 
 fn lock(m: &Mutex<Overlay>) -> std::sync::MutexGuard<'_, Overlay> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl redb::StorageBackend for ReadOnlyFile {

@@ -10,6 +10,7 @@
 //! a segment with bytes not yet in the bucket, and the segment a fetch just
 //! brought back.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -28,10 +29,7 @@ impl Remote {
     /// Notes a read of segment `id` (for least-recently-read eviction).
     pub fn touch(&self, id: u64) {
         if self.cfg.cache_bytes.is_some() {
-            self.last_read
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, Instant::now());
+            self.last_read.locked().insert(id, Instant::now());
         }
     }
 
@@ -45,7 +43,7 @@ impl Remote {
     /// Brings evicted segment `id` back from its packs (no key needed: the
     /// packs are the segment's bytes as they were written).
     pub fn fetch_segment_file(&self, engine: &Engine, id: u64) -> Result<(), RemoteError> {
-        let _one_at_a_time = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.fetching.locked();
         let path = segment::segment_path(engine.segments_dir(), id);
         if path.exists() {
             return Ok(());
@@ -125,11 +123,7 @@ impl Remote {
             let e = uploaded.entry(p.segment).or_default();
             *e = (*e).max(p.end);
         }
-        let last_read = self
-            .last_read
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let last_read = self.last_read.locked().clone();
         let mut candidates: Vec<(Option<Instant>, u64)> = sizes
             .keys()
             .copied()

@@ -28,6 +28,7 @@ pub mod cache;
 pub mod journal;
 pub mod sync;
 
+use crate::poison::Recover;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -281,15 +282,14 @@ impl Remote {
     /// a key conversion runs the retiring one still opens what was sealed
     /// before it began.
     pub fn set_keys(&self, current: MirrorKey, retiring: Option<MirrorKey>) {
-        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(MirrorKeys { current, retiring });
+        *self.keys.locked() = Some(MirrorKeys { current, retiring });
     }
 
     /// Switches sealing to a new key (a conversion began): the next upload
     /// is a full checkpoint under it, and the chain sealed under the old
     /// key is deleted once the new head is in place.
     pub fn rekey(&self, current: MirrorKey, retiring: Option<MirrorKey>) {
-        let mut k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut k = self.keys.locked();
         *k = Some(MirrorKeys { current, retiring });
         self.new_chain.store(true, Ordering::SeqCst);
     }
@@ -297,27 +297,27 @@ impl Remote {
     /// Makes the next upload a full checkpoint that replaces the current
     /// chain (a conversion ends: no journal entry of the old values stays).
     pub fn start_new_chain(&self) {
-        let _k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let _k = self.keys.locked();
         self.new_chain.store(true, Ordering::SeqCst);
     }
 
     /// Drops the retiring key (the conversion is done and the bucket holds
     /// nothing sealed under it).
     pub fn forget_retiring_key(&self) {
-        if let Some(k) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(k) = self.keys.locked().as_mut() {
             k.retiring = None;
         }
     }
 
     /// Drops the mirror keys (lock).
     pub fn clear_key(&self) {
-        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.keys.locked() = None;
     }
 
     /// The sealing key, and whether this upload must start a new chain
     /// (the flag is taken: give it back with `retry_new_chain` on failure).
     fn sealing_key(&self) -> Result<(MirrorKey, bool), RemoteError> {
-        let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let k = self.keys.locked();
         let current = k.as_ref().ok_or(RemoteError::Locked)?.current.clone();
         Ok((current, self.new_chain.swap(false, Ordering::SeqCst)))
     }
@@ -330,7 +330,7 @@ impl Remote {
     /// retiring one.
     fn open_blob(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let (current, retiring) = {
-            let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let k = self.keys.locked();
             let k = k.as_ref().ok_or(RemoteError::Locked)?;
             (k.current.clone(), k.retiring.clone())
         };
@@ -486,16 +486,12 @@ impl Remote {
             fetched_bytes: self.fetched.load(Ordering::Relaxed),
             evicted_bytes: self.evicted.load(Ordering::Relaxed),
             checkpoint: self.checkpoint.load(Ordering::Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            last_error: self.last_error.locked().clone(),
         }
     }
 
     fn note_result<T>(&self, r: Result<T, RemoteError>) -> Result<T, RemoteError> {
-        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_error.locked();
         match &r {
             Ok(_) => *last = None,
             Err(e) => *last = Some(e.to_string()),

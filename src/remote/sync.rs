@@ -18,6 +18,7 @@
 //! intact, keeps the backlog for the next durable commit, and is returned
 //! (the caller's fsync reports EIO). `attach` rebuilds a store from head.
 
+use crate::poison::Recover;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -193,7 +194,7 @@ impl Remote {
         let db = std::fs::read(store.join("meta").join("index.redb"))
             .map_err(|e| local("read the metadata database", e))?;
         let hashes = journal::block_hashes(provider, &db)?;
-        let mut shipped = self.shipped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shipped = self.shipped.locked();
         let previous = match shipped.as_ref() {
             Some(s) if !new_chain => s.clone(),
             Some(s) => Shipped {

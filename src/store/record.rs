@@ -23,7 +23,8 @@
 //! flags and length relations all hold, so a reader never trusts a length
 //! field it has not checked.
 
-use crate::crypto::Fingerprint;
+use crate::chunk::Fingerprint;
+pub use crate::chunk::KeyGen;
 
 pub const MAGIC: [u8; 4] = *b"DSR1";
 pub const VERSION: u8 = 1;
@@ -33,24 +34,6 @@ pub const TRAILER_LEN: usize = 4;
 pub const MAX_PLAIN: u32 = 16 << 20;
 pub const FLAG_LZ4: u8 = 1;
 pub const FLAG_PLAIN: u8 = 2;
-
-/// Which key a record's payload is under: none (an unencrypted store), or
-/// the volume key of one generation (see docs/FORMAT.md, "Key generations").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum KeyGen {
-    #[default]
-    Plain,
-    Key(u16),
-}
-
-impl std::fmt::Display for KeyGen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyGen::Plain => write!(f, "unencrypted"),
-            KeyGen::Key(g) => write!(f, "key generation {g}"),
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {

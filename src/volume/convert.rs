@@ -14,6 +14,7 @@
 //! the old one is released, in the same commit that writes the extent; a
 //! chunk found already under the current generation is left alone.
 
+use crate::poison::RecoverRw;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ impl Volume {
         let _one_at_a_time = lock(&self.commit_lock);
         let _st = lock(&self.state);
         self.engine.set_keys(Some(keys));
-        *self.sealer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sealer);
+        *self.sealer.write_locked() = Arc::new(sealer);
         Ok(())
     }
 

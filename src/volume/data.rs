@@ -2,6 +2,7 @@
 //! overlay buffers on extents, truncate, fallocate, and the commit that
 //! persists everything the volume changed (sealed) with the chunk index.
 
+use crate::poison::Recover;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -620,11 +621,7 @@ impl Volume {
         if !lock(&self.state).buffers.contains_key(&ino) {
             return Ok(()); // nothing buffered (e.g. a file created and closed)
         }
-        let sender = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let sender = self.flusher.locked().clone();
         match sender {
             Some(tx) => {
                 if lock(&self.state).flush_queued.insert(ino) && tx.send(ino).is_err() {
@@ -651,7 +648,7 @@ impl Volume {
                 }
             }
         });
-        *self.flusher.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self.flusher.locked() = Some(tx);
     }
 
     pub(super) fn truncate(&self, st: &mut State, ino: u64, size: u64) -> VResult<()> {

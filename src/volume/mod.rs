@@ -23,6 +23,7 @@ pub mod inode;
 mod readahead;
 mod store;
 
+use crate::poison::{Recover, RecoverRw};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -167,7 +168,7 @@ pub struct Volume {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 /// Sealed values of the volume's tables by key generation.
@@ -293,10 +294,7 @@ impl Volume {
     }
 
     pub(crate) fn sealer(&self) -> Arc<MetaSealer> {
-        self.sealer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.sealer.read_locked().clone()
     }
 
     /// Sets (None: removes) counters of the `volume` table in the next

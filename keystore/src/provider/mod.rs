@@ -30,10 +30,17 @@ mod soft;
 use std::sync::OnceLock;
 
 use crate::error::KeystoreError;
-use crate::file::FipsMode;
 use crate::selftest::{self, KatSet, SelfTestReport};
 
 pub use services::Service;
+
+/// The store's FIPS mode (kept in keystore.json): which provider serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FipsMode {
+    Disabled,
+    Validated,
+}
 
 /// Which implementation serves the primitives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! sample every 5 s for the last 10 minutes) for the dashboard's chart.
 //! Relaxed atomics: statistics, not state. Nothing here names a file.
 
+use crate::poison::Recover;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -78,7 +79,7 @@ pub fn record_write(bytes: usize, started: Instant) {
 /// Counts an error answered to the kernel (ENOENT and friends included:
 /// they are what callers see).
 pub fn record_error(errno: i32) {
-    let mut e = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut e = ERRORS.locked();
     match e.iter_mut().find(|(n, _)| *n == errno) {
         Some((_, c)) => *c += 1,
         None => e.push((errno, 1)),
@@ -87,7 +88,7 @@ pub fn record_error(errno: i32) {
 
 /// (errno name, count) of every error so far.
 pub fn errors() -> Vec<(String, u64)> {
-    let e = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    let e = ERRORS.locked();
     e.iter().map(|(n, c)| (errno_name(*n), *c)).collect()
 }
 
@@ -128,7 +129,7 @@ static HISTORY: Mutex<(Option<Instant>, VecDeque<Sample>)> = Mutex::new((None, V
 
 /// Called from the daemon's loop: takes a sample every 5 s.
 pub fn tick() {
-    let mut h = HISTORY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut h = HISTORY.locked();
     if h.0.is_some_and(|t| t.elapsed() < EVERY) {
         return;
     }
@@ -147,13 +148,7 @@ pub fn tick() {
 }
 
 pub fn history() -> Vec<Sample> {
-    HISTORY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .1
-        .iter()
-        .copied()
-        .collect()
+    HISTORY.locked().1.iter().copied().collect()
 }
 
 /// One metric in Prometheus text format: HELP, TYPE and the sample.
