@@ -1,5 +1,6 @@
 //! `<store>/datastore.toml`: format version, store id and the parameters
-//! every reader of the store must agree on. Holds no secrets.
+//! every reader of the store must agree on, and where its bucket mirror
+//! lives. Holds no secrets.
 //!
 //! Invariant: written atomically (temp file, fsync, rename, fsync dir); a
 //! file with an unknown format version is refused, never guessed at. A
@@ -112,7 +113,7 @@ pub struct StoreConfig {
     pub engine: EngineConfig,
     /// The bucket this store mirrors to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<crate::remote::RemoteConfig>,
+    pub remote: Option<RemoteConfig>,
 }
 
 impl StoreConfig {
@@ -175,5 +176,44 @@ impl StoreConfig {
     pub fn save(&self, store: &Path) -> std::io::Result<()> {
         let text = toml::to_string_pretty(self).map_err(std::io::Error::other)?;
         crate::fsutil::write_atomic(&store.join(CONFIG_FILE), text.as_bytes())
+    }
+}
+
+/// Where the mirror lives (kept in datastore.toml; no credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// Endpoint URL for S3-compatible servers (None: AWS).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Local cache size in bytes (None: keep everything locally).
+    #[serde(default)]
+    pub cache_bytes: Option<u64>,
+    /// Most committed bytes not yet in the bucket before writes are refused
+    /// (ENOSPC) while it is unreachable (None: the local disk is the limit).
+    #[serde(default)]
+    pub max_backlog: Option<u64>,
+}
+
+impl RemoteConfig {
+    /// (bucket, prefix) of the URL, or a one-line error.
+    pub fn bucket_and_prefix(&self) -> Result<(String, String), String> {
+        let rest = self
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("remote {:?} is not an s3://BUCKET/PREFIX URL", self.url))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("remote {:?} names no bucket", self.url));
+        }
+        Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    }
+
+    pub(crate) fn endpoint_name(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| "AWS S3".into())
     }
 }

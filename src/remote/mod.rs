@@ -39,44 +39,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-/// Where the mirror lives (kept in datastore.toml; no credentials).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteConfig {
-    /// `s3://BUCKET/PREFIX`.
-    pub url: String,
-    /// Endpoint URL for S3-compatible servers (None: AWS).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Local cache size in bytes (None: keep everything locally).
-    #[serde(default)]
-    pub cache_bytes: Option<u64>,
-    /// Most committed bytes not yet in the bucket before writes are refused
-    /// (ENOSPC) while it is unreachable (None: the local disk is the limit).
-    #[serde(default)]
-    pub max_backlog: Option<u64>,
-}
-
-impl RemoteConfig {
-    /// (bucket, prefix) of the URL, or a one-line error.
-    pub fn bucket_and_prefix(&self) -> Result<(String, String), String> {
-        let rest = self
-            .url
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("remote {:?} is not an s3://BUCKET/PREFIX URL", self.url))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("remote {:?} names no bucket", self.url));
-        }
-        Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
-    }
-
-    fn endpoint_name(&self) -> String {
-        self.endpoint.clone().unwrap_or_else(|| "AWS S3".into())
-    }
-}
+pub use crate::config::RemoteConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
