@@ -48,5 +48,7 @@ pub mod metrics;
 pub mod poison;
 pub mod remote;
 pub mod store;
+#[cfg(test)]
+mod test_data;
 pub mod timefmt;
 pub mod volume;

@@ -277,15 +277,7 @@ mod tests {
     use crate::engine::successors::Successors;
 
     fn random(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = 0x9e3779b97f4a7c15u64 ^ seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_data::XorShift::new(0x9e3779b97f4a7c15u64 ^ seed).bytes(len, 0)
     }
 
     /// Chunk lengths of `data` cut all at once, without prediction.

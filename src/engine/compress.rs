@@ -144,15 +144,7 @@ mod tests {
     }
 
     fn random_bytes(len: usize) -> Vec<u8> {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        crate::test_data::XorShift::new(0x9E37_79B9_7F4A_7C15).bytes(len, 24)
     }
 
     fn round_trip(level: u8, chunk: &[u8]) -> Option<usize> {

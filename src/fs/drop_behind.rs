@@ -193,13 +193,8 @@ mod tests {
 
     #[test]
     fn random_access_never_drops() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let random = (0..100_000).map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % (8 << 30)) / 4096 * 4096
-        });
+        let mut x = crate::test_data::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let random = (0..100_000).map(|_| (x.next_u64() % (8 << 30)) / 4096 * 4096);
         assert!(drops(random, 4096).is_empty());
     }
 

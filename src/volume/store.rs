@@ -175,15 +175,7 @@ mod tests {
     }
 
     fn bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_data::XorShift::new(seed | 1).bytes(len, 0)
     }
 
     /// Rewrites `ino`'s inode row as record `version` (1 or 2) stored it,
