@@ -7,6 +7,33 @@ use std::io::Write;
 use std::path::Path;
 
 /// fsyncs a directory so that renames and creations in it are durable.
+/// statvfs(3) of the file system holding `path`.
+pub fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid C string and an out-pointer to a zeroed struct.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+/// flock(2) of `file` without waiting, exclusive or shared: false when
+/// another open file description holds a conflicting lock (or flock fails).
+/// Held until every descriptor of that open file is closed.
+pub fn try_flock(file: &File, exclusive: bool) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let how = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a valid descriptor.
+    unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) == 0 }
+}
+
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }

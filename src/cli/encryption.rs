@@ -408,22 +408,6 @@ fn lock_state(store: &std::path::Path) -> String {
     }
 }
 
-/// One line for `status`: what protects the data.
-pub fn encryption_summary(store: &std::path::Path) -> Result<String, Failure> {
-    if !crate::daemon::keys::has_keystore(store) && !load_config(store)?.engine.encrypted() {
-        return Ok("none (store not encrypted)".into());
-    }
-    let ks = open_keystore(store)?;
-    let info = ks.info();
-    Ok(format!(
-        "AES-XTS-256; FIPS mode {:?}; startup {:?}; shipping mode {}",
-        info.fips_mode,
-        info.startup,
-        if info.shipping_mode { "on" } else { "off" }
-    )
-    .to_lowercase())
-}
-
 #[derive(Serialize)]
 struct Scan {
     /// Records the index names, by generation.

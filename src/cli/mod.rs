@@ -3,7 +3,7 @@
 
 mod conversion;
 mod encryption;
-pub mod exit;
+pub use crate::exit;
 mod import;
 mod maintenance;
 mod mount;
@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use encryption::encryption_summary;
 use exit::{Exit, Failure};
 
 #[derive(Parser, Debug)]
@@ -285,13 +284,7 @@ pub enum StartupArg {
     Unlocked,
 }
 
-/// Where boot keys (startup mode `unlocked`) live: outside the store, so a
-/// stolen store drive does not carry them.
-pub fn boot_key_dir() -> PathBuf {
-    std::env::var_os("DATASTORE_BOOT_KEY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/datastore/boot-keys"))
-}
+pub use crate::paths::boot_key_dir;
 
 /// Target time of one KDF run for new keyslots (default 1 s).
 pub fn kdf_options() -> keystore::SlotOptions {

@@ -282,14 +282,8 @@ pub fn mount(
         .map_or(last, |(_, message)| message)
         .to_string();
     let code = match status.code() {
-        Some(3) => Exit::WrongPassword,
-        Some(4) => Exit::NotAStore,
-        Some(6) => Exit::SelfTest,
-        Some(7) => Exit::Io,
-        Some(9) => Exit::InUse,
-        Some(10) => Exit::Damaged,
-        Some(2) => Exit::Usage,
-        _ => Exit::Error,
+        Some(0) | None => Exit::Error,
+        Some(c) => Exit::from_code(c),
     };
     Err(Failure::new(code, last))
 }
@@ -382,17 +376,9 @@ pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Fai
     }
     let rest = reply.strip_prefix("err ").unwrap_or(&reply);
     let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
-    let code = match code {
-        "2" => Exit::Usage,
-        "3" => Exit::WrongPassword,
-        "4" => Exit::NotAStore,
-        "5" => Exit::Locked,
-        "6" => Exit::SelfTest,
-        "7" => Exit::Io,
-        "8" => Exit::Refused,
-        "9" => Exit::InUse,
-        "10" => Exit::Damaged,
-        _ => Exit::Error,
+    let code = match code.parse() {
+        Ok(0) | Err(_) => Exit::Error,
+        Ok(c) => Exit::from_code(c),
     };
     Err(Failure::new(code, msg.to_string()))
 }
@@ -496,12 +482,11 @@ pub(crate) fn datastore_mounts() -> Vec<(PathBuf, PathBuf)> {
 
 /// True when no process holds the store's lock.
 fn store_is_free(store: &Path) -> bool {
-    use std::os::unix::io::AsRawFd;
     let Ok(f) = std::fs::File::open(store.join("lock")) else {
         return true;
     };
-    // SAFETY: flock on a valid fd; the lock is released when `f` closes.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    // Released when `f` closes.
+    crate::fsutil::try_flock(&f, true)
 }
 
 pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::{keys, set_owner_only, DaemonError, Shared, SOCKET};
-use crate::cli::exit::{Exit, Failure};
+use crate::exit::{Exit, Failure};
 
 /// The pause after a refused unlock.
 const FAILED_UNLOCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);

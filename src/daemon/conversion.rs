@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cli::boot_key_dir;
+use crate::paths::boot_key_dir;
 use crate::volume::Volume;
 
 const CURSOR: &str = "convert_cursor";

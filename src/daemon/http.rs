@@ -110,22 +110,13 @@ fn shield(st: &Status, keys: Option<&KeyState>) -> Shield {
 }
 
 fn free_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    // SAFETY: valid C string and out-pointer.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return 0;
-    }
-    s.f_bavail * s.f_frsize
+    crate::fsutil::statvfs(dir).map_or(0, |s| s.f_bavail * s.f_frsize)
 }
 
 fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
     let status = shared.status().map_err(|e| e.to_string())?;
     let info = if super::keys::has_keystore(&shared.store) {
-        let ks = keystore::Keystore::open(&shared.store, &crate::cli::boot_key_dir())
+        let ks = keystore::Keystore::open(&shared.store, &crate::paths::boot_key_dir())
             .map_err(|e| e.to_string())?;
         Some(ks.info())
     } else {

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
 use super::Shared;
-use crate::cli::exit::{Exit, Failure};
+use crate::exit::{Exit, Failure};
 use crate::volume::{Kind, ROOT};
 
 /// Walking threads: reading a cold source tree is latency-bound.

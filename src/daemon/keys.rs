@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use keystore::{FipsMode, KatSet, Keystore, VolumeKey};
 
-use crate::cli::boot_key_dir;
 use crate::config::StoreConfig;
 use crate::crypto::seal::MetaSealer;
 use crate::crypto::{ChunkCrypto, FingerprintAlg, KeyRing};
 use crate::engine::Engine;
+use crate::paths::boot_key_dir;
 use crate::remote::{MirrorKey, Remote};
 use crate::volume::{VResult, VolError, Volume};
 

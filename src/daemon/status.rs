@@ -44,10 +44,8 @@ pub fn collect(
     locked: bool,
 ) -> Result<Status, crate::engine::EngineError> {
     let s: IndexSummary = engine.index_summary()?;
-    let encryption = match crate::cli::encryption_summary(engine.store_dir()) {
-        Ok(e) => e,
-        Err(e) => format!("unknown ({})", e.message),
-    };
+    let encryption =
+        encryption_summary(engine.store_dir()).unwrap_or_else(|e| format!("unknown ({e})"));
     Ok(Status {
         mounted: mountpoint.is_some(),
         mountpoint,
@@ -81,4 +79,22 @@ pub fn collect(
         conversion: super::conversion::recorded_progress(engine),
         writes_stopped: engine.stopped(),
     })
+}
+
+/// One line for `status`: what protects the data.
+pub fn encryption_summary(store: &std::path::Path) -> Result<String, String> {
+    let encrypted = crate::config::StoreConfig::load(store)?.engine.encrypted();
+    if !super::keys::has_keystore(store) && !encrypted {
+        return Ok("none (store not encrypted)".into());
+    }
+    let ks = keystore::Keystore::open(store, &crate::paths::boot_key_dir())
+        .map_err(|e| e.to_string())?;
+    let info = ks.info();
+    Ok(format!(
+        "AES-XTS-256; FIPS mode {:?}; startup {:?}; shipping mode {}",
+        info.fips_mode,
+        info.startup,
+        if info.shipping_mode { "on" } else { "off" }
+    )
+    .to_lowercase())
 }

@@ -40,7 +40,6 @@ mod write;
 use crate::poison::{Recover, RecoverRw};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -517,25 +516,24 @@ pub fn index_path(store: &Path) -> PathBuf {
 /// engine may have open (`repair` putting back the database).
 pub fn lock_store(store: &Path, mode: OpenMode) -> Result<File> {
     let path = store.join("lock");
-    let (file, how) = match mode {
+    let (file, exclusive) = match mode {
         OpenMode::ReadWrite => (
             OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&path),
-            libc::LOCK_EX,
+            true,
         ),
         OpenMode::ReadOnly => match File::open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (File::open(store.join("datastore.toml")), libc::LOCK_SH)
+                (File::open(store.join("datastore.toml")), false)
             }
-            other => (other, libc::LOCK_SH),
+            other => (other, false),
         },
     };
     let file = file.map_err(io_err("open store lock file"))?;
-    // SAFETY: flock on a valid fd.
-    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
+    if !crate::fsutil::try_flock(&file, exclusive) {
         return Err(EngineError::InUse(store.to_path_buf()));
     }
     Ok(file)

@@ -756,13 +756,7 @@ impl Volume {
     }
 
     pub fn statfs(&self) -> VResult<StatFs> {
-        let path = std::ffi::CString::new(self.engine.store_dir().as_os_str().as_encoded_bytes())
-            .map_err(|_| VolError::new(libc::EINVAL))?;
-        // SAFETY: statvfs with a valid C string and an out-pointer.
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
-            return Err(VolError::io(std::io::Error::last_os_error()));
-        }
+        let s = crate::fsutil::statvfs(self.engine.store_dir()).map_err(VolError::io)?;
         let files = lock(&self.state).next_ino;
         Ok(StatFs {
             blocks: s.f_blocks * s.f_frsize / 4096,

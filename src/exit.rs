@@ -28,6 +28,30 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Exit {
+    /// The code a process exited with (or a daemon replied), back as an
+    /// `Exit`; anything unknown is `Error`.
+    pub fn from_code(code: i32) -> Exit {
+        use Exit::*;
+        [
+            Ok,
+            Error,
+            Usage,
+            WrongPassword,
+            NotAStore,
+            Locked,
+            SelfTest,
+            Io,
+            Refused,
+            InUse,
+            Damaged,
+        ]
+        .into_iter()
+        .find(|e| *e as i32 == code)
+        .unwrap_or(Error)
+    }
+}
+
 impl Failure {
     pub fn new(code: Exit, message: impl Into<String>) -> Self {
         Failure {
