@@ -2,6 +2,11 @@
 //! See ../shared/DESIGN.md for the layer map; each module's top comment says
 //! what it owns.
 
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
+
 /// `eprintln!` that never panics. A mounted daemon's stderr is
 /// `<store>/daemon.log`: on a full disk that write fails, and `eprintln!`
 /// would panic the thread reporting the error (a FUSE request thread or the

@@ -6,6 +6,8 @@
 //! schedules live in. Nothing outside this crate sees an unwrapped key as a
 //! plain byte array that outlives the call.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 pub mod file;
 pub mod kdf;

@@ -229,16 +229,10 @@ pub fn mount(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log);
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid
-    // detaches the child from our session; close_range closes every
-    // descriptor the caller let us inherit (a pipe a script waits on must
-    // see EOF when we exit, not when the daemon does).
+    // SAFETY: `detach_child` makes only async-signal-safe calls, as code
+    // between fork and exec must.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
+        cmd.pre_exec(detach_child);
     }
     let mut child = cmd
         .spawn()
@@ -478,6 +472,19 @@ pub(crate) fn datastore_mounts() -> Vec<(PathBuf, PathBuf)> {
             Some((unescape(mp), unescape(store)))
         })
         .collect()
+}
+
+/// In the daemon's process between fork and exec: setsid detaches it from
+/// our session; close_range closes every descriptor the caller let us
+/// inherit (a pipe a script waits on must see EOF when we exit, not when
+/// the daemon does).
+fn detach_child() -> std::io::Result<()> {
+    // SAFETY: setsid has no preconditions (async-signal-safe).
+    unsafe { libc::setsid() };
+    // SAFETY: closes descriptors 3 and up; nothing in this process uses
+    // them after exec (async-signal-safe).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    Ok(())
 }
 
 /// True when no process holds the store's lock.

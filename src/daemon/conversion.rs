@@ -235,18 +235,19 @@ fn lower_own_priority() {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE: libc::c_long = 3;
     const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is
-    // passed.
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: a plain syscall on our own thread id; no memory is passed.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
+    // SAFETY: as above (0 = the calling thread).
     unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
         libc::syscall(
             libc::SYS_ioprio_set,
             IOPRIO_WHO_PROCESS,
             0 as libc::c_long,
             IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        );
-    }
+        )
+    };
 }
 
 fn counter(vol: &Volume, name: &str) -> Result<u64, String> {
