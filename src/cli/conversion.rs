@@ -18,6 +18,7 @@ use super::store::{load_config, open_keystore};
 use super::{boot_key_dir, kdf_options, Cli, ConversionArgs};
 use crate::daemon::conversion::{self, Progress, MAX_RATE};
 use crate::daemon::keys::{self, fingerprint_alg, UnlockError};
+use crate::daemon::protocol::Request;
 use crate::engine::Engine;
 
 fn unlock_failure(e: UnlockError) -> Failure {
@@ -97,10 +98,10 @@ pub fn rotate_key(cli: &Cli, how: ConversionArgs) -> Result<(), Failure> {
 /// A conversion already runs: watch it in the daemon, or (not mounted)
 /// resume it here.
 pub fn continue_conversion(cli: &Cli, how: ConversionArgs) -> Result<(), Failure> {
-    if control(&cli.store, "status\n")?.is_some() {
+    if control(&cli.store, &Request::Status, None)?.is_some() {
         crate::say!("A conversion is already running in the mounted daemon.");
         if let Some(rate) = how.max_rate {
-            control(&cli.store, &format!("convert-rate {rate}\n"))?;
+            control(&cli.store, &Request::ConvertRate { max_rate: rate }, None)?;
             crate::say!("{}", rate_line(rate));
         }
         if !how.no_wait {
@@ -123,12 +124,10 @@ fn rate_line(rate: u64) -> String {
 
 /// Hands the conversion to the mounted daemon, or runs it here.
 fn run(cli: &Cli, password: &Zeroizing<String>, how: ConversionArgs) -> Result<(), Failure> {
-    let request = Zeroizing::new(format!(
-        "convert {}\n{}\n",
-        how.max_rate.map(|r| r.to_string()).unwrap_or_default(),
-        password.as_str()
-    ));
-    match control(&cli.store, &request)? {
+    let request = Request::Convert {
+        max_rate: how.max_rate,
+    };
+    match control(&cli.store, &request, Some(password.as_str()))? {
         Some(reply) => {
             crate::say!("Mounted daemon: {reply}.");
             if how.no_wait || reply.starts_with("locked") {
@@ -172,7 +171,7 @@ fn offline(cli: &Cli, password: &Zeroizing<String>, how: ConversionArgs) -> Resu
 fn wait_for_daemon(cli: &Cli) -> Result<(), Failure> {
     let mut bar = Bar::new();
     loop {
-        let Some(json) = control(&cli.store, "status\n")? else {
+        let Some(json) = control(&cli.store, &Request::Status, None)? else {
             return Err(Failure::new(
                 Exit::Error,
                 "the daemon stopped; the conversion resumes at the next mount",

@@ -12,6 +12,7 @@ use super::store::{fips_of, load_config, open_keystore};
 use super::{kdf_options, print_json, Cli, EncryptionCommand, PasswordCommand, StartupArg};
 use crate::crypto::certificate::certificate_for;
 use crate::crypto::FingerprintAlg;
+use crate::daemon::protocol::Request;
 use crate::engine::Engine;
 use crate::timefmt::utc_from_unix;
 
@@ -76,7 +77,7 @@ struct ShowPlain {
 
 /// The progress of a running conversion: the daemon's, or as recorded.
 fn conversion_progress(store: &std::path::Path) -> Option<crate::daemon::conversion::Progress> {
-    if let Ok(Some(json)) = super::mount::control(store, "status\n") {
+    if let Ok(Some(json)) = super::mount::control(store, &Request::Status, None) {
         let st: crate::daemon::status::Status = serde_json::from_str(&json).ok()?;
         return st.conversion;
     }
@@ -88,7 +89,7 @@ fn conversion_progress(store: &std::path::Path) -> Option<crate::daemon::convers
 fn daemon_crypto(
     store: &std::path::Path,
 ) -> Option<(Option<keystore::ModuleStatus>, Vec<ServiceCount>)> {
-    let json = super::mount::control(store, "status\n").ok()??;
+    let json = super::mount::control(store, &Request::Status, None).ok()??;
     let st: crate::daemon::status::Status = serde_json::from_str(&json).ok()?;
     (!st.locked).then_some((st.crypto_module, st.crypto_services))
 }
@@ -320,7 +321,7 @@ fn set_fips(cli: &Cli, mode: FipsMode, how: super::ConversionArgs) -> Result<(),
         crate::say!("FIPS mode is already {mode:?}.");
         return Ok(());
     }
-    if super::mount::control(&cli.store, "status\n")?.is_some()
+    if super::mount::control(&cli.store, &Request::Status, None)?.is_some()
         || Engine::open_read_only(&cli.store)?.index_summary()?.chunks > 0
     {
         // Data to convert (or a mount that may be writing some).
@@ -398,7 +399,7 @@ fn startup(cli: &Cli, mode: StartupArg) -> Result<(), Failure> {
 
 /// What the store's daemon says of its keys, if one runs.
 fn lock_state(store: &std::path::Path) -> String {
-    match super::mount::control(store, "status\n") {
+    match super::mount::control(store, &Request::Status, None) {
         Ok(Some(json)) => match serde_json::from_str::<serde_json::Value>(&json) {
             Ok(v) if v["locked"] == true => "mounted, locked (no key loaded)".into(),
             Ok(_) => "mounted, unlocked (keys loaded in the daemon)".into(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::exit::{Exit, Failure};
 use super::mount::{control, datastore_mounts, no_daemon};
+use crate::daemon::protocol::Request;
 
 pub fn import(src: &Path, dest: &Path) -> Result<(), Failure> {
     let usage = |m: String| Failure::new(Exit::Usage, m);
@@ -47,8 +48,8 @@ pub fn import(src: &Path, dest: &Path) -> Result<(), Failure> {
             )));
         }
     }
-    let request = format!("import\n{}\n{}\n", src.display(), dest.display());
-    let r = control(&store, &request)?.ok_or_else(|| no_daemon(&store))?;
+    let request = Request::Import { source: src, dest };
+    let r = control(&store, &request, None)?.ok_or_else(|| no_daemon(&store))?;
     crate::say!("{}.", capitalised(&r));
     Ok(())
 }

@@ -6,6 +6,7 @@ use super::exit::{Exit, Failure};
 use super::print_json;
 use super::store::load_config;
 use super::Cli;
+use crate::daemon::protocol::Request;
 use crate::engine::Engine;
 
 /// What is wrong with the keystore's two copies (none for a store without
@@ -34,7 +35,7 @@ fn scrub_through_daemon(
     store: &std::path::Path,
     verify_data: bool,
 ) -> Result<Option<crate::engine::ScrubReport>, Failure> {
-    let Some(json) = super::mount::control(store, "scrub\n")? else {
+    let Some(json) = super::mount::control(store, &Request::Scrub, None)? else {
         return Ok(None);
     };
     let r: crate::engine::ScrubReport =

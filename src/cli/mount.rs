@@ -17,6 +17,7 @@ use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
 use super::store::{load_config, open_keystore};
 use super::{print_json, Cli};
+use crate::daemon::protocol::{self, Request};
 use crate::daemon::{self, status, DaemonError, SOCKET};
 use crate::engine::Engine;
 
@@ -342,7 +343,11 @@ fn check_mountpoint_apart(mountpoint: &Path, store: &Path) -> Result<(), Failure
 }
 
 /// Sends one request to the store's daemon; None when no daemon runs.
-pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Failure> {
+pub(crate) fn control(
+    store: &Path,
+    request: &Request,
+    password: Option<&str>,
+) -> Result<Option<String>, Failure> {
     let path = store.join(SOCKET);
     let mut s = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -358,23 +363,13 @@ pub(crate) fn control(store: &Path, request: &str) -> Result<Option<String>, Fai
         Err(_) => return Ok(None),
     };
     check_peer(&s, &path)?;
-    s.write_all(request.as_bytes())
+    s.write_all(&request.encode(password))
         .map_err(|e| Failure::new(Exit::Io, format!("control socket: {e}")))?;
     let mut reply = String::new();
     BufReader::new(s)
         .read_line(&mut reply)
         .map_err(|e| Failure::new(Exit::Io, format!("control socket: {e}")))?;
-    let reply = reply.trim_end().to_string();
-    if let Some(ok) = reply.strip_prefix("ok ") {
-        return Ok(Some(ok.to_string()));
-    }
-    let rest = reply.strip_prefix("err ").unwrap_or(&reply);
-    let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
-    let code = match code.parse() {
-        Ok(0) | Err(_) => Exit::Error,
-        Ok(c) => Exit::from_code(c),
-    };
-    Err(Failure::new(code, msg.to_string()))
+    protocol::decode_reply(&reply).map(Some)
 }
 
 /// The process at the other end of the control socket must run as root
@@ -413,15 +408,15 @@ pub fn unlock(cli: &Cli) -> Result<(), Failure> {
         return Err(no_daemon(&cli.store));
     }
     let pw = SecretReader::new().read("Password", cli.password_file.as_deref(), false)?;
-    let request = Zeroizing::new(format!("unlock\n{}\n", pw.as_str()));
-    let r = control(&cli.store, &request)?.ok_or_else(|| no_daemon(&cli.store))?;
+    let r = control(&cli.store, &Request::Unlock, Some(pw.as_str()))?
+        .ok_or_else(|| no_daemon(&cli.store))?;
     crate::say!("Store {r}.");
     Ok(())
 }
 
 pub fn lock(cli: &Cli) -> Result<(), Failure> {
     load_config(&cli.store)?;
-    let r = control(&cli.store, "lock\n")?.ok_or_else(|| no_daemon(&cli.store))?;
+    let r = control(&cli.store, &Request::Lock, None)?.ok_or_else(|| no_daemon(&cli.store))?;
     crate::say!("Store {r}.");
     Ok(())
 }
@@ -503,7 +498,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
             format!("{} is not a datastore mount", mountpoint.display()),
         ));
     };
-    let reply = control(&store, "shutdown\n");
+    let reply = control(&store, &Request::Shutdown, None);
     if !matches!(reply, Ok(None)) {
         // The daemon syncs (the reply says whether that worked), unmounts
         // and exits; return only once it has released the store, so a
@@ -543,7 +538,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
 
 pub fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     load_config(&cli.store)?;
-    let st: status::Status = match control(&cli.store, "status\n")? {
+    let st: status::Status = match control(&cli.store, &Request::Status, None)? {
         Some(j) => {
             serde_json::from_str(&j).map_err(|e| Failure::new(Exit::Error, e.to_string()))?
         }

@@ -1,18 +1,18 @@
-//! The control socket: one request per connection, a command line, then
-//! (for unlock) one password line; the answer is `ok ...` or
-//! `err <exit code> <message>` on one line, or the status as JSON.
+//! The control socket's server: binds it (root-only), reads one request
+//! per connection (`protocol`) and answers it. Unlock, lock, conversion
+//! and shutdown are carried out here; import and scrub run on threads of
+//! their own.
 
-use crate::poison::RecoverRw;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
+use super::protocol::{self, Request};
 use super::{keys, set_owner_only, DaemonError, Shared, SOCKET};
 use crate::exit::{Exit, Failure};
+use crate::poison::RecoverRw;
 
 /// The pause after a refused unlock.
 const FAILED_UNLOCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -46,184 +46,148 @@ pub fn start(shared: Arc<Shared>) -> Result<PathBuf, DaemonError> {
 }
 
 fn answer(stream: &mut UnixStream, r: Result<String, Failure>) -> std::io::Result<()> {
-    match r {
-        Ok(s) => writeln!(stream, "ok {s}"),
-        Err(f) => writeln!(stream, "err {} {}", f.code as i32, f.message),
-    }
+    stream.write_all(protocol::encode_reply(&r).as_bytes())
 }
 
 fn handle(shared: &Arc<Shared>, mut stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut cmd = String::new();
-    reader.read_line(&mut cmd)?;
-    match cmd.trim() {
-        "import" => {
-            // Two more lines: the source and the destination (absolute).
-            let mut src = String::new();
-            let mut dest = String::new();
-            reader.read_line(&mut src)?;
-            reader.read_line(&mut dest)?;
-            let src = PathBuf::from(src.trim_end_matches('\n'));
-            let dest = PathBuf::from(dest.trim_end_matches('\n'));
-            // An import can take long: on its own thread, so status, lock
-            // and the rest keep answering.
+    let (request, password) = match Request::read(&mut reader)? {
+        Ok(r) => r,
+        Err(f) => return answer(&mut stream, Err(f)),
+    };
+    let password = password.unwrap_or_default();
+    match request {
+        // Long requests run on threads of their own, so status, lock and
+        // the rest keep answering (requests are otherwise served one at a
+        // time).
+        Request::Import { source, dest } => {
             let shared = shared.clone();
             std::thread::spawn(move || {
-                let r = super::import::run(&shared, &src, &dest);
+                let r = super::import::run(&shared, &source, &dest);
                 if let Err(e) = answer(&mut stream, r) {
                     crate::log_line!("datastore: control request failed: {e}");
                 }
             });
             Ok(())
         }
-        "unlock" => {
-            let mut pw = Zeroizing::new(String::new());
-            reader.read_line(&mut pw)?;
-            while pw.ends_with('\n') || pw.ends_with('\r') {
-                pw.pop();
-            }
-            let r = if shared.volume().is_some() {
-                Ok("already unlocked".to_string())
-            } else {
-                match keys::unlock_with_password(&shared.store, &shared.engine, pw.as_bytes()) {
-                    Ok(v) => {
-                        *shared.volume.write_locked() = Some(v);
-                        shared.page_fill.resume();
-                        crate::log_line!("datastore: unlocked");
-                        shared.resume_conversion();
-                        Ok("unlocked".to_string())
-                    }
-                    Err(keys::UnlockError::Key(k)) => Err(Failure::from(k)),
-                    Err(e) => Err(Failure::new(Exit::Error, e.to_string())),
-                }
-            };
-            if let Err(f) = &r {
-                let who = crate::fsutil::peer_credentials(&stream)
-                    .map_or("an unknown process".into(), |(pid, uid)| {
-                        format!("uid {uid} pid {pid}")
-                    });
-                crate::log_line!("datastore: unlock refused ({who}): {}", f.message);
-                // Requests are served one at a time: at most one password
-                // guess per FAILED_UNLOCK_PAUSE, however many connections try.
-                std::thread::sleep(FAILED_UNLOCK_PAUSE);
-            }
-            answer(&mut stream, r)
-        }
-        "lock" => {
-            shared.stop_conversion();
-            shared.page_fill.pause();
-            let v = shared.volume.write_locked().take();
-            let r = match v {
-                None => Ok("already locked".to_string()),
-                Some(v) => match v.sync_all() {
-                    Ok(()) => {
-                        shared.engine.set_crypto(None);
-                        if let Some(r) = shared.engine.remote() {
-                            r.clear_key();
-                        }
-                        // Drop the kernel's cached pages of every file it
-                        // may have read, so nothing is served while locked
-                        // (page fills are paused: none lands after this).
-                        for ino in v.cached_inodes() {
-                            shared.page_fill.invalidate(ino);
-                        }
-                        drop(v);
-                        crate::log_line!("datastore: locked");
-                        Ok("locked".to_string())
-                    }
-                    Err(e) => {
-                        *shared.volume.write_locked() = Some(v);
-                        shared.page_fill.resume();
-                        Err(Failure::new(
-                            Exit::Io,
-                            format!("flush before lock failed: {e}"),
-                        ))
-                    }
-                },
-            };
-            answer(&mut stream, r)
-        }
-        cmd if cmd.starts_with("convert-rate") => {
-            let rate = cmd
-                .strip_prefix("convert-rate")
-                .unwrap_or("")
-                .trim()
-                .parse();
-            let r = match (shared.volume(), rate) {
-                (_, Err(_)) => Err(Failure::new(Exit::Usage, "convert-rate needs a number")),
-                (None, _) => Err(Failure::new(Exit::Error, "locked: no conversion runs")),
-                (Some(v), Ok(rate)) => {
-                    v.set_counters(&[(super::conversion::MAX_RATE, Some(rate))]);
-                    Ok("limit set".to_string())
-                }
-            };
-            answer(&mut stream, r)
-        }
-        cmd if cmd.starts_with("convert") => {
-            let mut pw = Zeroizing::new(String::new());
-            reader.read_line(&mut pw)?;
-            while pw.ends_with('\n') || pw.ends_with('\r') {
-                pw.pop();
-            }
-            let rate = cmd
-                .strip_prefix("convert")
-                .unwrap_or("")
-                .trim()
-                .parse()
-                .ok();
-            let r = convert(shared, pw.as_bytes(), rate);
-            answer(&mut stream, r)
-        }
-        "scrub" => {
-            // On a thread of its own: a scrub reads every segment, and
-            // requests are otherwise served one at a time.
+        Request::Scrub => {
             let engine = shared.engine.clone();
             std::thread::spawn(move || {
-                let r = engine
-                    .scrub_committed()
-                    .map_err(Failure::from)
-                    .and_then(|r| {
-                        serde_json::to_string(&r)
-                            .map_err(|e| Failure::new(Exit::Error, e.to_string()))
-                    });
-                let _ = answer(&mut stream, r);
+                let _ = answer(&mut stream, scrub(&engine));
             });
             Ok(())
         }
-        "status" => {
-            let r = shared.status().map_err(Failure::from).and_then(|s| {
-                serde_json::to_string(&s).map_err(|e| Failure::new(Exit::Error, e.to_string()))
-            });
+        Request::Unlock => {
+            let r = unlock(shared, &password);
+            if let Err(f) = &r {
+                refused_unlock(&stream, f);
+            }
             answer(&mut stream, r)
         }
-        "shutdown" => {
-            // Sync before answering, so `unmount` can say whether what was
-            // written reached the store; the unmount goes ahead either way.
-            let synced = match shared.volume() {
-                Some(v) => v.sync_all().and_then(|_| v.persist()),
-                None => Ok(()),
-            };
-            shared.shutdown.store(true, Ordering::SeqCst);
-            answer(
-                &mut stream,
-                synced.map(|_| "shutting down".into()).map_err(|e| {
-                    Failure::new(
-                        Exit::Io,
-                        format!(
-                            "the final sync failed ({e}): changes since the last successful commit are lost; files committed before are intact"
-                        ),
-                    )
-                }),
-            )
+        Request::Lock => answer(&mut stream, lock(shared)),
+        Request::ConvertRate { max_rate } => answer(&mut stream, set_rate(shared, max_rate)),
+        Request::Convert { max_rate } => {
+            answer(&mut stream, convert(shared, password.as_bytes(), max_rate))
         }
-        other => answer(
-            &mut stream,
-            Err(Failure::new(
-                Exit::Usage,
-                format!("unknown control command {other:?}"),
-            )),
-        ),
+        Request::Status => answer(&mut stream, status(shared)),
+        Request::Shutdown => answer(&mut stream, shutdown(shared)),
     }
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, Failure> {
+    serde_json::to_string(value).map_err(|e| Failure::new(Exit::Error, e.to_string()))
+}
+
+fn status(shared: &Shared) -> Result<String, Failure> {
+    json(&shared.status().map_err(Failure::from)?)
+}
+
+fn scrub(engine: &crate::engine::Engine) -> Result<String, Failure> {
+    json(&engine.scrub_committed().map_err(Failure::from)?)
+}
+
+fn unlock(shared: &Shared, password: &str) -> Result<String, Failure> {
+    if shared.volume().is_some() {
+        return Ok("already unlocked".to_string());
+    }
+    match keys::unlock_with_password(&shared.store, &shared.engine, password.as_bytes()) {
+        Ok(v) => {
+            *shared.volume.write_locked() = Some(v);
+            shared.page_fill.resume();
+            crate::log_line!("datastore: unlocked");
+            shared.resume_conversion();
+            Ok("unlocked".to_string())
+        }
+        Err(keys::UnlockError::Key(k)) => Err(Failure::from(k)),
+        Err(e) => Err(Failure::new(Exit::Error, e.to_string())),
+    }
+}
+
+/// Logs a refused unlock with its peer, then pauses: requests are served
+/// one at a time, so at most one password guess per FAILED_UNLOCK_PAUSE,
+/// however many connections try.
+fn refused_unlock(stream: &UnixStream, f: &Failure) {
+    let who = crate::fsutil::peer_credentials(stream)
+        .map_or("an unknown process".into(), |(pid, uid)| {
+            format!("uid {uid} pid {pid}")
+        });
+    crate::log_line!("datastore: unlock refused ({who}): {}", f.message);
+    std::thread::sleep(FAILED_UNLOCK_PAUSE);
+}
+
+fn lock(shared: &Shared) -> Result<String, Failure> {
+    shared.stop_conversion();
+    shared.page_fill.pause();
+    let Some(v) = shared.volume.write_locked().take() else {
+        return Ok("already locked".to_string());
+    };
+    if let Err(e) = v.sync_all() {
+        *shared.volume.write_locked() = Some(v);
+        shared.page_fill.resume();
+        return Err(Failure::new(
+            Exit::Io,
+            format!("flush before lock failed: {e}"),
+        ));
+    }
+    shared.engine.set_crypto(None);
+    if let Some(r) = shared.engine.remote() {
+        r.clear_key();
+    }
+    // Drop the kernel's cached pages of every file it may have read, so
+    // nothing is served while locked (page fills are paused: none lands
+    // after this).
+    for ino in v.cached_inodes() {
+        shared.page_fill.invalidate(ino);
+    }
+    drop(v);
+    crate::log_line!("datastore: locked");
+    Ok("locked".to_string())
+}
+
+fn set_rate(shared: &Shared, max_rate: u64) -> Result<String, Failure> {
+    let Some(v) = shared.volume() else {
+        return Err(Failure::new(Exit::Error, "locked: no conversion runs"));
+    };
+    v.set_counters(&[(super::conversion::MAX_RATE, Some(max_rate))]);
+    Ok("limit set".to_string())
+}
+
+/// Syncs before answering, so `unmount` can say whether what was written
+/// reached the store; the unmount goes ahead either way.
+fn shutdown(shared: &Shared) -> Result<String, Failure> {
+    let synced = match shared.volume() {
+        Some(v) => v.sync_all().and_then(|_| v.persist()),
+        None => Ok(()),
+    };
+    shared.shutdown.store(true, Ordering::SeqCst);
+    synced.map(|_| "shutting down".into()).map_err(|e| {
+        Failure::new(
+            Exit::Io,
+            format!(
+                "the final sync failed ({e}): changes since the last successful commit are lost; files committed before are intact"
+            ),
+        )
+    })
 }
 
 /// Switches a live volume to the keystore's newest key (the CLI has just

@@ -12,6 +12,7 @@ pub mod conversion;
 pub mod http;
 mod import;
 pub mod keys;
+pub mod protocol;
 pub mod status;
 
 use crate::poison::{Recover, RecoverRw};
@@ -240,7 +241,7 @@ pub fn serve(
                 // (only what is in the bucket can be evicted).
                 if let Some(r) = shared.engine.remote() {
                     if r.config().max_backlog.is_some() {
-                        if let Err(e) = r.measure_backlog(&shared.engine) {
+                        if let Err(e) = r.measure_backlog(&*shared.engine) {
                             crate::log_line!("datastore: cannot measure the bucket backlog: {e}");
                         }
                     }

@@ -501,6 +501,27 @@ impl Engine {
     }
 }
 
+impl crate::remote::LocalStore for Engine {
+    fn meta(&self) -> &Meta {
+        Engine::meta(self)
+    }
+    fn store_dir(&self) -> &Path {
+        Engine::store_dir(self)
+    }
+    fn segments_dir(&self) -> &Path {
+        Engine::segments_dir(self)
+    }
+    fn active_segment(&self) -> u64 {
+        Engine::active_segment(self)
+    }
+    fn forget_reader(&self, id: u64) {
+        Engine::forget_reader(self, id)
+    }
+    fn segment_file(&self, id: u64) -> std::io::Result<Arc<File>> {
+        Engine::segment_file(self, id).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
 /// The open segment's writer, or `ReadOnly`.
 pub(crate) fn writable(w: &mut Option<SegmentWriter>) -> Result<&mut SegmentWriter> {
     w.as_mut().ok_or(EngineError::ReadOnly)

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::sync::pack_name;
+use super::LocalStore;
 use super::{Remote, RemoteError};
-use crate::engine::Engine;
 use crate::store::segment;
 
 fn local(what: &str, e: impl std::fmt::Display) -> RemoteError {
@@ -35,14 +35,14 @@ impl Remote {
 
     /// Brings evicted segment `id` back from its packs, then keeps the
     /// cache within its size.
-    pub fn fetch_segment(&self, engine: &Engine, id: u64) -> Result<(), RemoteError> {
+    pub fn fetch_segment(&self, engine: &dyn LocalStore, id: u64) -> Result<(), RemoteError> {
         self.fetch_segment_file(engine, id)?;
         self.enforce_cache(engine, Some(id))
     }
 
     /// Brings evicted segment `id` back from its packs (no key needed: the
     /// packs are the segment's bytes as they were written).
-    pub fn fetch_segment_file(&self, engine: &Engine, id: u64) -> Result<(), RemoteError> {
+    pub fn fetch_segment_file(&self, engine: &dyn LocalStore, id: u64) -> Result<(), RemoteError> {
         let _one_at_a_time = self.fetching.locked();
         let path = segment::segment_path(engine.segments_dir(), id);
         if path.exists() {
@@ -87,7 +87,11 @@ impl Remote {
 
     /// Evicts least recently read, fully uploaded segments until the local
     /// segment files fit the cache size (no-op without a limit).
-    pub fn enforce_cache(&self, engine: &Engine, keep: Option<u64>) -> Result<(), RemoteError> {
+    pub fn enforce_cache(
+        &self,
+        engine: &dyn LocalStore,
+        keep: Option<u64>,
+    ) -> Result<(), RemoteError> {
         let Some(limit) = self.cfg.cache_bytes else {
             return Ok(());
         };

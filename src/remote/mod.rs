@@ -41,6 +41,20 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::RemoteConfig;
 
+/// What the mirror needs of the local store it mirrors (the engine
+/// implements it, so the mirror does not depend on the engine): the index,
+/// where segment files are, which one is being appended to, reading one,
+/// and dropping a cached read handle before a file goes.
+pub trait LocalStore {
+    fn meta(&self) -> &crate::meta::Meta;
+    fn store_dir(&self) -> &std::path::Path;
+    fn segments_dir(&self) -> &std::path::Path;
+    fn active_segment(&self) -> u64;
+    fn forget_reader(&self, id: u64);
+    /// A segment's read handle.
+    fn segment_file(&self, id: u64) -> std::io::Result<std::sync::Arc<std::fs::File>>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("remote {op} of {object} at {endpoint} failed: {cause}")]
@@ -419,7 +433,7 @@ impl Remote {
     }
 
     /// Committed bytes not yet in the bucket, measured now.
-    pub fn measure_backlog(&self, engine: &crate::engine::Engine) -> Result<u64, RemoteError> {
+    pub fn measure_backlog(&self, engine: &dyn LocalStore) -> Result<u64, RemoteError> {
         let local = |e: crate::meta::MetaError| RemoteError::Local(e.to_string());
         let mut uploaded: std::collections::HashMap<u64, u64> = Default::default();
         for p in engine.meta().remote_packs().map_err(local)? {

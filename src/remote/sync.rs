@@ -27,9 +27,9 @@ use std::sync::atomic::Ordering;
 use keystore::{KatSet, Keystore};
 
 use super::journal::{self, Shipped};
+use super::LocalStore;
 use super::{blob, Remote, RemoteConfig, RemoteError};
 use crate::config::{StoreConfig, CONFIG_FILE};
-use crate::engine::Engine;
 use crate::meta::{Meta, PackRow};
 use crate::store::segment;
 
@@ -65,7 +65,7 @@ type Objects = Vec<(String, Vec<u8>)>;
 /// Bytes `from..to` of segment `seg` as new packs of at most PACK_MAX
 /// bytes with random names: the objects to upload and their index rows.
 fn cut_packs(
-    engine: &Engine,
+    engine: &dyn LocalStore,
     provider: keystore::Provider,
     seg: u64,
     mut from: u64,
@@ -119,12 +119,12 @@ impl Remote {
 
     /// Makes everything committed locally durable in the bucket (see the
     /// module comment). Call with the engine's commit lock held.
-    pub fn sync(&self, engine: &Engine) -> Result<(), RemoteError> {
+    pub fn sync(&self, engine: &dyn LocalStore) -> Result<(), RemoteError> {
         let r = self.sync_inner(engine);
         self.note_result(r)
     }
 
-    fn sync_inner(&self, engine: &Engine) -> Result<(), RemoteError> {
+    fn sync_inner(&self, engine: &dyn LocalStore) -> Result<(), RemoteError> {
         let ((provider, key), new_chain) = self.sealing_key()?;
         let r = self.upload(engine, provider, &key, new_chain);
         if r.is_err() && new_chain {
@@ -135,7 +135,7 @@ impl Remote {
 
     fn upload(
         &self,
-        engine: &Engine,
+        engine: &dyn LocalStore,
         provider: keystore::Provider,
         key: &keystore::LockedBox<keystore::GcmKey>,
         new_chain: bool,
@@ -294,7 +294,7 @@ impl Remote {
     /// a head without them is in place.
     fn repack(
         &self,
-        engine: &Engine,
+        engine: &dyn LocalStore,
         provider: keystore::Provider,
         segments: &HashMap<u64, u64>,
         packs: &[PackRow],
