@@ -282,7 +282,7 @@ fn sealed_values(store: &Path) -> Vec<Vec<u8>> {
         datastore::meta::OpenMode::ReadOnly,
     )
     .unwrap();
-    datastore::volume::sealed_values_in(&meta.database()).unwrap()
+    datastore::volume::sealed_values_in(&meta).unwrap()
 }
 
 /// A copy of the store directory (a VM snapshot, a restored backup) and the

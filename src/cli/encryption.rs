@@ -425,7 +425,7 @@ fn scan(cli: &Cli, json: bool) -> Result<(), Failure> {
     let engine = Engine::open_read_only(&cli.store)?;
     let records = engine.scan_generations()?;
     let segments = engine.walk_generations()?;
-    let metadata = crate::volume::count_sealed_in(&engine.meta().database())
+    let metadata = crate::volume::count_sealed_in(engine.meta())
         .map_err(|e| Failure::new(Exit::Error, e.to_string()))?
         .into_iter()
         .map(|(g, n)| (g.map_or("untagged".into(), |g| g.to_string()), n))

@@ -515,8 +515,7 @@ fn finish(
 /// The progress recorded in a store's database (for `show`/`status` when
 /// no daemon runs the job): (chunks done, total, bytes done, total).
 pub fn recorded_progress(engine: &crate::engine::Engine) -> Option<Progress> {
-    let db = engine.meta().database();
-    let get = |k: &str| crate::volume::stored_counter(&db, k).ok().flatten();
+    let get = |k: &str| engine.meta().counter(k).ok().flatten();
     get(TARGET)?;
     Some(Progress {
         state: "paused (not mounted)".into(),

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use super::{lock, Engine, EngineError, Result};
 use crate::meta::checkpoint::{self, CheckpointWriter};
-use crate::meta::{Meta, MetaError};
+use crate::meta::{CommitRows, Meta, MetaError};
 
 impl Engine {
     /// Commits durably and writes a base frame: the checkpoint then holds
@@ -44,7 +44,11 @@ impl Engine {
         let staged = {
             let _c = lock(&self.commit_lock);
             let seq = self.meta.checkpoint_seq()? + 1;
-            self.commit_locked(true, &[], &mut |txn| Meta::set_checkpoint_seq(txn, seq))?;
+            let rows = CommitRows {
+                checkpoint_seq: Some(seq),
+                ..Default::default()
+            };
+            self.commit_locked(true, &[], rows, &mut || {})?;
             *last_generation = Some(self.index_generation.load(Ordering::SeqCst));
             writer.stage(self.meta.path(), seq, base)
         };

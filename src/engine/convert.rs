@@ -212,17 +212,11 @@ impl Engine {
 
     /// Replaces the metadata database with a fresh copy (see
     /// `Meta::rewrite_fresh`), holding the commit lock so nothing commits
-    /// meanwhile; `copy` copies the volume's tables.
-    pub fn rewrite_metadata(
-        &self,
-        copy: &dyn Fn(
-            &redb::ReadTransaction,
-            &redb::WriteTransaction,
-        ) -> std::result::Result<(), crate::meta::MetaError>,
-    ) -> Result<()> {
+    /// meanwhile.
+    pub fn rewrite_metadata(&self) -> Result<()> {
         self.commit(true)?;
         let _c = lock(&self.commit_lock);
-        self.meta.rewrite_fresh(copy)?;
+        self.meta.rewrite_fresh()?;
         self.bump_index_generation();
         Ok(())
     }

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{EngineConfig, StoreConfig};
 use crate::crypto::{ChunkCrypto, Fingerprint, KeyRing};
-use crate::meta::{ChunkChange, Meta, MetaError, NewRecord, OpenMode};
+use crate::meta::{ChunkChange, CommitRows, Meta, MetaError, NewRecord, OpenMode, VolumeChanges};
 use crate::store::segment::{self, SegmentWriter};
 use readers::{ReaderCache, SegmentReaders};
 
@@ -321,39 +321,46 @@ impl Engine {
     /// `durable`, segments are fdatasync'ed first and the index commit is
     /// durable when this returns.
     pub fn commit(&self, durable: bool) -> Result<()> {
-        self.commit_with(durable, &mut |_| Ok(()))
+        let _c = lock(&self.commit_lock);
+        self.commit_locked(durable, &[], CommitRows::default(), &mut || {})
     }
 
-    /// `commit`, with `extra` writing the caller's own tables in the same
-    /// transaction (so a file's extents become durable with its chunks).
-    pub fn commit_with(
-        &self,
-        durable: bool,
-        extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
-    ) -> Result<()> {
-        self.commit_releasing(durable, &[], extra)
-    }
-
-    /// `commit_with`, also dropping one reference per chunk of `releases`.
-    /// They join the batch under the commit lock, so no other commit (GC's)
-    /// can make them durable without the caller's tables: a chunk is never
-    /// dropped while committed metadata still names it.
-    pub fn commit_releasing(
+    /// `commit`, with the volume's row changes in the same transaction (so
+    /// a file's extents become durable with its chunks), also dropping one
+    /// reference per chunk of `releases`. The releases join the batch under
+    /// the commit lock, so no other commit (GC's) can make them durable
+    /// without the volume's rows: a chunk is never dropped while committed
+    /// metadata still names it.
+    pub fn commit_volume(
         &self,
         durable: bool,
         releases: &[ChunkRef],
-        extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
+        rows: &VolumeChanges,
     ) -> Result<()> {
         let _c = lock(&self.commit_lock);
-        self.commit_locked(durable, releases, extra)
+        let rows = CommitRows {
+            volume: Some(rows),
+            ..Default::default()
+        };
+        self.commit_locked(durable, releases, rows, &mut || {})
     }
 
-    /// `commit_releasing`, for a caller that holds the commit lock.
+    /// `commit`, calling `during` while the batch is being committed (it
+    /// was taken from the pending changes, the index does not hold it
+    /// yet): for tests of what readers see at that moment.
+    #[doc(hidden)]
+    pub fn commit_observed(&self, durable: bool, during: &mut dyn FnMut()) -> Result<()> {
+        let _c = lock(&self.commit_lock);
+        self.commit_locked(durable, &[], CommitRows::default(), during)
+    }
+
+    /// A commit, for a caller that holds the commit lock.
     fn commit_locked(
         &self,
         durable: bool,
         releases: &[ChunkRef],
-        extra: &mut dyn FnMut(&redb::WriteTransaction) -> std::result::Result<(), MetaError>,
+        rows: CommitRows,
+        during: &mut dyn FnMut(),
     ) -> Result<()> {
         self.check_poisoned()?;
         self.release(releases)?;
@@ -373,9 +380,10 @@ impl Engine {
                 .map_err(|e| self.poison(io_err("fdatasync segment")(e)))?;
         }
         let changes: Vec<_> = batch.iter().map(|(k, v)| (*k, *v)).collect();
+        during();
         let result = self
             .meta
-            .apply_commit(&changes, &view.lengths, durable, extra);
+            .apply_commit(&changes, &view.lengths, durable, &rows);
         lock(&self.pending).committing = None;
         // After the index changed, never before (see `index_summary`).
         self.bump_index_generation();

@@ -20,6 +20,9 @@
 
 pub mod checkpoint;
 mod read_only;
+pub(crate) mod volume_rows;
+
+pub use volume_rows::VolumeChanges;
 
 use crate::poison::RecoverRw;
 use std::path::{Path, PathBuf};
@@ -145,6 +148,17 @@ pub struct NewRecord {
     pub offset: u64,
     pub record_len: u32,
     pub plain_len: u32,
+}
+
+/// What a commit writes besides the chunk index, in the same transaction.
+#[derive(Default, Clone, Copy)]
+pub struct CommitRows<'a> {
+    /// The volume's row changes (its files' metadata, made durable with
+    /// the chunks they name).
+    pub volume: Option<&'a VolumeChanges>,
+    /// The checkpoint frame this commit's state goes into (see
+    /// `checkpoint`): set by the commit right before a frame is read.
+    pub checkpoint_seq: Option<u64>,
 }
 
 /// What a commit found that should not happen, and the damaged chunks it
@@ -362,13 +376,14 @@ impl Meta {
             txn.open_table(CHUNKS)?;
             txn.open_table(SEGMENTS)?;
         }
+        volume_rows::ensure_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }
 
-    /// The database, for layers above (the volume) that keep their own
-    /// tables and commit them together with the chunk index.
-    pub fn database(&self) -> Arc<Database> {
+    /// The database (for this module's tables, and tests that build old
+    /// row forms).
+    pub(crate) fn database(&self) -> Arc<Database> {
         self.db.read_locked().clone()
     }
 
@@ -386,10 +401,7 @@ impl Meta {
     /// engine's commit lock). Crash-safe: the copy is complete and durable
     /// before it is renamed over the old file, and a leftover copy is
     /// removed at open.
-    pub fn rewrite_fresh(
-        &self,
-        copy: &dyn Fn(&ReadTransaction, &redb::WriteTransaction) -> Result<(), MetaError>,
-    ) -> Result<(), MetaError> {
+    pub fn rewrite_fresh(&self) -> Result<(), MetaError> {
         let fresh = fresh_path(&self.path);
         let _ = std::fs::remove_file(&fresh);
         let mut slot = self.db.write_locked();
@@ -403,7 +415,7 @@ impl Meta {
             copy_table(&src, &txn, RETIRED)?;
             copy_table(&src, &txn, DAMAGED)?;
             copy_table(&src, &txn, STATE)?;
-            copy(&src, &txn)?;
+            volume_rows::copy_tables(&src, &txn)?;
             txn.commit()?;
         }
         // redb writes some pages of zeros (parts of its allocator state):
@@ -427,13 +439,6 @@ impl Meta {
             Err(e) => return Err(e.into()),
         };
         Ok(table.get(CHECKPOINT_SEQ)?.map_or(0, |v| v.value()))
-    }
-
-    /// Records `seq` as the checkpoint frame the content of `txn` goes
-    /// into (in the commit right before the frame's image is read).
-    pub fn set_checkpoint_seq(txn: &redb::WriteTransaction, seq: u64) -> Result<(), MetaError> {
-        txn.open_table(STATE)?.insert(CHECKPOINT_SEQ, seq)?;
-        Ok(())
     }
 
     /// The database file's path.
@@ -537,7 +542,7 @@ impl Meta {
         changes: &[(Fingerprint, ChunkChange)],
         segment_lengths: &[(u64, u64)],
         durable: bool,
-        extra: &mut dyn FnMut(&redb::WriteTransaction) -> Result<(), MetaError>,
+        rows: &CommitRows,
     ) -> Result<CommitAnomalies, MetaError> {
         let mut anomalies = CommitAnomalies::default();
         let mut txn = self.database().begin_write()?;
@@ -609,7 +614,12 @@ impl Meta {
                 segs.insert(id, (committed, (live as i64 + d).max(0) as u64))?;
             }
         }
-        extra(&txn)?;
+        if let Some(volume) = rows.volume {
+            volume.apply(&txn)?;
+        }
+        if let Some(seq) = rows.checkpoint_seq {
+            txn.open_table(STATE)?.insert(CHECKPOINT_SEQ, seq)?;
+        }
         txn.commit()?;
         Ok(anomalies)
     }

@@ -18,8 +18,7 @@ use crate::poison::RecoverRw;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::store::INODES;
-use super::{lock, Extent, Kind, VResult, VolError, Volume};
+use super::{lock, Extent, Kind, VResult, Volume};
 use crate::crypto::seal::MetaSealer;
 use crate::crypto::{Fingerprint, KeyRing};
 use crate::engine::ChunkRef;
@@ -63,14 +62,7 @@ impl Volume {
 
     /// Up to `n` inode numbers stored in the database, from `from` on.
     pub fn stored_inodes_from(&self, from: u64, n: usize) -> VResult<Vec<u64>> {
-        let db = self.engine.meta().database();
-        let txn = db.begin_read().map_err(VolError::io)?;
-        let t = txn.open_table(INODES).map_err(VolError::io)?;
-        let mut out = Vec::new();
-        for row in t.range(from..).map_err(VolError::io)?.take(n) {
-            out.push(row.map_err(VolError::io)?.0.value());
-        }
-        Ok(out)
+        Ok(self.engine.meta().inode_numbers_from(from, n)?)
     }
 
     /// Converts one inode to the current keys (see the module comment),

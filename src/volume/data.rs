@@ -10,12 +10,13 @@ use rayon::prelude::*;
 
 use super::error::{err, VResult, VolError};
 use super::inode::{self, DirentRecord, Extent, Inode, Kind, Time, INLINE_EXTENTS_MAX};
-use super::store::{self, DIRENTS, EXTENTS, INODES, VOLUME};
+use super::store;
 use super::{
     lock, State, Volume, DIRTY_LIMIT, SCATTERED_DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP,
 };
 use crate::crypto::seal::MetaSealer;
 use crate::engine::ChunkRef;
+use crate::meta::VolumeChanges;
 
 /// The whole chunks a read decoded: (file offset, plaintext), in file
 /// order (there may be holes between them), and the file's size then.
@@ -942,45 +943,20 @@ impl Volume {
             }
         }
         drop(st);
-        self.engine
-            .commit_releasing(durable, &releases, &mut |txn| {
-                let mut t = txn.open_table(INODES)?;
-                for (ino, v) in &inodes {
-                    t.insert(*ino, v.as_slice())?;
-                }
-                for ino in &removed {
-                    t.remove(*ino)?;
-                }
-                let mut t = txn.open_table(DIRENTS)?;
-                for dir in &clear_dirent_rows {
-                    t.retain_in((*dir, [0u8; 32])..=(*dir, [0xffu8; 32]), |_, _| false)?;
-                }
-                for (k, v) in &dirents {
-                    match v {
-                        Some(v) => t.insert(*k, v.as_slice())?,
-                        None => t.remove(*k)?,
-                    };
-                }
-                let mut t = txn.open_table(EXTENTS)?;
-                for ino in &clear_rows {
-                    t.retain_in((*ino, 0)..=(*ino, u64::MAX), |_, _| false)?;
-                }
-                for (k, v) in &extents {
-                    match v {
-                        Some(v) => t.insert(*k, v.as_slice())?,
-                        None => t.remove(*k)?,
-                    };
-                }
-                let mut t = txn.open_table(VOLUME)?;
-                t.insert("next_ino", next_ino)?;
-                for (k, v) in &counters {
-                    match v {
-                        Some(v) => t.insert(*k, *v)?,
-                        None => t.remove(*k)?,
-                    };
-                }
-                Ok(())
-            })?;
+        let counters = std::iter::once(("next_ino", Some(next_ino)))
+            .chain(counters)
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let rows = VolumeChanges {
+            inodes,
+            removed_inodes: removed,
+            cleared_dirents: clear_dirent_rows,
+            dirents,
+            cleared_extents: clear_rows,
+            extents,
+            counters,
+        };
+        self.engine.commit_volume(durable, &releases, &rows)?;
         Ok(())
     }
 }

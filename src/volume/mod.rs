@@ -27,12 +27,9 @@ use crate::poison::{Recover, RecoverRw};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::ReadableTable;
-
 use error::err;
 pub use error::{VResult, VolError};
 pub use inode::{Extent, Inode, Kind, Time};
-use store::{DIRENTS, EXTENTS, INODES, VOLUME};
 
 use crate::crypto::seal::{MetaSealer, NONCE_BLOCK};
 use crate::engine::{ChunkRef, Engine};
@@ -173,35 +170,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Sealed values of the volume's tables by key generation.
 pub fn count_sealed_in(
-    db: &redb::Database,
+    meta: &crate::meta::Meta,
 ) -> VResult<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>> {
-    Ok(store::count_sealed(db)?)
-}
-
-/// Every sealed value of the volume's tables (as stored: no key needed).
-pub fn sealed_values_in(db: &redb::Database) -> VResult<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    store::for_each_sealed(db, &mut |v| out.push(v.to_vec()))?;
+    let mut out = std::collections::BTreeMap::new();
+    meta.for_each_sealed(&mut |v| {
+        *out.entry(crate::crypto::seal::sealed_generation(v))
+            .or_insert(0) += 1
+    })?;
     Ok(out)
 }
 
-/// A counter of the `volume` table as committed (readable without keys).
-pub fn stored_counter(db: &redb::Database, name: &str) -> VResult<Option<u64>> {
-    Ok(store::get_counter(db, name)?)
+/// Every sealed value of the volume's tables (as stored: no key needed).
+pub fn sealed_values_in(meta: &crate::meta::Meta) -> VResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    meta.for_each_sealed(&mut |v| out.push(v.to_vec()))?;
+    Ok(out)
 }
 
 /// Durably reserves the next block of metadata nonces; returns its first
 /// counter value (a sealer may use it and the NONCE_BLOCK - 1 after it).
 pub(crate) fn reserve_nonce_block(engine: &Engine) -> VResult<u64> {
-    let nonce_next = store::get_counter(&engine.meta().database(), "nonce_next")?.unwrap_or(0);
+    let nonce_next = engine.meta().counter("nonce_next")?.unwrap_or(0);
     let reserve_to = nonce_next
         .checked_add(NONCE_BLOCK)
         .ok_or_else(|| VolError::io("metadata nonce space exhausted"))?;
-    engine.commit_with(true, &mut |txn| {
-        store::ensure_tables(txn)?;
-        txn.open_table(VOLUME)?.insert("nonce_next", reserve_to)?;
-        Ok(())
-    })?;
+    let rows = crate::meta::VolumeChanges {
+        counters: vec![("nonce_next".into(), Some(reserve_to))],
+        ..Default::default()
+    };
+    engine.commit_volume(true, &[], &rows)?;
     Ok(nonce_next)
 }
 
@@ -226,7 +223,7 @@ pub fn compact_metadata_offline(engine: &Engine) -> VResult<Option<(u64, u64)>> 
     let Some(before) = worth_compacting(engine, u64::MAX)? else {
         return Ok(None);
     };
-    engine.rewrite_metadata(&store::copy_tables)?;
+    engine.rewrite_metadata()?;
     Ok(Some((before, engine.meta().space()?.0)))
 }
 
@@ -249,8 +246,7 @@ impl Volume {
     ) -> VResult<Self> {
         // Rows this build writes are unreadable to a build before format 3.
         crate::config::StoreConfig::upgrade_format(engine.store_dir()).map_err(VolError::io)?;
-        let db = &engine.meta().database();
-        let next_ino = store::get_counter(db, "next_ino")?.unwrap_or(ROOT + 1);
+        let next_ino = engine.meta().counter("next_ino")?.unwrap_or(ROOT + 1);
         let sealer = make_sealer(reserve_nonce_block(&engine)?)?;
         let vol = Volume {
             engine,
@@ -311,7 +307,7 @@ impl Volume {
         if let Some(v) = lock(&self.state).counter_changes.get(name) {
             return Ok(*v);
         }
-        Ok(store::get_counter(&self.engine.meta().database(), name)?)
+        Ok(self.engine.meta().counter(name)?)
     }
 
     /// Sealed values by the key generation they are under (None: a value
@@ -319,7 +315,7 @@ impl Volume {
     pub fn count_sealed(
         &self,
     ) -> VResult<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>> {
-        Ok(store::count_sealed(&self.engine.meta().database())?)
+        count_sealed_in(self.engine.meta())
     }
 
     /// Rewrites the metadata database into a fresh file (no stale pages of
@@ -327,7 +323,7 @@ impl Volume {
     pub fn rewrite_metadata(&self) -> VResult<()> {
         let _one_at_a_time = lock(&self.commit_lock);
         self.commit_locked(true)?;
-        self.engine.rewrite_metadata(&store::copy_tables)?;
+        self.engine.rewrite_metadata()?;
         Ok(())
     }
 
@@ -404,14 +400,12 @@ impl Volume {
             if st.removed_inodes.contains(&ino) {
                 return err(libc::ENOENT);
             }
-            let db = self.engine.meta().database();
-            let txn = db.begin_read().map_err(VolError::io)?;
-            let t = txn.open_table(INODES).map_err(VolError::io)?;
-            let sealed = t
-                .get(ino)
-                .map_err(VolError::io)?
+            let sealed = self
+                .engine
+                .meta()
+                .inode_row(ino)?
                 .ok_or(VolError::new(libc::ENOENT))?;
-            let row = store::open_inode(&self.sealer(), ino, sealed.value())?;
+            let row = store::open_inode(&self.sealer(), ino, &sealed)?;
             if let Some(map) = row.extents {
                 st.inline.insert(ino);
                 st.extents.entry(ino).or_insert(map);
@@ -437,16 +431,8 @@ impl Volume {
             // with its inode.)
             let mut entries = BTreeMap::new();
             if !st.inline_dirs.contains(&ino) {
-                let db = self.engine.meta().database();
-                let txn = db.begin_read().map_err(VolError::io)?;
-                let t = txn.open_table(DIRENTS).map_err(VolError::io)?;
-                for row in t
-                    .range((ino, [0u8; 32])..=(ino, [0xffu8; 32]))
-                    .map_err(VolError::io)?
-                {
-                    let (k, v) = row.map_err(VolError::io)?;
-                    let (_, mac) = k.value();
-                    let rec = store::open_dirent(&self.sealer(), ino, &mac, v.value())?;
+                for (mac, sealed) in self.engine.meta().dirent_rows(ino)? {
+                    let rec = store::open_dirent(&self.sealer(), ino, &mac, &sealed)?;
                     entries.insert(rec.name, rec.ino);
                 }
             }
@@ -481,17 +467,9 @@ impl Volume {
             self.load_inode(st, ino)?;
         }
         if !st.extents.contains_key(&ino) {
-            let db = self.engine.meta().database();
-            let txn = db.begin_read().map_err(VolError::io)?;
-            let t = txn.open_table(EXTENTS).map_err(VolError::io)?;
             let mut map = BTreeMap::new();
-            for row in t.range((ino, 0)..=(ino, u64::MAX)).map_err(VolError::io)? {
-                let (k, v) = row.map_err(VolError::io)?;
-                let (_, off) = k.value();
-                map.insert(
-                    off,
-                    store::open_extent(&self.sealer(), ino, off, v.value())?,
-                );
+            for (off, sealed) in self.engine.meta().extent_rows(ino)? {
+                map.insert(off, store::open_extent(&self.sealer(), ino, off, &sealed)?);
             }
             for ((i, off), change) in &st.extent_changes {
                 if *i == ino {
@@ -747,19 +725,14 @@ impl Volume {
     }
 
     fn remove_orphans(&self, st: &mut State) -> VResult<()> {
-        let db = self.engine.meta().database();
-        let txn = db.begin_read().map_err(VolError::io)?;
-        let t = txn.open_table(INODES).map_err(VolError::io)?;
         let mut orphans = Vec::new();
-        for row in t.iter().map_err(VolError::io)? {
-            let (k, v) = row.map_err(VolError::io)?;
-            let row = store::open_inode(&self.sealer(), k.value(), v.value())?;
-            if row.inode.nlink == 0 {
-                orphans.push(k.value());
+        let sealer = self.sealer();
+        self.engine.meta().for_each_inode_row(&mut |ino, sealed| {
+            if store::open_inode(&sealer, ino, sealed)?.inode.nlink == 0 {
+                orphans.push(ino);
             }
-        }
-        drop(t);
-        drop(txn);
+            Ok(())
+        })?;
         for ino in orphans {
             self.free_inode(st, ino)?;
         }

@@ -1,5 +1,6 @@
-//! The volume's tables in the metadata database, every value sealed with
-//! AES-256-GCM under the metadata key (see crypto::seal):
+//! Sealing and opening the values of the volume's rows (meta stores them:
+//! `meta::volume_rows`), every value sealed with AES-256-GCM under the
+//! metadata key (see crypto::seal):
 //!
 //! - `inodes`:  ino -> sealed(Inode [+ inline extents or entries])  AAD "inode" || ino
 //! - `dirents`: (parent, MAC(parent, name)) -> sealed(DirentRecord)
@@ -13,18 +14,11 @@
 //! extents a small directory or file holds in its row). Names, contents, link targets, xattrs, modes, owners and
 //! times are sealed.
 
-use redb::{TableDefinition, WriteTransaction};
-
 use std::collections::BTreeMap;
 
 use super::inode::{self, DirentRecord, Extent, Inode, InodeRow};
 use crate::crypto::seal::MetaSealer;
 use crate::meta::MetaError;
-
-pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
-pub const DIRENTS: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("dirents");
-pub const EXTENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("extents");
-pub const VOLUME: TableDefinition<&str, u64> = TableDefinition::new("volume");
 
 fn aad(kind: &str, a: u64, b: &[u8]) -> Vec<u8> {
     let mut v = kind.as_bytes().to_vec();
@@ -91,61 +85,6 @@ pub fn open_extent(s: &MetaSealer, ino: u64, off: u64, sealed: &[u8]) -> Result<
     postcard::from_bytes(&plain).map_err(meta_err)
 }
 
-pub fn ensure_tables(txn: &WriteTransaction) -> Result<(), MetaError> {
-    txn.open_table(INODES)?;
-    txn.open_table(DIRENTS)?;
-    txn.open_table(EXTENTS)?;
-    txn.open_table(VOLUME)?;
-    Ok(())
-}
-
-pub fn get_counter(db: &redb::Database, name: &str) -> Result<Option<u64>, MetaError> {
-    let txn = db.begin_read()?;
-    let t = match txn.open_table(VOLUME) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(t.get(name)?.map(|v| v.value()))
-}
-
-/// Copies the volume's tables (for `Meta::rewrite_fresh`).
-pub fn copy_tables(src: &redb::ReadTransaction, dst: &WriteTransaction) -> Result<(), MetaError> {
-    use crate::meta::copy_table;
-    copy_table(src, dst, INODES)?;
-    copy_table(src, dst, DIRENTS)?;
-    copy_table(src, dst, EXTENTS)?;
-    copy_table(src, dst, VOLUME)
-}
-
-/// Counts sealed values by the key generation they are under.
-pub fn count_sealed(
-    db: &redb::Database,
-) -> Result<std::collections::BTreeMap<Option<crate::crypto::KeyGen>, u64>, MetaError> {
-    let mut out = std::collections::BTreeMap::new();
-    for_each_sealed(db, &mut |v| {
-        *out.entry(crate::crypto::seal::sealed_generation(v))
-            .or_insert(0) += 1
-    })?;
-    Ok(out)
-}
-
-/// Calls `f` with every sealed value of the volume's tables.
-pub fn for_each_sealed(db: &redb::Database, f: &mut dyn FnMut(&[u8])) -> Result<(), MetaError> {
-    use redb::ReadableTable;
-    let txn = db.begin_read()?;
-    for row in txn.open_table(INODES)?.iter()? {
-        f(row?.1.value());
-    }
-    for row in txn.open_table(DIRENTS)?.iter()? {
-        f(row?.1.value());
-    }
-    for row in txn.open_table(EXTENTS)?.iter()? {
-        f(row?.1.value());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     //! Stores written before inode rows could hold extents (version 1 rows,
@@ -157,6 +96,7 @@ mod tests {
     use crate::config::{EngineConfig, StoreConfig, FORMAT_VERSION};
     use crate::crypto::{ChunkCrypto, FingerprintAlg};
     use crate::engine::Engine;
+    use crate::meta::volume_rows::{DIRENTS, EXTENTS, INODES};
     use crate::volume::{Caller, Kind, Volume, ROOT};
 
     const ME: Caller = Caller { uid: 0, gid: 0 };
