@@ -291,3 +291,27 @@ fn import_refuses_what_it_cannot_do_with_one_line_and_its_exit_code() {
     assert_eq!(names, ["file", "taken"]);
     assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 0);
 }
+
+/// Source and destination names that are not UTF-8 import like any other
+/// (the request to the daemon used to carry paths lossily: the source
+/// became `src-\u{FFFD}`, which does not exist).
+#[test]
+fn import_takes_paths_that_are_not_utf8() {
+    let f = Fixture::new(&[]);
+    let src = f.dir.path().join(std::ffi::OsStr::from_bytes(b"src-\xff"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), b"content").unwrap();
+    f.mount();
+    let dest = f.mnt().join(std::ffi::OsStr::from_bytes(b"copy-\xfe"));
+    let o = Command::new(env!("CARGO_BIN_EXE_datastore"))
+        .arg("import")
+        .arg(&src)
+        .arg(&dest)
+        .env("DATASTORE_STORE", f.store())
+        .env("HOME", f.dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(dest.join("file")).unwrap(), b"content");
+    f.unmount();
+}
