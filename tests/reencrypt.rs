@@ -136,6 +136,13 @@ fn unencrypted_store_converts_to_fips_while_a_reader_checksums_every_file() {
             .starts_with("FIPS mode validated"),
         "{show}"
     );
+    // Done means nothing in the clear is left, not even in the metadata
+    // checkpoint (whose base was taken before the conversion).
+    let hits = find_bytes(&f.store(), marker.as_bytes());
+    assert!(
+        hits.is_empty(),
+        "plaintext in the store once done: {hits:?}"
+    );
     f.unmount();
     let (records, metadata) = f.scan_generations();
     assert_eq!(

@@ -484,6 +484,9 @@ fn finish(
     if from_plain {
         vol.rewrite_metadata().map_err(|x| e(&x))?;
     }
+    // The checkpoint's base may predate the conversion (values under the
+    // old key, or in the clear): a new base replaces the whole file.
+    vol.write_checkpoint().map_err(|x| e(&x))?;
     let remote = engine.remote();
     if let Some(r) = &remote {
         // The bucket: GC's new segments go up, a full checkpoint under the
