@@ -713,6 +713,40 @@ fn an_older_copy_of_the_database_is_refused_and_repair_puts_back_the_newer_state
     f.unmount();
 }
 
+/// A symlink put in place of the checkpoint while mounted: the daemon's
+/// next delta is refused (logged), the file it points at is never written,
+/// and the unmount's base replaces the link with a checkpoint of its own.
+#[test]
+fn a_symlink_in_place_of_the_checkpoint_is_never_written_through() {
+    let f = Fixture::new(&[]);
+    store_with_a_file(&f);
+    f.mount();
+    write_and_wait_for_a_frame(&f, "early", b"in the base this mount wrote");
+    let victim = f.dir.path().join("victim");
+    std::fs::write(&victim, b"root's file").unwrap();
+    std::fs::remove_file(checkpoint(&f)).unwrap();
+    std::os::unix::fs::symlink(&victim, checkpoint(&f)).unwrap();
+    std::fs::write(f.mnt().join("late"), b"a change for the next frame").unwrap();
+    let log = f.store().join("daemon.log");
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("metadata checkpoint failed")
+        && t.elapsed().as_secs() < 20
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("metadata checkpoint failed"), "{text}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+    f.unmount();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+    assert!(!std::fs::symlink_metadata(checkpoint(&f))
+        .unwrap()
+        .is_symlink());
+    f.ok(&["scrub"]);
+}
+
 /// A torn or damaged last frame: `repair` puts back the state of the frame
 /// before and says where the checkpoint ended; scrub reports the damage.
 #[test]

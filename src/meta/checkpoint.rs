@@ -342,8 +342,10 @@ impl CheckpointWriter {
                 let mut frame = info.encode().to_vec();
                 frame.extend_from_slice(&body);
                 frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+                // Never through a symlink someone planted in its place.
                 let appended = OpenOptions::new()
                     .append(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&self.path)
                     .and_then(|mut f| f.write_all(&frame).and_then(|_| f.sync_data()));
                 if let Err(e) = appended {
