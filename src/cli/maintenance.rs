@@ -310,6 +310,14 @@ pub fn repair(cli: &Cli, dry_run: bool, list_files: bool, json: bool) -> Result<
             found - damaged.len()
         );
     }
+    if !dry_run {
+        let (entries, rows) = engine.reconcile_segments()?;
+        if entries + rows > 0 && !json {
+            crate::say!(
+                "Dropped {entries} unreferenced index entries and {rows} segment rows whose segment files are gone."
+            );
+        }
+    }
     let marked = !dry_run && !damaged.is_empty();
     if marked {
         let fps: Vec<_> = damaged.iter().map(|d| d.fingerprint).collect();

@@ -145,6 +145,20 @@ impl Engine {
 }
 
 impl Engine {
+    /// `Meta::reconcile_segments` against the segments present: files
+    /// here, or packs in the bucket (a segment the local cache evicted).
+    pub fn reconcile_segments(&self) -> Result<(u64, u64)> {
+        let mut present: HashSet<u64> = segment::list_segments(&self.segments_dir)
+            .map_err(super::io_err("list segments"))?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        present.extend(self.meta.remote_packs()?.iter().map(|p| p.segment));
+        let r = self.meta.reconcile_segments(&present)?;
+        self.bump_index_generation();
+        Ok(r)
+    }
+
     /// Points damaged entries at a good record of the same chunk found in
     /// any segment file, with or without a row (a checkpoint older than a
     /// GC, a segment the index lost); returns the entries still damaged.

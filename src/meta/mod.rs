@@ -667,6 +667,59 @@ impl Meta {
         Ok(())
     }
 
+    /// Brings the segment table in line with the entries (repair, after
+    /// entries moved to records found elsewhere): drops entries without
+    /// references whose segment file is gone (a writer must never
+    /// deduplicate onto a record that is not there), sets each segment's
+    /// live bytes from its entries, and drops the rows of segments whose
+    /// file is gone and that no entry points into. `files`: the segment
+    /// files present. Returns (entries dropped, rows dropped).
+    pub fn reconcile_segments(
+        &self,
+        files: &std::collections::HashSet<u64>,
+    ) -> Result<(u64, u64), MetaError> {
+        let txn = self.database().begin_write()?;
+        let (mut entries_dropped, mut rows_dropped) = (0, 0);
+        {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut segs = txn.open_table(SEGMENTS)?;
+            let mut live: std::collections::HashMap<u64, u64> = Default::default();
+            let mut gone = Vec::new();
+            for row in chunks.iter()? {
+                let (k, v) = row?;
+                let e = IndexEntry::decode(&v.value());
+                if e.refcount == 0 && !files.contains(&e.segment) {
+                    gone.push(k.value());
+                } else if e.refcount > 0 {
+                    *live.entry(e.segment).or_default() += e.record_len as u64;
+                } else {
+                    live.entry(e.segment).or_default();
+                }
+            }
+            for fp in gone {
+                chunks.remove(fp)?;
+                entries_dropped += 1;
+            }
+            let rows: Vec<(u64, u64)> = segs
+                .iter()?
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().0)))
+                .collect::<Result<_, _>>()?;
+            for (id, committed) in rows {
+                match live.get(&id) {
+                    None if !files.contains(&id) => {
+                        segs.remove(id)?;
+                        rows_dropped += 1;
+                    }
+                    l => {
+                        segs.insert(id, (committed, l.copied().unwrap_or(0)))?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok((entries_dropped, rows_dropped))
+    }
+
     /// Every pack the remote mirror holds, by segment and offset.
     pub fn remote_packs(&self) -> Result<Vec<PackRow>, MetaError> {
         let txn = self.database().begin_read()?;
