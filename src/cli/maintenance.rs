@@ -237,7 +237,7 @@ fn restore_metadata(
     let replayed = Meta::restore_checkpoint(&index, &id).map_err(|e| unusable(&e))?;
     let frames = &replayed.frames;
     crate::say!(
-        "Put back the metadata checkpoint of {} (a base of {} and {} later changes): changes committed after it are lost (their records stay in the segment files).",
+        "Put back the metadata checkpoint of {} (a base of {} and {} later changes): changes committed after it are lost.",
         crate::timefmt::utc_from_unix(replayed.newest().time),
         crate::timefmt::utc_from_unix(frames[0].time),
         frames.len() - 1

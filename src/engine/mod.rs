@@ -7,10 +7,10 @@
 //! - Only one process opens a store (an exclusive flock on `<store>/lock`).
 //! - A chunk enters the durable index only after its record bytes were
 //!   fdatasync'ed (`commit(true)` syncs segments, then commits the index).
-//! - At open (read-write), whole records past a segment's committed
-//!   length are kept and committed as dead bytes (GC reclaims them), a
-//!   torn record after them is cut; a database older than the checkpoint
-//!   is refused (see `checkpoint`). A segment file without a row
+//! - At open (read-write), segment bytes past their committed length are
+//!   cut: they belong to no committed chunk. A database older than its
+//!   checkpoint is refused first (see `checkpoint`), so this never cuts
+//!   what a newer database committed. A segment file without a row
 //!   is never deleted unless it holds no record (the index may be the part
 //!   that is damaged or old); a missing database is never recreated for a
 //!   store that holds records.
@@ -599,13 +599,13 @@ fn holds_no_record(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Brings segment files in line with the last durable commit: whole
-/// records past the committed length are kept and committed (a crash's
-/// unfinished batch, or records an index put back from an older copy does
-/// not know: dead bytes for GC, never deleted here), a torn record after
-/// them is cut; removes files that hold no record (with their rows), keeps
-/// files without a row that hold records (reported). Returns the next free
-/// segment id.
+/// Brings segment files in line with the last durable commit: cuts bytes
+/// past the committed length (a crash's unfinished batch: no committed
+/// entry names them, and a store that filled its disk needs that space
+/// back to open; a database older than that is refused before this, see
+/// `checkpoint`), removes files that hold no record (with their rows),
+/// keeps files without a row that hold records (reported). Returns the
+/// next free segment id.
 fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     let rows: HashMap<u64, (u64, u64)> = meta
         .segments()?
@@ -616,7 +616,6 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     let files = segment::list_segments(dir).map_err(io_err(format!("list {}", dir.display())))?;
     let mut next = rows.keys().chain(&retired).max().map_or(1, |m| m + 1);
     let mut present = std::collections::HashSet::new();
-    let mut adopted = Vec::new();
     for (id, path) in files {
         next = next.max(id + 1);
         let len = std::fs::metadata(&path)
@@ -640,25 +639,11 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
             Some(&(committed, _)) => {
                 present.insert(id);
                 if len > committed {
-                    let kept = end_of_whole_records(&path, committed)?;
-                    if kept > committed {
-                        crate::log_line!(
-                            "datastore: kept {} bytes of whole records past the committed end of {} (dead until gc)",
-                            kept - committed,
-                            path.display()
-                        );
-                        adopted.push((id, kept));
-                    }
-                    if len > kept {
-                        cut_uncommitted_tail(&path, kept)?;
-                    }
+                    cut_uncommitted_tail(&path, committed)?;
                 }
                 // A file shorter than committed is damage: scrub reports it.
             }
         }
-    }
-    if !adopted.is_empty() {
-        meta.apply_relocation(&[], &[], &adopted, &[])?;
     }
     let gone: Vec<u64> = rows
         .iter()
@@ -671,29 +656,6 @@ fn recover_segments(dir: &Path, meta: &Meta) -> Result<u64> {
     }
     crate::fsutil::sync_dir(dir).map_err(io_err("sync segments dir"))?;
     Ok(next)
-}
-
-/// Where the run of whole, valid records (header and body CRCs) that
-/// starts at `from` in the segment file at `path` ends.
-fn end_of_whole_records(path: &Path, from: u64) -> Result<u64> {
-    use crate::store::record::{check_body, parse_header};
-    use std::io::{Read, Seek, SeekFrom};
-    let mut tail = Vec::new();
-    File::open(path)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start(from))?;
-            f.read_to_end(&mut tail)
-        })
-        .map_err(io_err(format!("read the tail of {}", path.display())))?;
-    let mut pos = 0;
-    while let Ok(h) = parse_header(&tail[pos..]) {
-        let end = pos + h.record_len() as usize;
-        if end > tail.len() || !check_body(&h, &tail[pos..end]) {
-            break;
-        }
-        pos = end;
-    }
-    Ok(from + pos as u64)
 }
 
 fn cut_uncommitted_tail(path: &Path, committed: u64) -> Result<()> {
