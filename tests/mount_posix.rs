@@ -214,6 +214,11 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `args` as the unprivileged `tests` user (scripts/test.sh creates it).
+fn as_tests_user(args: &[&str]) -> String {
+    run("runuser", &[&["-u", "tests", "--"][..], args].concat())
+}
+
 #[test]
 fn cp_a_keeps_modes_and_acls() {
     // cp -a creates each file 0600 and then sets its ACL: the ACL must set
@@ -264,17 +269,7 @@ fn an_unprivileged_write_or_truncate_clears_set_id_bits() {
         let p = m.mnt().join(name);
         std::fs::write(&p, "data").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o6777)).unwrap();
-        run(
-            "runuser",
-            &[
-                "-u",
-                "tests",
-                "--",
-                "sh",
-                "-c",
-                &format!("{how}{}", p.display()),
-            ],
-        );
+        as_tests_user(&["sh", "-c", &format!("{how}{}", p.display())]);
         let mode = std::fs::metadata(&p).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o777, "{name}: mode {mode:o}");
     }
@@ -374,22 +369,16 @@ fn chown_and_direct_writes_treat_set_id_bits_as_the_kernel_does() {
     let p = m.mnt().join("direct");
     std::fs::write(&p, vec![0u8; 8192]).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o6777)).unwrap();
-    run(
-        "runuser",
-        &[
-            "-u",
-            "tests",
-            "--",
-            "dd",
-            "if=/dev/zero",
-            &format!("of={}", p.display()),
-            "bs=4096",
-            "count=1",
-            "oflag=direct",
-            "conv=notrunc",
-            "status=none",
-        ],
-    );
+    as_tests_user(&[
+        "dd",
+        "if=/dev/zero",
+        &format!("of={}", p.display()),
+        "bs=4096",
+        "count=1",
+        "oflag=direct",
+        "conv=notrunc",
+        "status=none",
+    ]);
     assert_eq!(mode(&p), 0o777);
 }
 

@@ -20,7 +20,7 @@
 
 pub mod checkpoint;
 mod read_only;
-pub(crate) mod volume_rows;
+mod volume_rows;
 
 pub use volume_rows::VolumeChanges;
 
@@ -381,9 +381,8 @@ impl Meta {
         Ok(())
     }
 
-    /// The database (for this module's tables, and tests that build old
-    /// row forms).
-    pub(crate) fn database(&self) -> Arc<Database> {
+    /// The database (only meta's own code opens its tables).
+    fn database(&self) -> Arc<Database> {
         self.db.read_locked().clone()
     }
 

@@ -18,10 +18,10 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{Meta, MetaError};
 
-pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
-pub(crate) const DIRENTS: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("dirents");
-pub(crate) const EXTENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("extents");
-pub(crate) const VOLUME: TableDefinition<&str, u64> = TableDefinition::new("volume");
+const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+const DIRENTS: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("dirents");
+const EXTENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("extents");
+const VOLUME: TableDefinition<&str, u64> = TableDefinition::new("volume");
 
 /// A sealed value, as stored.
 pub type Sealed = Vec<u8>;

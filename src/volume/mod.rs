@@ -39,7 +39,7 @@ pub const ROOT: u64 = 1;
 /// see `meta::copy_table`).
 const FRESH_FILL: f64 = 0.85;
 /// What a fresh metadata database holds besides its tables' pages
-/// (redb's header and allocator state: 1.5-1.8 MB measured).
+/// (the database's header and allocator state: 1.5-1.8 MB measured).
 const FRESH_BASE: u64 = 2 << 20;
 /// A file's write buffer is turned into chunks once it holds this much.
 const DIRTY_LIMIT: usize = 32 << 20;

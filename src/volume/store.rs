@@ -96,7 +96,7 @@ mod tests {
     use crate::config::{EngineConfig, StoreConfig, FORMAT_VERSION};
     use crate::crypto::{ChunkCrypto, FingerprintAlg};
     use crate::engine::Engine;
-    use crate::meta::volume_rows::{DIRENTS, EXTENTS, INODES};
+    use crate::meta::VolumeChanges;
     use crate::volume::{Caller, Kind, Volume, ROOT};
 
     const ME: Caller = Caller { uid: 0, gid: 0 };
@@ -118,14 +118,12 @@ mod tests {
         crate::test_data::XorShift::new(seed | 1).bytes(len, 0)
     }
 
-    /// Rewrites `ino`'s inode row as record `version` (1 or 2) stored it,
-    /// without what the row held besides the inode; returns the row as it
-    /// was (its extents or entries go to table rows).
-    fn write_old_row(v: &Volume, txn: &redb::WriteTransaction, ino: u64, version: u8) -> InodeRow {
-        use redb::ReadableTable;
+    /// `ino`'s inode row sealed as record `version` (1 or 2) stored it,
+    /// without what the row holds besides the inode, and the row as it is
+    /// (its extents or entries go to table rows).
+    fn old_form_row(v: &Volume, ino: u64, version: u8) -> (Vec<u8>, InodeRow) {
         let s = v.sealer();
-        let mut inodes = txn.open_table(INODES).unwrap();
-        let sealed = inodes.get(ino).unwrap().unwrap().value().to_vec();
+        let sealed = v.engine().meta().inode_row(ino).unwrap().unwrap();
         let row = open_inode(&s, ino, &sealed).unwrap();
         let mut old = row.inode.clone();
         old.version = version;
@@ -133,32 +131,29 @@ mod tests {
         if version == 2 {
             plain = postcard::to_extend(&None::<Vec<(u64, Extent)>>, plain).unwrap();
         }
-        let sealed = s.seal(&aad("inode", ino, &[]), &plain).unwrap();
-        inodes.insert(ino, sealed.as_slice()).unwrap();
-        row
+        (s.seal(&aad("inode", ino, &[]), &plain).unwrap(), row)
     }
 
     /// Rewrites `ino`'s row the way version 1 stored it.
     fn downgrade(v: &Volume, ino: u64) {
         let s = v.sealer();
-        let db = v.engine().meta().database();
-        let txn = db.begin_write().unwrap();
-        {
-            let row = write_old_row(v, &txn, ino, 1);
-            let mut extents = txn.open_table(EXTENTS).unwrap();
-            for (off, e) in row.extents.expect("a small file's row holds its extents") {
-                let sealed = seal_extent(&s, ino, off, &e).unwrap();
-                extents.insert((ino, off), sealed.as_slice()).unwrap();
-            }
-        }
-        txn.commit().unwrap();
+        let (sealed, row) = old_form_row(v, ino, 1);
+        let extents = row
+            .extents
+            .expect("a small file's row holds its extents")
+            .iter()
+            .map(|(off, e)| ((ino, *off), Some(seal_extent(&s, ino, *off, e).unwrap())))
+            .collect();
+        let rows = VolumeChanges {
+            inodes: vec![(ino, sealed)],
+            extents,
+            ..Default::default()
+        };
+        v.engine().commit_volume(true, &[], &rows).unwrap();
     }
 
     fn extent_rows(v: &Volume, ino: u64) -> usize {
-        let db = v.engine().meta().database();
-        let txn = db.begin_read().unwrap();
-        let t = txn.open_table(EXTENTS).unwrap();
-        t.range((ino, 0)..=(ino, u64::MAX)).unwrap().count()
+        v.engine().meta().extent_rows(ino).unwrap().len()
     }
 
     fn read_all(v: &Volume, ino: u64) -> Vec<u8> {
@@ -230,31 +225,26 @@ mod tests {
     /// them: one dirents-table row per entry.
     fn downgrade_dir(v: &Volume, ino: u64) {
         let s = v.sealer();
-        let db = v.engine().meta().database();
-        let txn = db.begin_write().unwrap();
+        let (sealed, row) = old_form_row(v, ino, 2);
+        let mut dirents = Vec::new();
+        for (name, child) in row
+            .entries
+            .expect("a small directory's row holds its entries")
         {
-            let row = write_old_row(v, &txn, ino, 2);
-            let mut dirents = txn.open_table(DIRENTS).unwrap();
-            for (name, child) in row
-                .entries
-                .expect("a small directory's row holds its entries")
-            {
-                let mac = s.name_mac(ino, &name).unwrap();
-                let rec = DirentRecord { name, ino: child };
-                let sealed = seal_dirent(&s, ino, &mac, &rec).unwrap();
-                dirents.insert((ino, mac), sealed.as_slice()).unwrap();
-            }
+            let mac = s.name_mac(ino, &name).unwrap();
+            let rec = DirentRecord { name, ino: child };
+            dirents.push(((ino, mac), Some(seal_dirent(&s, ino, &mac, &rec).unwrap())));
         }
-        txn.commit().unwrap();
+        let rows = VolumeChanges {
+            inodes: vec![(ino, sealed)],
+            dirents,
+            ..Default::default()
+        };
+        v.engine().commit_volume(true, &[], &rows).unwrap();
     }
 
     fn dirent_rows(v: &Volume, ino: u64) -> usize {
-        let db = v.engine().meta().database();
-        let txn = db.begin_read().unwrap();
-        let t = txn.open_table(DIRENTS).unwrap();
-        t.range((ino, [0u8; 32])..=(ino, [0xffu8; 32]))
-            .unwrap()
-            .count()
+        v.engine().meta().dirent_rows(ino).unwrap().len()
     }
 
     fn names(v: &Volume, dir: u64) -> Vec<Vec<u8>> {
