@@ -17,16 +17,9 @@ use super::secrets::SecretReader;
 use super::store::{load_config, open_keystore};
 use super::{boot_key_dir, kdf_options, Cli, ConversionArgs};
 use crate::daemon::conversion::{self, Progress, MAX_RATE};
-use crate::daemon::keys::{self, fingerprint_alg, UnlockError};
+use crate::daemon::keys::{self, fingerprint_alg};
 use crate::daemon::protocol::Request;
 use crate::engine::Engine;
-
-fn unlock_failure(e: UnlockError) -> Failure {
-    match e {
-        UnlockError::Key(k) => k.into(),
-        other => Failure::new(Exit::Error, other.to_string()),
-    }
-}
 
 /// Points datastore.toml at the keystore's new mode (the keystore was
 /// written first and stays the authority if this write is lost).
@@ -142,8 +135,8 @@ fn run(cli: &Cli, password: &Zeroizing<String>, how: ConversionArgs) -> Result<(
 fn offline(cli: &Cli, password: &Zeroizing<String>, how: ConversionArgs) -> Result<(), Failure> {
     let engine = Arc::new(Engine::open(&cli.store, None)?);
     let loaded =
-        keys::keys_with_password(&cli.store, password.as_bytes()).map_err(unlock_failure)?;
-    let vol = keys::load(&engine, loaded).map_err(unlock_failure)?;
+        keys::keys_with_password(&cli.store, password.as_bytes()).map_err(Failure::from)?;
+    let vol = keys::load(&engine, loaded).map_err(Failure::from)?;
     if let Some(rate) = how.max_rate {
         vol.set_counters(&[(MAX_RATE, Some(rate))]);
     }

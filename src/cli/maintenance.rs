@@ -60,18 +60,7 @@ pub fn scrub(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure> {
 fn scrub_offline(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure> {
     let engine = Engine::open_read_only(&cli.store)?;
     if verify_data {
-        let password = super::secrets::SecretReader::new().read(
-            "Password",
-            cli.password_file.as_deref(),
-            false,
-        )?;
-        let keys = crate::daemon::keys::keys_to_read(&cli.store, password.as_bytes()).map_err(
-            |e| match e {
-                crate::daemon::keys::UnlockError::Key(k) => Failure::from(k),
-                other => Failure::new(Exit::Error, other.to_string()),
-            },
-        )?;
-        engine.set_keys(Some(keys.ring.clone()));
+        engine.set_keys(Some(keys_to_read(cli)?.ring.clone()));
     }
     report_scrub(cli, &engine.scrub()?, json)
 }
@@ -149,25 +138,29 @@ struct RepairOutput {
     files: Option<Vec<String>>,
 }
 
+/// Asks for the password and returns every key the store's data may be
+/// under (for reading only).
+fn keys_to_read(cli: &Cli) -> Result<crate::daemon::keys::LoadedKeys, Failure> {
+    let password = super::secrets::SecretReader::new().read(
+        "Password",
+        cli.password_file.as_deref(),
+        false,
+    )?;
+    Ok(crate::daemon::keys::keys_to_read(
+        &cli.store,
+        password.as_bytes(),
+    )?)
+}
+
 /// The files using `damaged` chunks: the volume opened with the password.
 fn files_using(
     cli: &Cli,
     engine: Engine,
     damaged: &[crate::engine::DamagedChunk],
 ) -> Result<Vec<String>, Failure> {
-    let password = super::secrets::SecretReader::new().read(
-        "Password",
-        cli.password_file.as_deref(),
-        false,
-    )?;
-    let unlock_failed = |e: crate::daemon::keys::UnlockError| match e {
-        crate::daemon::keys::UnlockError::Key(k) => Failure::from(k),
-        other => Failure::new(Exit::Error, other.to_string()),
-    };
-    let keys = crate::daemon::keys::keys_to_read(&cli.store, password.as_bytes())
-        .map_err(unlock_failed)?;
+    let keys = keys_to_read(cli)?;
     let engine = std::sync::Arc::new(engine);
-    let volume = crate::daemon::keys::load(&engine, keys).map_err(unlock_failed)?;
+    let volume = crate::daemon::keys::load(&engine, keys)?;
     let wanted = damaged.iter().map(|d| d.fingerprint).collect();
     let files = volume
         .files_using(&wanted)

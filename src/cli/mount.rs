@@ -25,8 +25,7 @@ fn daemon_failure(e: DaemonError) -> Failure {
     match e {
         DaemonError::Usage(m) => Failure::new(Exit::Usage, m),
         DaemonError::Engine(e) => Failure::from(e),
-        DaemonError::Unlock(daemon::keys::UnlockError::Key(k)) => Failure::from(k),
-        DaemonError::Unlock(e) => Failure::new(Exit::Error, e.to_string()),
+        DaemonError::Unlock(e) => Failure::from(e),
         DaemonError::Io { .. } => Failure::new(Exit::Io, e.to_string()),
     }
 }

@@ -118,8 +118,7 @@ fn unlock(shared: &Shared, password: &str) -> Result<String, Failure> {
             shared.resume_conversion();
             Ok("unlocked".to_string())
         }
-        Err(keys::UnlockError::Key(k)) => Err(Failure::from(k)),
-        Err(e) => Err(Failure::new(Exit::Error, e.to_string())),
+        Err(e) => Err(Failure::from(e)),
     }
 }
 
@@ -200,11 +199,7 @@ fn convert(shared: &Shared, password: &[u8], max_rate: Option<u64>) -> Result<St
     if shared.job().is_some_and(|j| j.is_running()) {
         return Ok("already converting".into());
     }
-    let keys = match keys::keys_with_password(&shared.store, password) {
-        Ok(k) => k,
-        Err(keys::UnlockError::Key(k)) => return Err(Failure::from(k)),
-        Err(e) => return Err(Failure::new(Exit::Error, e.to_string())),
-    };
+    let keys = keys::keys_with_password(&shared.store, password)?;
     let current = v.engine().keys().map(|k| k.current.generation).ok();
     if current != Some(keys.ring.current.generation) {
         v.rekey(keys.ring.clone(), &|first| keys.sealer(first))

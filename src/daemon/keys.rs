@@ -27,6 +27,17 @@ pub enum UnlockError {
     Config(String),
 }
 
+impl From<UnlockError> for crate::exit::Failure {
+    /// A keystore error keeps its exit code (wrong password, self-test,
+    /// ...); anything else is a general error.
+    fn from(e: UnlockError) -> Self {
+        match e {
+            UnlockError::Key(k) => k.into(),
+            other => Self::new(crate::exit::Exit::Error, other.to_string()),
+        }
+    }
+}
+
 /// The fingerprint algorithm of a key used in FIPS mode `mode`.
 pub fn fingerprint_alg(mode: FipsMode) -> FingerprintAlg {
     match mode {

@@ -12,11 +12,10 @@
 //! than the checkpoint's newest (it was put back from an earlier copy):
 //! opening it read-write would cut or reclaim what was committed since.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::{lock, Engine, EngineError, Result};
-use crate::meta::checkpoint::{self, CheckpointWriter};
+use crate::meta::checkpoint;
 use crate::meta::{CommitRows, Meta, MetaError};
 
 impl Engine {
@@ -54,13 +53,14 @@ impl Engine {
         };
         staged
             .and_then(|s| writer.finish(s))
-            .map_err(|e| EngineError::Config(format!("metadata checkpoint: {e}")))
+            .map_err(|e| EngineError::Io {
+                what: "write the metadata checkpoint".into(),
+                source: match e {
+                    checkpoint::CheckpointError::Io(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                },
+            })
     }
-}
-
-/// A new checkpoint writer for the database at `index`.
-pub(super) fn writer(index: &Path, store_id: [u8; 16]) -> CheckpointWriter {
-    CheckpointWriter::new(index, store_id)
 }
 
 /// Refuses a database older than its checkpoint. A checkpoint that cannot

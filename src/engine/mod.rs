@@ -238,7 +238,7 @@ impl Engine {
             successors: Default::default(),
             damaged,
             checkpoint: Mutex::new((
-                checkpoint::writer(&index_path(store), cfg.id_bytes()),
+                crate::meta::checkpoint::CheckpointWriter::new(&index_path(store), cfg.id_bytes()),
                 Some(0),
             )),
             stats: Stats::default(),

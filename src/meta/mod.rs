@@ -242,6 +242,19 @@ fn open_existing(path: &Path, mode: OpenMode) -> Result<Database, MetaError> {
     }
 }
 
+/// `def` in `txn`, or None when the table was never created (a store
+/// from a build before it, opened read-only).
+fn table_if_any<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, MetaError> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What a caught panic said.
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
@@ -273,15 +286,13 @@ const ROW_OVERHEAD: u64 = 8;
 
 /// Copies every row of one table (absent in `src`: nothing to copy), in
 /// the two passes above; memory stays flat (each pass streams the table).
-pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     src: &ReadTransaction,
     dst: &redb::WriteTransaction,
     def: TableDefinition<K, V>,
 ) -> Result<(), MetaError> {
-    let from = match src.open_table(def) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some(from) = table_if_any(src, def)? else {
+        return Ok(());
     };
     let mut to = dst.open_table(def)?;
     for first_pass in [true, false] {
@@ -319,7 +330,7 @@ fn legacy_replay(
         .map_or(0, |d| d.as_secs());
     Ok(checkpoint::Replayed {
         frames: vec![checkpoint::FrameInfo {
-            kind: 1,
+            kind: checkpoint::KIND_BASE,
             seq: 0,
             time,
             db_len: std::fs::metadata(copy)?.len(),
@@ -333,10 +344,8 @@ fn legacy_replay(
 
 impl MetaRead {
     pub fn lookup(&self, fp: &Fingerprint) -> Result<Option<IndexEntry>, MetaError> {
-        let table = match self.txn.open_table(CHUNKS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(table) = table_if_any(&self.txn, CHUNKS)? else {
+            return Ok(None);
         };
         Ok(table.get(*fp)?.map(|v| IndexEntry::decode(&v.value())))
     }
@@ -432,10 +441,8 @@ impl Meta {
     /// none yet).
     pub fn checkpoint_seq(&self) -> Result<u64, MetaError> {
         let txn = self.database().begin_read()?;
-        let table = match txn.open_table(STATE) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
+        let Some(table) = table_if_any(&txn, STATE)? else {
+            return Ok(0);
         };
         Ok(table.get(CHECKPOINT_SEQ)?.map_or(0, |v| v.value()))
     }
@@ -722,10 +729,8 @@ impl Meta {
     /// Every pack the remote mirror holds, by segment and offset.
     pub fn remote_packs(&self) -> Result<Vec<PackRow>, MetaError> {
         let txn = self.database().begin_read()?;
-        let table = match txn.open_table(REMOTE_PACKS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(table) = table_if_any(&txn, REMOTE_PACKS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -797,10 +802,8 @@ impl Meta {
     /// Chunks marked damaged and not yet written again.
     pub fn damaged_chunks(&self) -> Result<Vec<Fingerprint>, MetaError> {
         let txn = self.database().begin_read()?;
-        let table = match txn.open_table(DAMAGED) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(table) = table_if_any(&txn, DAMAGED)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -812,10 +815,8 @@ impl Meta {
     /// Segments GC emptied (their files may still exist).
     pub fn retired_segments(&self) -> Result<Vec<u64>, MetaError> {
         let txn = self.database().begin_read()?;
-        let table = match txn.open_table(RETIRED) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(table) = table_if_any(&txn, RETIRED)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for row in table.iter()? {

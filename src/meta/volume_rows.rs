@@ -16,7 +16,7 @@
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Meta, MetaError};
+use super::{table_if_any, Meta, MetaError};
 
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DIRENTS: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("dirents");
@@ -164,10 +164,8 @@ impl Meta {
     /// store whose volume never opened).
     pub fn counter(&self, name: &str) -> Result<Option<u64>, MetaError> {
         let txn = self.database().begin_read()?;
-        let t = match txn.open_table(VOLUME) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = table_if_any(&txn, VOLUME)? else {
+            return Ok(None);
         };
         Ok(t.get(name)?.map(|v| v.value()))
     }
