@@ -227,7 +227,15 @@ fn restore_metadata(
             format!("{why}; `datastore repair` would put back its checkpoint of {newest}"),
         ));
     }
-    let replayed = Meta::restore_checkpoint(&index, &id).map_err(|e| unusable(&e))?;
+    let replayed = Meta::restore_checkpoint(&index, &id).map_err(|e| match e {
+        crate::meta::MetaError::Checkpoint(_) | crate::meta::MetaError::Corrupt { .. } => {
+            unusable(&e)
+        }
+        other => Failure::new(
+            Exit::Io,
+            format!("{why}; putting back its checkpoint failed: {other}"),
+        ),
+    })?;
     let frames = &replayed.frames;
     crate::say!(
         "Put back the metadata checkpoint of {} (a base of {} and {} later changes): changes committed after it are lost.",

@@ -491,9 +491,14 @@ fn replay(index: &Path, store_id: &[u8; 16], apply: &mut Apply) -> Result<Replay
                 true,
             );
         }
-        if let Err(e) = apply(&info, body) {
-            let why = format!("a frame at byte {at} that cannot be applied ({e})");
-            break (Some(why), true);
+        match apply(&info, body) {
+            Ok(()) => {}
+            // Writing the image failed (a full disk): no damage here.
+            Err(CheckpointError::Io(e)) => return Err(e.into()),
+            Err(e) => {
+                let why = format!("a frame at byte {at} that cannot be applied ({e})");
+                break (Some(why), true);
+            }
         }
         frames.push(info);
         applied_end = f.stream_position()?;

@@ -66,9 +66,9 @@ pub enum MetaError {
     Db(String),
     /// The file of a store that holds data is gone or empty: nothing was
     /// created in its place and no segment was touched.
-    #[error("metadata database {0} is missing or empty; the segment files were left untouched (put back a copy of it)")]
+    #[error("metadata database {0} is missing or empty; the segment files were left untouched (`datastore repair` puts back its checkpoint)")]
     Missing(PathBuf),
-    #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (put back a copy of it)")]
+    #[error("metadata database {path} is corrupt ({why}); the segment files were left untouched (`datastore repair` puts back its checkpoint)")]
     Corrupt { path: PathBuf, why: String },
     /// The checkpoint cannot be replayed (missing, damaged, another store's).
     #[error("{0}")]
@@ -471,7 +471,14 @@ impl Meta {
         } else {
             checkpoint::restore(path, store_id, &tmp).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
-                MetaError::Checkpoint(format!("{}: {e}", checkpoint::path(path).display()))
+                match e {
+                    // A full disk is no fault of the checkpoint.
+                    checkpoint::CheckpointError::Io(e) => io(e),
+                    damage => MetaError::Checkpoint(format!(
+                        "{}: {damage}",
+                        checkpoint::path(path).display()
+                    )),
+                }
             })?
         };
         if let Err(e) = open_existing(&tmp, OpenMode::ReadOnly) {
