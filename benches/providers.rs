@@ -34,7 +34,8 @@ fn rate(bytes: usize, mut op: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
-    let validated = Provider::validated(&KatSet::embedded()).expect("the FIPS module comes up");
+    let validated =
+        keystore::gate::validated(&KatSet::embedded()).expect("the FIPS module comes up");
     let mut key = [0u8; 64];
     for (i, b) in key.iter_mut().enumerate() {
         *b = i as u8 ^ 0x5c;

@@ -37,6 +37,20 @@ pub enum KeystoreError {
     },
 }
 
+/// Why the validated provider could not be brought up (kept for the
+/// process, so it is `Clone`).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("{name}: the module does not report FIPS mode (FIPS_mode() != 1)")]
+    NotFipsMode { name: String },
+    #[error("{name}: the module's self-tests failed")]
+    PowerOnSelfTests { name: String },
+    #[error("known-answer tests through {name} failed: {failed:?}")]
+    KnownAnswers { name: String, failed: Vec<String> },
+    #[error("this build has no FIPS module: rebuild with the default features (`cargo build --release`, needs cmake and golang-go) to use --fips-mode validated")]
+    NotBuiltIn,
+}
+
 impl KeystoreError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         KeystoreError::Io {

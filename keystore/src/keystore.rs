@@ -301,7 +301,7 @@ impl Keystore {
                 dir.display()
             )));
         }
-        let provider = Provider::for_mode(fips, &KatSet::embedded())?;
+        let provider = crate::gate::for_mode(fips, &KatSet::embedded())?;
         let mut ks = Keystore {
             dir,
             boot_dir: boot_dir.to_path_buf(),
@@ -380,13 +380,13 @@ impl Keystore {
     /// The provider this store's FIPS mode needs (in validated mode this
     /// brings the module up once per process, or refuses).
     pub fn provider(&self) -> Result<Provider, KeystoreError> {
-        Provider::for_mode(self.file.fips_mode, &KatSet::embedded())
+        crate::gate::for_mode(self.file.fips_mode, &KatSet::embedded())
     }
 
     /// Before anything is unwrapped: the provider, and in validated mode
     /// `kats` must pass through it.
     fn gate(&self, kats: &KatSet) -> Result<Provider, KeystoreError> {
-        let provider = Provider::for_mode(self.file.fips_mode, kats)?;
+        let provider = crate::gate::for_mode(self.file.fips_mode, kats)?;
         if provider.is_validated() {
             selftest::require(kats, provider)?;
         }
@@ -661,7 +661,7 @@ impl Keystore {
             )));
         }
         if mode == FipsMode::Validated {
-            selftest::require(kats, Provider::validated(kats)?)?;
+            selftest::require(kats, crate::gate::validated(kats)?)?;
         }
         self.gate(kats).map(drop)
     }
@@ -808,7 +808,7 @@ impl Keystore {
         key.open(nonce, &self.retiring_aad(rk.generation), &mut buf[..])?;
         let mut vk = LockedBox::new([0u8; VOLUME_KEY_LEN])?;
         vk.copy_from_slice(&buf[..VOLUME_KEY_LEN]);
-        let provider = Provider::for_mode(rk.fips_mode, &KatSet::embedded())?;
+        let provider = crate::gate::for_mode(rk.fips_mode, &KatSet::embedded())?;
         Ok(Some(VolumeKey::from_locked(vk, provider)))
     }
 

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod file;
+pub mod gate;
 pub mod kdf;
 #[allow(clippy::module_inception)]
 pub mod keystore;
@@ -19,12 +20,13 @@ pub mod selftest;
 pub mod volume;
 pub mod xts;
 
-pub use error::KeystoreError;
+pub use error::{KeystoreError, ModuleError};
 pub use file::{Retiring, RetiringKey, SlotKind, StartupMode};
+pub use gate::ModuleStatus;
 pub use keystore::{
     Keystore, KeystoreInfo, RecoveryKey, SlotOptions, FIPS_MIN_PASSWORD, MIN_PASSWORD,
 };
-pub use provider::{FipsMode, GcmKey, HmacKey, ModuleStatus, Provider, XtsKey};
+pub use provider::{FipsMode, GcmKey, HmacKey, Provider, XtsKey};
 pub use secmem::{harden_process, locked_bytes, process_is_hardened, LockedBox};
 pub use selftest::{KatSet, SelfTestReport};
 pub use volume::VolumeKey;

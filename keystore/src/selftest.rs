@@ -72,16 +72,37 @@ impl KatSet {
     }
 }
 
-fn field(m: &BTreeMap<String, String>, k: &str) -> Result<Vec<u8>, String> {
-    let v = m.get(k).ok_or_else(|| format!("missing field {k}"))?;
-    hex::decode(v).map_err(|_| format!("field {k} is not hex"))
+/// Why one vector failed (its line in the report).
+#[derive(Debug, thiserror::Error)]
+enum VectorFailure {
+    #[error("missing field {0}")]
+    MissingField(String),
+    #[error("field {0} is not hex")]
+    NotHex(String),
+    #[error("{0} length")]
+    Length(&'static str),
+    #[error("output differs from the published answer")]
+    Differs,
+    #[error("open failed on the published ciphertext")]
+    OpenFailed,
+    #[error("unknown vector kind")]
+    UnknownKind,
+    #[error(transparent)]
+    Provider(#[from] KeystoreError),
 }
 
-fn check(ok: bool) -> Result<(), String> {
+fn field(m: &BTreeMap<String, String>, k: &str) -> Result<Vec<u8>, VectorFailure> {
+    let v = m
+        .get(k)
+        .ok_or_else(|| VectorFailure::MissingField(k.to_string()))?;
+    hex::decode(v).map_err(|_| VectorFailure::NotHex(k.to_string()))
+}
+
+fn check(ok: bool) -> Result<(), VectorFailure> {
     if ok {
         Ok(())
     } else {
-        Err("output differs from the published answer".into())
+        Err(VectorFailure::Differs)
     }
 }
 
@@ -91,33 +112,37 @@ enum Outcome {
     Skipped(&'static str),
 }
 
-fn kat_err(e: KeystoreError) -> String {
-    e.to_string()
-}
-
-fn run_one(name: &str, m: &BTreeMap<String, String>, p: Provider) -> Result<Outcome, String> {
+fn run_one(
+    name: &str,
+    m: &BTreeMap<String, String>,
+    p: Provider,
+) -> Result<Outcome, VectorFailure> {
     if name.starts_with("cavp-xts") || name.starts_with("ieee1619") {
-        let key: [u8; 64] = field(m, "key")?.try_into().map_err(|_| "key length")?;
-        let tweak: [u8; 16] = field(m, "tweak")?.try_into().map_err(|_| "tweak length")?;
+        let key: [u8; 64] = field(m, "key")?
+            .try_into()
+            .map_err(|_| VectorFailure::Length("key"))?;
+        let tweak: [u8; 16] = field(m, "tweak")?
+            .try_into()
+            .map_err(|_| VectorFailure::Length("tweak"))?;
         let pt = field(m, "plaintext")?;
         let ct = field(m, "ciphertext")?;
-        let xts = p.xts256(&key).map_err(kat_err)?;
+        let xts = p.xts256(&key)?;
         let mut buf = pt.clone();
-        xts.encrypt_unit(&mut buf, &tweak).map_err(kat_err)?;
+        xts.encrypt_unit(&mut buf, &tweak)?;
         check(buf == ct)?;
-        xts.decrypt_unit(&mut buf, &tweak).map_err(kat_err)?;
+        xts.decrypt_unit(&mut buf, &tweak)?;
         check(buf == pt)?;
     } else if name.starts_with("sha256") {
-        check(p.sha256(&field(m, "message")?).map_err(kat_err)?[..] == field(m, "digest")?[..])?;
+        check(p.sha256(&field(m, "message")?)?[..] == field(m, "digest")?[..])?;
     } else if name.starts_with("hmac-sha256") {
-        let key = p.hmac_sha256(&field(m, "key")?).map_err(kat_err)?;
-        let mac = key.sign(&[&field(m, "message")?]).map_err(kat_err)?;
+        let key = p.hmac_sha256(&field(m, "key")?)?;
+        let mac = key.sign(&[&field(m, "message")?])?;
         check(mac[..] == field(m, "mac")?[..])?;
     } else if name.starts_with("pbkdf2") {
         let iterations: u32 = m
             .get("iterations")
             .and_then(|v| v.parse().ok())
-            .ok_or("iterations")?;
+            .ok_or(VectorFailure::MissingField("iterations".into()))?;
         let (salt, password) = (field(m, "salt")?, field(m, "password")?);
         if p.is_validated() && (salt.len() < 16 || password.len() < 14) {
             return Ok(Outcome::Skipped(
@@ -126,32 +151,35 @@ fn run_one(name: &str, m: &BTreeMap<String, String>, p: Provider) -> Result<Outc
         }
         let expect = field(m, "dk")?;
         let mut out = vec![0u8; expect.len()];
-        p.pbkdf2_sha256(iterations, &salt, &password, &mut out)
-            .map_err(kat_err)?;
+        p.pbkdf2_sha256(iterations, &salt, &password, &mut out)?;
         check(out == expect)?;
     } else if name.starts_with("aes-256-gcm") {
-        let key: [u8; 32] = field(m, "key")?.try_into().map_err(|_| "key length")?;
-        let key = p.aes256_gcm(&key).map_err(kat_err)?;
-        let iv: [u8; 12] = field(m, "iv")?.try_into().map_err(|_| "iv length")?;
+        let key: [u8; 32] = field(m, "key")?
+            .try_into()
+            .map_err(|_| VectorFailure::Length("key"))?;
+        let key = p.aes256_gcm(&key)?;
+        let iv: [u8; 12] = field(m, "iv")?
+            .try_into()
+            .map_err(|_| VectorFailure::Length("iv"))?;
         let aad = field(m, "aad")?;
         let plain = field(m, "plaintext")?;
         let mut sealed = field(m, "ciphertext")?;
         sealed.extend(field(m, "tag")?);
         if !p.is_validated() {
             let mut buf = plain.clone();
-            key.seal_with_nonce(iv, &aad, &mut buf).map_err(kat_err)?;
+            key.seal_with_nonce(iv, &aad, &mut buf)?;
             check(buf == sealed)?;
         }
         let n = key
             .open(iv, &aad, &mut sealed)
-            .map_err(|_| "open failed on the published ciphertext")?;
+            .map_err(|_| VectorFailure::OpenFailed)?;
         check(sealed[..n] == plain[..])?;
         let mut buf = plain.clone();
-        let nonce = key.seal_random_nonce(&aad, &mut buf).map_err(kat_err)?;
-        let n = key.open(nonce, &aad, &mut buf).map_err(kat_err)?;
+        let nonce = key.seal_random_nonce(&aad, &mut buf)?;
+        let n = key.open(nonce, &aad, &mut buf)?;
         check(buf[..n] == plain[..])?;
     } else {
-        return Err("unknown vector kind".into());
+        return Err(VectorFailure::UnknownKind);
     }
     Ok(Outcome::Passed)
 }
@@ -213,7 +241,7 @@ mod tests {
     #[cfg(feature = "fips")]
     #[test]
     fn embedded_vectors_pass_through_the_fips_module() {
-        let p = Provider::validated(&KatSet::embedded()).expect("module comes up");
+        let p = crate::gate::validated(&KatSet::embedded()).expect("module comes up");
         let r = run(&KatSet::embedded(), p);
         assert!(r.passed, "{:?}", r.results);
         let skipped: Vec<_> = r.results.iter().filter(|l| l.contains("skipped")).collect();

@@ -116,7 +116,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     let ks = open_keystore(&cli.store)?;
     let fips = ks.fips_mode();
     let kats = KatSet::embedded();
-    let (provider, module_error) = match Provider::for_mode(fips, &kats) {
+    let (provider, module_error) = match keystore::gate::for_mode(fips, &kats) {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
@@ -132,7 +132,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
         },
     };
     let validated = fips == FipsMode::Validated;
-    let mut crypto_module = Provider::module_status().and_then(Result::ok);
+    let mut crypto_module = keystore::gate::module_status().and_then(Result::ok);
     let (services, services_source) = match daemon_crypto(&cli.store) {
         Some((m, s)) => {
             crypto_module = m.or(crypto_module);

@@ -84,7 +84,7 @@ pub fn init(
     check_new_store_dir(store)?;
     let fips = fips_of(fips);
     // The crypto module must come up before anything is asked or written.
-    let provider = Provider::for_mode(fips, &KatSet::embedded())?;
+    let provider = keystore::gate::for_mode(fips, &KatSet::embedded())?;
     // And the bucket must answer and hold no store yet.
     let remote = match remote {
         Some(cfg) => Some(empty_bucket(cfg)?),

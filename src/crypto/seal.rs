@@ -573,7 +573,7 @@ mod tests {
     #[cfg(feature = "fips")]
     #[test]
     fn validated_provider_seals_salted_values_that_open_everywhere() {
-        let v = Provider::validated(&keystore::KatSet::embedded()).unwrap();
+        let v = keystore::gate::validated(&keystore::KatSet::embedded()).unwrap();
         round_trip(v);
         opens_older_forms(v);
         rolled_back_opens_never_share_a_key_and_nonce(v);

@@ -63,7 +63,7 @@ pub fn collect(
         chunks: s.live_chunks,
         segments: s.segments,
         encryption,
-        crypto_module: keystore::Provider::module_status().and_then(Result::ok),
+        crypto_module: keystore::gate::module_status().and_then(Result::ok),
         crypto_services: keystore::provider::services::snapshot(),
         remote: match engine.remote() {
             Some(r) => Some(r.status()),

@@ -12,7 +12,7 @@
 //!   caller-chosen IV are refused.
 //!
 //! Invariants:
-//! - A validated `Provider` exists only after `Provider::validated` saw the
+//! - A validated `Provider` exists only after `gate::validated` saw the
 //!   module report FIPS mode, its power-on self-tests pass, and the project's
 //!   known-answer tests pass through the module.
 //! - Both providers give identical bytes for every algorithm they share
@@ -27,10 +27,7 @@ mod module;
 pub mod services;
 mod soft;
 
-use std::sync::OnceLock;
-
 use crate::error::KeystoreError;
-use crate::selftest::{self, KatSet, SelfTestReport};
 
 pub use services::Service;
 
@@ -48,17 +45,19 @@ pub struct Provider {
     validated: bool,
 }
 
-/// What the validated module said about itself when it was brought up.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ModuleStatus {
-    /// The module's own name and version at run time ("AWS-LC FIPS 3.6.0").
+/// What the module reports of itself at bring-up (before the project's
+/// known-answer tests, which `gate` runs through it).
+#[cfg(feature = "fips")]
+pub(crate) struct ModuleIdentity {
     pub name: String,
-    /// `FIPS_mode()` reported 1.
     pub fips_mode: bool,
-    /// The module's self-tests (`BORINGSSL_self_test`) passed.
     pub power_on_self_tests: bool,
-    /// The project's known-answer tests, run through the module.
-    pub known_answer_tests: SelfTestReport,
+}
+
+/// Checks the module itself (FIPS mode on, its self-tests passing).
+#[cfg(feature = "fips")]
+pub(crate) fn bring_up_module() -> Result<ModuleIdentity, crate::error::ModuleError> {
+    module::bring_up()
 }
 
 /// Parameters of one Argon2id derivation (default provider only).
@@ -69,36 +68,14 @@ pub struct Argon2Params {
     pub p: u32,
 }
 
-static MODULE: OnceLock<Result<ModuleStatus, String>> = OnceLock::new();
-
 impl Provider {
     /// The default provider (always available).
     pub const DEFAULT: Provider = Provider { validated: false };
 
-    /// Brings up the validated provider once per process: the module must
-    /// report FIPS mode, pass its own self-tests and pass `kats` through its
-    /// services. Any failure refuses (and keeps refusing in this process).
-    pub fn validated(kats: &KatSet) -> Result<Provider, KeystoreError> {
-        let status = MODULE.get_or_init(|| bring_up_module(kats));
-        match status {
-            Ok(_) => Ok(Provider { validated: true }),
-            Err(why) => Err(KeystoreError::SelfTest(why.clone())),
-        }
-    }
-
-    /// The provider a store in `mode` must use.
-    pub fn for_mode(mode: FipsMode, kats: &KatSet) -> Result<Provider, KeystoreError> {
-        match mode {
-            FipsMode::Validated => Provider::validated(kats),
-            FipsMode::Disabled => Ok(Provider::DEFAULT),
-        }
-    }
-
-    /// The module's status if the validated provider was brought up (or
-    /// tried) in this process.
-    pub fn module_status() -> Option<Result<ModuleStatus, String>> {
-        MODULE.get().cloned()
-    }
+    /// The validated provider without its gate: only `gate` (after the
+    /// module passed its checks) and the known-answer run inside that gate
+    /// may hold one.
+    pub(crate) const MODULE_UNCHECKED: Provider = Provider { validated: true };
 
     /// Whether this build carries the FIPS module at all.
     pub fn module_built_in() -> bool {
@@ -112,10 +89,10 @@ impl Provider {
     /// One line naming the implementation (for `encryption show`).
     pub fn describe(self) -> String {
         if self.validated {
-            let name = match MODULE.get() {
-                Some(Ok(s)) => s.name.clone(),
-                _ => "AWS-LC FIPS module".into(),
-            };
+            #[cfg(feature = "fips")]
+            let name = ffi::module_name();
+            #[cfg(not(feature = "fips"))]
+            let name = "AWS-LC FIPS module";
             format!("{name} (aws-lc-rs, FIPS 140-3 module) for every service")
         } else {
             "RustCrypto aes (AES-NI) for XTS, ring for GCM/HMAC/SHA-256/PBKDF2/random, argon2, blake3"
@@ -231,41 +208,6 @@ pub(crate) fn break_test(what: &str) -> bool {
 
 pub(crate) fn not_approved(what: &str) -> KeystoreError {
     KeystoreError::NotApproved(what.to_string())
-}
-
-fn bring_up_module(kats: &KatSet) -> Result<ModuleStatus, String> {
-    #[cfg(feature = "fips")]
-    {
-        let mut status = module::bring_up()?;
-        // Test builds can simulate a failing vector (see `break_test`).
-        let broken;
-        let kats = if break_test("kat") {
-            broken = kats.corrupted();
-            &broken
-        } else {
-            kats
-        };
-        // The project's vectors through the module's services.
-        let report = selftest::run(kats, Provider { validated: true });
-        status.known_answer_tests = report.clone();
-        if !report.passed {
-            let failed: Vec<&String> = report
-                .results
-                .iter()
-                .filter(|l| l.contains("FAILED"))
-                .collect();
-            return Err(format!(
-                "known-answer tests through {} failed: {failed:?}",
-                status.name
-            ));
-        }
-        Ok(status)
-    }
-    #[cfg(not(feature = "fips"))]
-    {
-        let _ = (kats, selftest::run);
-        Err("this build has no FIPS module: rebuild with the default features (`cargo build --release`, needs cmake and golang-go) to use --fips-mode validated".into())
-    }
 }
 
 /// HMAC-SHA-256 key of either provider.

@@ -16,32 +16,24 @@ use aws_lc_rs::{aead, digest, hmac, kdf, rand};
 
 use super::ffi::{self, indicated};
 use super::services::Service;
-use super::{ModuleStatus, GCM_NONCE_LEN};
-use crate::error::KeystoreError;
-use crate::selftest::SelfTestReport;
+use super::{ModuleIdentity, GCM_NONCE_LEN};
+use crate::error::{KeystoreError, ModuleError};
 
 /// Checks the module itself: FIPS mode on and its self-tests passing.
-pub fn bring_up() -> Result<ModuleStatus, String> {
+pub fn bring_up() -> Result<ModuleIdentity, ModuleError> {
     let name = ffi::module_name();
     let fips_mode = ffi::fips_mode() && !super::break_test("module");
     if !fips_mode {
-        return Err(format!(
-            "{name}: the module does not report FIPS mode (FIPS_mode() != 1)"
-        ));
+        return Err(ModuleError::NotFipsMode { name });
     }
     let power_on_self_tests = ffi::module_self_test();
     if !power_on_self_tests {
-        return Err(format!("{name}: the module's self-tests failed"));
+        return Err(ModuleError::PowerOnSelfTests { name });
     }
-    Ok(ModuleStatus {
+    Ok(ModuleIdentity {
         name,
         fips_mode,
         power_on_self_tests,
-        known_answer_tests: SelfTestReport {
-            passed: false,
-            at: 0,
-            results: Vec::new(),
-        },
     })
 }
 

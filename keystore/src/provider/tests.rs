@@ -52,13 +52,13 @@ mod module {
     use crate::selftest::KatSet;
 
     fn validated() -> Provider {
-        Provider::validated(&KatSet::embedded()).expect("the FIPS module comes up")
+        crate::gate::validated(&KatSet::embedded()).expect("the FIPS module comes up")
     }
 
     #[test]
     fn the_module_names_itself_and_reports_fips_mode() {
         validated();
-        let status = Provider::module_status().unwrap().unwrap();
+        let status = crate::gate::module_status().unwrap().unwrap();
         assert!(status.name.starts_with("AWS-LC FIPS "), "{}", status.name);
         assert!(status.fips_mode && status.power_on_self_tests);
         assert!(status.known_answer_tests.passed);
