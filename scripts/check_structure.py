@@ -24,6 +24,7 @@ LAYERS = {
         ["bin"],
         ["cli"],
         ["daemon"],
+        ["admin"],
         ["fs", "exit"],
         ["volume"],
         ["engine"],

@@ -8,7 +8,7 @@
 //! version can read is written to it (`upgrade_format`), so an older build
 //! refuses it rather than misreading it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,63 @@ pub const CONFIG_FILE: &str = "datastore.toml";
 pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format this build reads (and upgrades when it writes).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
+/// LZ4 effort bounds: 0 = fast mode, 1..=12 = LZ4 HC levels.
+pub const MAX_COMPRESSION_LEVEL: u8 = 12;
+/// The level a new store gets (LZ4 HC 1: the measured choice, see
+/// engine/compress.rs).
+pub const DEFAULT_COMPRESSION_LEVEL: u8 = 1;
+
+/// Why `datastore.toml` could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is malformed: {message}", path.display())]
+    Malformed { path: PathBuf, message: String },
+    #[error("{} has format version {found}, this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}", path.display())]
+    Version { path: PathBuf, found: u32 },
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        source: InvalidEngineConfig,
+    },
+}
+
+/// Engine parameters no reader of the store could agree on.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEngineConfig {
+    #[error("chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB")]
+    ChunkSizes,
+    #[error(
+        "compression_level must be between 0 (LZ4 fast) and {MAX_COMPRESSION_LEVEL} (LZ4 HC max)"
+    )]
+    CompressionLevel,
+    #[error("segment_size must be between 1 MiB and 4 GiB")]
+    SegmentSize,
+    #[error("an encrypted store needs keyed fingerprints")]
+    UnkeyedFingerprints,
+    #[error("an unencrypted store fingerprints with plain blake3")]
+    KeyedWithoutCipher,
+    #[error("unknown cipher {0:?}")]
+    UnknownCipher(String),
+}
+
+/// A remote URL that names no bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteUrlError {
+    #[error("remote {0:?} is not an s3://BUCKET/PREFIX URL")]
+    NotS3(String),
+    #[error("remote {0:?} names no bucket")]
+    NoBucket(String),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +103,7 @@ pub struct EngineConfig {
 }
 
 fn default_compression_level() -> u8 {
-    crate::engine::compress::DEFAULT_LEVEL
+    DEFAULT_COMPRESSION_LEVEL
 }
 
 fn is_default_compression_level(level: &u8) -> bool {
@@ -68,33 +125,30 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidEngineConfig> {
         let ok = fastcdc::v2020::MINIMUM_MIN <= self.chunk_min
             && self.chunk_min <= self.chunk_avg
             && self.chunk_avg <= self.chunk_max
             && self.chunk_max <= fastcdc::v2020::MAXIMUM_MAX
             && self.chunk_max <= crate::store::record::MAX_PLAIN;
         if !ok {
-            return Err("chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB".into());
+            return Err(InvalidEngineConfig::ChunkSizes);
         }
-        if self.compression_level > crate::engine::compress::MAX_LEVEL {
-            return Err(format!(
-                "compression_level must be between 0 (LZ4 fast) and {} (LZ4 HC max)",
-                crate::engine::compress::MAX_LEVEL
-            ));
+        if self.compression_level > MAX_COMPRESSION_LEVEL {
+            return Err(InvalidEngineConfig::CompressionLevel);
         }
         if self.segment_size < (1 << 20) || self.segment_size > (1 << 32) {
-            return Err("segment_size must be between 1 MiB and 4 GiB".into());
+            return Err(InvalidEngineConfig::SegmentSize);
         }
         match (self.cipher.as_str(), self.fingerprint) {
             ("aes-xts-256", FingerprintAlg::Blake3) => {
-                Err("an encrypted store needs keyed fingerprints".into())
+                Err(InvalidEngineConfig::UnkeyedFingerprints)
             }
             ("none", f) if f != FingerprintAlg::Blake3 => {
-                Err("an unencrypted store fingerprints with plain blake3".into())
+                Err(InvalidEngineConfig::KeyedWithoutCipher)
             }
             ("aes-xts-256" | "none", _) => Ok(()),
-            (other, _) => Err(format!("unknown cipher {other:?}")),
+            (other, _) => Err(InvalidEngineConfig::UnknownCipher(other.to_string())),
         }
     }
 
@@ -140,35 +194,39 @@ impl StoreConfig {
         }
     }
 
-    pub fn load(store: &Path) -> Result<Self, String> {
+    pub fn load(store: &Path) -> Result<Self, ConfigError> {
         let path = store.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let cfg: StoreConfig = toml::from_str(&text)
-            .map_err(|e| format!("{} is malformed: {}", path.display(), e.message()))?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let cfg: StoreConfig = match toml::from_str(&text) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                let message = e.message().to_string();
+                return Err(ConfigError::Malformed { path, message });
+            }
+        };
         if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&cfg.format_version) {
-            return Err(format!(
-                "{} has format version {}, this build reads {} to {}",
-                path.display(),
-                cfg.format_version,
-                OLDEST_FORMAT_VERSION,
-                FORMAT_VERSION
-            ));
+            let found = cfg.format_version;
+            return Err(ConfigError::Version { path, found });
         }
-        cfg.engine
-            .validate()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Err(source) = cfg.engine.validate() {
+            return Err(ConfigError::Invalid { path, source });
+        }
         Ok(cfg)
     }
 
     /// Moves an older store's format version to the current one (nothing
     /// else changes: this build reads both forms side by side).
-    pub fn upgrade_format(store: &Path) -> Result<(), String> {
+    pub fn upgrade_format(store: &Path) -> Result<(), ConfigError> {
         let mut cfg = Self::load(store)?;
         if cfg.format_version < FORMAT_VERSION {
             cfg.format_version = FORMAT_VERSION;
-            cfg.save(store)
-                .map_err(|e| format!("cannot write {}: {e}", store.join(CONFIG_FILE).display()))?;
+            cfg.save(store).map_err(|source| ConfigError::Write {
+                path: store.join(CONFIG_FILE),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -201,14 +259,14 @@ pub struct RemoteConfig {
 
 impl RemoteConfig {
     /// (bucket, prefix) of the URL, or a one-line error.
-    pub fn bucket_and_prefix(&self) -> Result<(String, String), String> {
+    pub fn bucket_and_prefix(&self) -> Result<(String, String), RemoteUrlError> {
         let rest = self
             .url
             .strip_prefix("s3://")
-            .ok_or_else(|| format!("remote {:?} is not an s3://BUCKET/PREFIX URL", self.url))?;
+            .ok_or_else(|| RemoteUrlError::NotS3(self.url.clone()))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("remote {:?} names no bucket", self.url));
+            return Err(RemoteUrlError::NoBucket(self.url.clone()));
         }
         Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
     }

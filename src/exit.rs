@@ -87,7 +87,9 @@ impl From<EngineError> for Failure {
             EngineError::Io { .. } => Exit::Io,
             EngineError::Locked => Exit::Locked,
             EngineError::InUse(_) => Exit::InUse,
-            EngineError::Config(_) => Exit::NotAStore,
+            EngineError::Config(_)
+            | EngineError::StoreConfig(_)
+            | EngineError::InvalidConfig(_) => Exit::NotAStore,
             EngineError::Integrity { .. } | EngineError::NotFound(_) => Exit::Damaged,
             EngineError::Key(k) => keystore_code(k),
             EngineError::Meta(

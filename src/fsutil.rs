@@ -123,25 +123,33 @@ pub fn punch_zero_pages(path: &Path) -> std::io::Result<u64> {
 /// file or directory must be owned by root or by this process's user, and
 /// writable by nobody else (no group or other write bit). Messages name the
 /// path and what is wrong.
-pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), NotPrivate> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
+    let path = path.to_path_buf();
     if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!(
-            "{} is owned by uid {}, not by root or by you (uid {me}): refused",
-            path.display(),
-            meta.uid()
-        ));
+        let owner = meta.uid();
+        return Err(NotPrivate::Owner { path, owner, me });
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by group or others (mode {:o}): refused (chmod go-w it)",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
+        let mode = meta.mode() & 0o7777;
+        return Err(NotPrivate::Writable { path, mode });
     }
     Ok(())
+}
+
+/// A file or directory another local user made or could change.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPrivate {
+    #[error("{} is owned by uid {owner}, not by root or by you (uid {me}): refused", path.display())]
+    Owner {
+        path: std::path::PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    #[error("{} is writable by group or others (mode {mode:o}): refused (chmod go-w it)", path.display())]
+    Writable { path: std::path::PathBuf, mode: u32 },
 }
 
 /// Opens `path` for appending (created 0600), refusing a symlink and a

@@ -40,6 +40,7 @@ macro_rules! say {
     }};
 }
 
+pub mod admin;
 pub mod chunk;
 pub mod cli;
 pub mod config;

@@ -16,9 +16,9 @@ use super::mount::control;
 use super::secrets::SecretReader;
 use super::store::{load_config, open_keystore};
 use super::{boot_key_dir, kdf_options, Cli, ConversionArgs};
-use crate::daemon::conversion::{self, Progress, MAX_RATE};
-use crate::daemon::keys::{self, fingerprint_alg};
-use crate::daemon::protocol::Request;
+use crate::admin::conversion::{self, Progress, MAX_RATE};
+use crate::admin::keys::{self, fingerprint_alg};
+use crate::admin::protocol::Request;
 use crate::engine::Engine;
 
 /// Points datastore.toml at the keystore's new mode (the keystore was
@@ -170,7 +170,7 @@ fn wait_for_daemon(cli: &Cli) -> Result<(), Failure> {
                 "the daemon stopped; the conversion resumes at the next mount",
             ));
         };
-        let st: crate::daemon::status::Status =
+        let st: crate::admin::status::Status =
             serde_json::from_str(&json).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
         match st.conversion {
             Some(p) if p.state == "converting" || p.state == "finishing" => bar.draw(&p),

@@ -63,12 +63,21 @@ pub struct RemoteArgs {
     pub max_backlog: Option<u64>,
 }
 
+/// A size argument that is not a number of bytes (with K/M/G/T) at or
+/// above the option's minimum.
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is not a size of at least {min_mib}M (like 64M or 20G)")]
+pub struct SizeArgError {
+    given: String,
+    min_mib: u64,
+}
+
 /// "64M", "20G", "1048576" -> bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, SizeArgError> {
     parse_size_at_least(s, 8 << 20)
 }
 
-fn parse_size_at_least(s: &str, min: u64) -> Result<u64, String> {
+fn parse_size_at_least(s: &str, min: u64) -> Result<u64, SizeArgError> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
@@ -80,11 +89,9 @@ fn parse_size_at_least(s: &str, min: u64) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .filter(|&n| n >= min)
-        .ok_or_else(|| {
-            format!(
-                "{s:?} is not a size of at least {}M (like 64M or 20G)",
-                min >> 20
-            )
+        .ok_or_else(|| SizeArgError {
+            given: s.to_string(),
+            min_mib: min >> 20,
         })
 }
 
@@ -249,7 +256,7 @@ pub struct ConversionArgs {
     pub no_wait: bool,
 }
 
-fn parse_rate(s: &str) -> Result<u64, String> {
+fn parse_rate(s: &str) -> Result<u64, SizeArgError> {
     if s == "0" {
         return Ok(0);
     }

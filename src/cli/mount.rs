@@ -17,8 +17,9 @@ use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
 use super::store::{load_config, open_keystore};
 use super::{print_json, Cli};
-use crate::daemon::protocol::{self, Request};
-use crate::daemon::{self, status, DaemonError, SOCKET};
+use crate::admin::protocol::{self, Request};
+use crate::admin::status;
+use crate::daemon::{self, DaemonError, SOCKET};
 use crate::engine::Engine;
 
 fn daemon_failure(e: DaemonError) -> Failure {
@@ -33,8 +34,7 @@ fn daemon_failure(e: DaemonError) -> Failure {
 /// The password for a mount: none when the startup mode opens by itself;
 /// a prompt on a TTY; `--password-file`; otherwise none (mount locked).
 fn mount_password(cli: &Cli) -> Result<Option<Zeroizing<String>>, Failure> {
-    if !crate::daemon::keys::has_keystore(&cli.store)
-        && !load_config(&cli.store)?.engine.encrypted()
+    if !crate::admin::keys::has_keystore(&cli.store) && !load_config(&cli.store)?.engine.encrypted()
     {
         return Ok(None); // an unencrypted store needs no password
     }
@@ -86,7 +86,7 @@ impl HttpArgs {
         };
         daemon::http::HttpOptions::new(addr, token)
             .map(Some)
-            .map_err(|e| Failure::new(Exit::Usage, e))
+            .map_err(|e| Failure::new(Exit::Usage, e.to_string()))
     }
 }
 
@@ -108,7 +108,7 @@ fn store_token(store: &Path) -> Result<Zeroizing<String>, Failure> {
             let meta = f
                 .metadata()
                 .map_err(|e| refused(format!("{}: {e}", path.display())))?;
-            crate::fsutil::check_private(&path, &meta).map_err(refused)?;
+            crate::fsutil::check_private(&path, &meta).map_err(|e| refused(e.to_string()))?;
             if meta.mode() & 0o077 != 0 {
                 return Err(refused(format!(
                     "{} is readable by others (mode {:o}): refused (chmod 600 it)",

@@ -56,7 +56,7 @@ pub fn load_config(store: &Path) -> Result<StoreConfig, Failure> {
             ),
         ));
     }
-    StoreConfig::load(store).map_err(|m| Failure::new(Exit::NotAStore, m))
+    StoreConfig::load(store).map_err(|e| Failure::new(Exit::NotAStore, e.to_string()))
 }
 
 /// A store directory another local user made or can write is refused: that
@@ -65,7 +65,8 @@ pub fn load_config(store: &Path) -> Result<StoreConfig, Failure> {
 pub fn check_store_dir(store: &Path) -> Result<(), Failure> {
     let meta = std::fs::metadata(store)
         .map_err(|e| Failure::new(Exit::Io, format!("{}: {e}", store.display())))?;
-    crate::fsutil::check_private(store, &meta).map_err(|m| Failure::new(Exit::Refused, m))
+    crate::fsutil::check_private(store, &meta)
+        .map_err(|e| Failure::new(Exit::Refused, e.to_string()))
 }
 
 pub fn open_keystore(store: &Path) -> Result<Keystore, Failure> {
@@ -122,7 +123,8 @@ pub fn init(
     // datastore.toml is written last: its presence marks a complete store.
     Engine::create(store, &store_id, &engine)?;
     if let Some(r) = &remote {
-        let mut cfg = StoreConfig::load(store).map_err(|e| Failure::new(Exit::Io, e))?;
+        let mut cfg =
+            StoreConfig::load(store).map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
         cfg.remote = Some(r.config().clone());
         cfg.save(store)
             .map_err(|e| Failure::new(Exit::Io, format!("cannot write datastore.toml: {e}")))?;
@@ -196,6 +198,7 @@ pub fn attach(cli: &Cli, remote: Option<RemoteConfig>) -> Result<(), Failure> {
         return Err(match e {
             crate::remote::RemoteError::Key(k) => k.into(),
             crate::remote::RemoteError::Config(m) => Failure::new(Exit::NotAStore, m),
+            e @ crate::remote::RemoteError::Url(_) => Failure::new(Exit::NotAStore, e.to_string()),
             other => Failure::new(Exit::Io, other.to_string()),
         });
     }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::status::Status;
 use super::Shared;
+use crate::admin::status::Status;
 use crate::metrics;
 
 const PAGE: &str = include_str!("dashboard.html");
@@ -24,16 +24,34 @@ pub struct HttpOptions {
     pub token: Option<zeroize::Zeroizing<String>>,
 }
 
+/// Why the web endpoints could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("--http {0} is not a loopback address: give --http-token-file too")]
+    NoToken(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot start the http thread: {0}")]
+    Thread(std::io::Error),
+    #[error(transparent)]
+    Status(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Key(#[from] keystore::KeystoreError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 impl HttpOptions {
     /// Refuses a non-loopback address without a token.
     pub fn new(
         addr: SocketAddr,
         token: Option<zeroize::Zeroizing<String>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, HttpError> {
         if !addr.ip().is_loopback() && token.is_none() {
-            return Err(format!(
-                "--http {addr} is not a loopback address: give --http-token-file too"
-            ));
+            return Err(HttpError::NoToken(addr));
         }
         Ok(HttpOptions { addr, token })
     }
@@ -113,11 +131,10 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
     crate::fsutil::statvfs(dir).map_or(0, |s| s.f_bavail * s.f_frsize)
 }
 
-fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
-    let status = shared.status().map_err(|e| e.to_string())?;
-    let info = if super::keys::has_keystore(&shared.store) {
-        let ks = keystore::Keystore::open(&shared.store, &crate::paths::boot_key_dir())
-            .map_err(|e| e.to_string())?;
+fn api_status(shared: &Shared) -> Result<ApiStatus, HttpError> {
+    let status = shared.status()?;
+    let info = if crate::admin::keys::has_keystore(&shared.store) {
+        let ks = keystore::Keystore::open(&shared.store, &crate::paths::boot_key_dir())?;
         Some(ks.info())
     } else {
         None
@@ -150,7 +167,7 @@ fn api_status(shared: &Shared) -> Result<ApiStatus, String> {
     })
 }
 
-fn metrics_text(shared: &Shared) -> Result<String, String> {
+fn metrics_text(shared: &Shared) -> Result<String, HttpError> {
     let a = api_status(shared)?;
     let s = &a.status;
     let mut out = String::new();
@@ -242,9 +259,11 @@ fn respond(req: tiny_http::Request, code: u16, kind: &str, body: String) {
 }
 
 /// Serves until the daemon shuts down (the thread dies with the process).
-pub fn start(shared: Arc<Shared>, opts: HttpOptions) -> Result<(), String> {
-    let server = tiny_http::Server::http(opts.addr)
-        .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
+pub fn start(shared: Arc<Shared>, opts: HttpOptions) -> Result<(), HttpError> {
+    let server = tiny_http::Server::http(opts.addr).map_err(|source| HttpError::Listen {
+        addr: opts.addr,
+        source,
+    })?;
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
@@ -256,12 +275,12 @@ pub fn start(shared: Arc<Shared>, opts: HttpOptions) -> Result<(), String> {
                 let path = req.url().split('?').next().unwrap_or("/").to_string();
                 match path.as_str() {
                     "/" => respond(req, 200, "text/html; charset=utf-8", PAGE.into()),
-                    "/api/status" => match api_status(&shared)
-                        .and_then(|a| serde_json::to_string(&a).map_err(|e| e.to_string()))
-                    {
-                        Ok(j) => respond(req, 200, "application/json", j),
-                        Err(e) => respond(req, 500, "text/plain", format!("{e}\n")),
-                    },
+                    "/api/status" => {
+                        match api_status(&shared).and_then(|a| Ok(serde_json::to_string(&a)?)) {
+                            Ok(j) => respond(req, 200, "application/json", j),
+                            Err(e) => respond(req, 500, "text/plain", format!("{e}\n")),
+                        }
+                    }
                     "/metrics" => match metrics_text(&shared) {
                         Ok(t) => respond(req, 200, "text/plain; version=0.0.4", t),
                         Err(e) => respond(req, 500, "text/plain", format!("{e}\n")),
@@ -270,6 +289,6 @@ pub fn start(shared: Arc<Shared>, opts: HttpOptions) -> Result<(), String> {
                 }
             }
         })
-        .map_err(|e| format!("cannot start the http thread: {e}"))?;
+        .map_err(HttpError::Thread)?;
     Ok(())
 }

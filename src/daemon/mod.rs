@@ -8,12 +8,10 @@
 //! arrives over the socket is held in a zeroizing buffer and never logged.
 
 mod control;
-pub mod conversion;
 pub mod http;
 mod import;
-pub mod keys;
-pub mod protocol;
-pub mod status;
+
+use crate::admin::{conversion, keys, status};
 
 use crate::poison::{Recover, RecoverRw};
 use std::os::unix::fs::PermissionsExt;
@@ -174,7 +172,7 @@ pub fn serve(
         })?;
     let socket = control::start(shared.clone())?;
     if let Some(opts) = http {
-        http::start(shared.clone(), opts).map_err(DaemonError::Usage)?;
+        http::start(shared.clone(), opts).map_err(|e| DaemonError::Usage(e.to_string()))?;
     }
 
     let mut config = fuser::Config::default();

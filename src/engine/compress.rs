@@ -36,9 +36,9 @@ extern "C" {
 }
 
 /// Highest level accepted (liblz4's LZ4HC_CLEVEL_MAX).
-pub const MAX_LEVEL: u8 = 12;
+pub const MAX_LEVEL: u8 = crate::config::MAX_COMPRESSION_LEVEL;
 /// New and existing stores use this unless datastore.toml says otherwise.
-pub const DEFAULT_LEVEL: u8 = 1;
+pub const DEFAULT_LEVEL: u8 = crate::config::DEFAULT_COMPRESSION_LEVEL;
 
 /// Shorter chunks are stored as they are: LZ4 cannot shrink them (a block
 /// ends with at least 5 literals and its last match starts 12 bytes before

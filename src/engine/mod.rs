@@ -86,6 +86,10 @@ pub enum EngineError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
+    StoreConfig(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    InvalidConfig(#[from] crate::config::InvalidEngineConfig),
+    #[error(transparent)]
     Key(#[from] keystore::KeystoreError),
     #[error("{0}")]
     Remote(String),
@@ -176,7 +180,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Engine {
     /// Creates a new store directory layout with `config` (no keystore).
     pub fn create(store: &Path, store_id: &str, config: &EngineConfig) -> Result<()> {
-        config.validate().map_err(EngineError::Config)?;
+        config.validate()?;
         for d in ["", "segments", "meta"] {
             std::fs::create_dir_all(store.join(d))
                 .map_err(io_err(format!("create {}", store.join(d).display())))?;
@@ -202,7 +206,7 @@ impl Engine {
     }
 
     fn open_in(store: &Path, crypto: Option<Arc<ChunkCrypto>>, mode: OpenMode) -> Result<Self> {
-        let cfg = StoreConfig::load(store).map_err(EngineError::Config)?;
+        let cfg = StoreConfig::load(store)?;
         let config = cfg.engine.clone();
         let lock_file = lock_store(store, mode)?;
         let segments_dir = store.join("segments");

@@ -51,15 +51,20 @@ pub fn diff(db: &[u8], old: &[[u8; 32]], new: &[[u8; 32]]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A journal entry whose lengths do not add up.
+#[derive(Debug, thiserror::Error)]
+#[error("a metadata journal entry is malformed")]
+pub struct MalformedEntry;
+
 /// Applies a journal entry to the database image `db`.
-pub fn apply(db: &mut Vec<u8>, entry: &[u8]) -> Result<(), String> {
-    let bad = || "a metadata journal entry is malformed".to_string();
-    let u64_at = |b: &[u8], at: usize| -> Result<u64, String> {
+pub fn apply(db: &mut Vec<u8>, entry: &[u8]) -> Result<(), MalformedEntry> {
+    let bad = || MalformedEntry;
+    let u64_at = |b: &[u8], at: usize| -> Result<u64, MalformedEntry> {
         Ok(u64::from_le_bytes(
             b.get(at..at + 8).ok_or_else(bad)?.try_into().expect("8"),
         ))
     };
-    let u32_at = |b: &[u8], at: usize| -> Result<u32, String> {
+    let u32_at = |b: &[u8], at: usize| -> Result<u32, MalformedEntry> {
         Ok(u32::from_le_bytes(
             b.get(at..at + 4).ok_or_else(bad)?.try_into().expect("4"),
         ))

@@ -66,6 +66,8 @@ pub enum RemoteError {
     },
     #[error("remote: {0}")]
     Config(String),
+    #[error("remote: {0}")]
+    Url(#[from] crate::config::RemoteUrlError),
     #[error("remote: the store is locked (the mirror key is not loaded)")]
     Locked,
     #[error(transparent)]
@@ -173,7 +175,7 @@ pub const PARALLEL_UPLOADS: usize = 4;
 impl Remote {
     /// A client for `cfg` (no request is made yet).
     pub fn connect(cfg: &RemoteConfig) -> Result<Remote, RemoteError> {
-        let (bucket, prefix) = cfg.bucket_and_prefix().map_err(RemoteError::Config)?;
+        let (bucket, prefix) = cfg.bucket_and_prefix()?;
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .with_client_options(

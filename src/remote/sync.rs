@@ -375,7 +375,7 @@ pub fn attach(
         if i == 0 {
             db = plain;
         } else {
-            journal::apply(&mut db, &plain).map_err(RemoteError::Config)?;
+            journal::apply(&mut db, &plain).map_err(|e| RemoteError::Config(e.to_string()))?;
         }
     }
     let config = remote

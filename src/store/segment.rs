@@ -68,14 +68,23 @@ fn header_bytes(id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 }
 
 /// Checks a segment file header; returns a reason when it is not valid.
-pub fn check_header(b: &[u8], id: u64) -> Result<(), String> {
+pub fn check_header(b: &[u8], id: u64) -> Result<(), BadHeader> {
     if b.len() < SEGMENT_HEADER_LEN as usize {
-        return Err("segment header cut short".into());
+        return Err(BadHeader::Short);
     }
     if b[..32] != header_bytes(id) {
-        return Err("segment header is damaged or names another segment".into());
+        return Err(BadHeader::Damaged);
     }
     Ok(())
+}
+
+/// Why a segment file's header is not this segment's.
+#[derive(Debug, thiserror::Error)]
+pub enum BadHeader {
+    #[error("segment header cut short")]
+    Short,
+    #[error("segment header is damaged or names another segment")]
+    Damaged,
 }
 
 /// The open (appendable) segment plus segments sealed since the last sync.
@@ -313,7 +322,8 @@ pub enum WalkItem<'a> {
 /// where a valid record starts, so one bad byte hides no other records.
 pub fn walk_records<'a>(image: &'a [u8], id: u64, mut f: impl FnMut(WalkItem<'a>)) {
     use super::record::{check_body, parse_header};
-    if let Err(reason) = check_header(image, id) {
+    if let Err(bad) = check_header(image, id) {
+        let reason = bad.to_string();
         f(WalkItem::Damaged { offset: 0, reason });
     }
     let valid_at = |pos: usize| -> Option<(super::record::RecordHeader, usize)> {

@@ -29,6 +29,8 @@ impl std::fmt::Display for VolError {
     }
 }
 
+impl std::error::Error for VolError {}
+
 impl From<crate::engine::EngineError> for VolError {
     fn from(e: crate::engine::EngineError) -> Self {
         match e {

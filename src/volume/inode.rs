@@ -176,22 +176,23 @@ pub fn encode_row(
 type InlineExtents = Option<Vec<(u64, Extent)>>;
 type InlineEntries = Option<Vec<(Vec<u8>, u64)>>;
 
+/// Why an inode row could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error(transparent)]
+    Encoding(#[from] postcard::Error),
+    #[error("inode record version {0} is newer than this datastore")]
+    Newer(u8),
+}
+
 /// Decodes an inode row of any version this build knows.
-pub fn decode_row(plain: &[u8]) -> Result<InodeRow, String> {
-    let text = |e: postcard::Error| e.to_string();
-    let (mut inode, rest) = postcard::take_from_bytes::<Inode>(plain).map_err(text)?;
+pub fn decode_row(plain: &[u8]) -> Result<InodeRow, RowError> {
+    let (mut inode, rest) = postcard::take_from_bytes::<Inode>(plain)?;
     let (extents, entries) = match inode.version {
         1 => (None, None),
-        2 => (
-            postcard::from_bytes::<InlineExtents>(rest).map_err(text)?,
-            None,
-        ),
-        3 => postcard::from_bytes::<(InlineExtents, InlineEntries)>(rest).map_err(text)?,
-        v => {
-            return Err(format!(
-                "inode record version {v} is newer than this datastore"
-            ))
-        }
+        2 => (postcard::from_bytes::<InlineExtents>(rest)?, None),
+        3 => postcard::from_bytes::<(InlineExtents, InlineEntries)>(rest)?,
+        v => return Err(RowError::Newer(v)),
     };
     inode.version = RECORD_VERSION;
     Ok(InodeRow {
@@ -252,7 +253,10 @@ mod tests {
         assert_eq!(none.extents, None);
         let mut newer = plain.clone();
         newer[0] = RECORD_VERSION + 1;
-        assert!(decode_row(&newer).unwrap_err().contains("newer"));
+        assert!(decode_row(&newer)
+            .unwrap_err()
+            .to_string()
+            .contains("newer"));
     }
 
     #[test]

@@ -197,7 +197,7 @@ mod tests {
         cfg.save(dir.path()).unwrap();
         let refused = StoreConfig::load(dir.path()).unwrap_err();
         let newer = format!("format version {}", FORMAT_VERSION + 1);
-        assert!(refused.contains(&newer), "{refused}");
+        assert!(refused.to_string().contains(&newer), "{refused}");
         cfg.format_version = FORMAT_VERSION;
         cfg.save(dir.path()).unwrap();
         {

@@ -25,6 +25,8 @@ pub enum UnlockError {
     Volume(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    StoreConfig(#[from] crate::config::ConfigError),
 }
 
 impl From<UnlockError> for crate::exit::Failure {
@@ -160,7 +162,7 @@ pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, Unloc
 /// keystore write and the config write of a conversion's start leaves the
 /// config one step behind; the keystore is the authority).
 fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
-    let mut cfg = StoreConfig::load(store).map_err(UnlockError::Config)?;
+    let mut cfg = StoreConfig::load(store)?;
     if cfg.store_id != ks.store_id() {
         return Err(UnlockError::Config(format!(
             "the keystore belongs to store {}, datastore.toml to store {}: refused (a keystore or datastore.toml from another store was put here)",
@@ -186,7 +188,7 @@ fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
 /// Connects the bucket mirror of a store that has one and loads its keys,
 /// before the volume opens (its first durable commit already syncs).
 fn attach_remote(engine: &Arc<Engine>, keys: &LoadedKeys) -> Result<(), UnlockError> {
-    let cfg = StoreConfig::load(engine.store_dir()).map_err(UnlockError::Config)?;
+    let cfg = StoreConfig::load(engine.store_dir())?;
     let Some(remote_cfg) = cfg.remote else {
         return Ok(());
     };
@@ -209,7 +211,7 @@ fn attach_remote(engine: &Arc<Engine>, keys: &LoadedKeys) -> Result<(), UnlockEr
 /// Unlocks the keystore with a password (or recovery key) and derives the
 /// key objects (no volume opened).
 pub fn keys_with_password(store: &Path, password: &[u8]) -> Result<LoadedKeys, UnlockError> {
-    StoreConfig::load(store).map_err(UnlockError::Config)?;
+    StoreConfig::load(store)?;
     let mut ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
     reconcile_config(store, &ks)?;
@@ -219,7 +221,7 @@ pub fn keys_with_password(store: &Path, password: &[u8]) -> Result<LoadedKeys, U
 /// The key objects a password (or recovery key) opens, writing nothing:
 /// for commands that only read the store (`scrub --verify-data`).
 pub fn keys_to_read(store: &Path, password: &[u8]) -> Result<LoadedKeys, UnlockError> {
-    StoreConfig::load(store).map_err(UnlockError::Config)?;
+    StoreConfig::load(store)?;
     let ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.open_key(password, &KatSet::embedded())?;
     derive(&ks, vk)
@@ -234,7 +236,7 @@ pub fn unlock_with_password(
     if !has_keystore(store) && !engine.config().encrypted() {
         return load(engine, plain_keys()?);
     }
-    StoreConfig::load(store).map_err(UnlockError::Config)?;
+    StoreConfig::load(store)?;
     let mut ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
     reconcile_config(store, &ks)?;

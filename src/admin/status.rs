@@ -82,13 +82,12 @@ pub fn collect(
 }
 
 /// One line for `status`: what protects the data.
-pub fn encryption_summary(store: &std::path::Path) -> Result<String, String> {
+pub fn encryption_summary(store: &std::path::Path) -> Result<String, super::keys::UnlockError> {
     let encrypted = crate::config::StoreConfig::load(store)?.engine.encrypted();
     if !super::keys::has_keystore(store) && !encrypted {
         return Ok("none (store not encrypted)".into());
     }
-    let ks = keystore::Keystore::open(store, &crate::paths::boot_key_dir())
-        .map_err(|e| e.to_string())?;
+    let ks = keystore::Keystore::open(store, &crate::paths::boot_key_dir())?;
     let info = ks.info();
     Ok(format!(
         "AES-XTS-256; FIPS mode {:?}; startup {:?}; shipping mode {}",

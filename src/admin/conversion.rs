@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::crypto::KeyGen;
+use crate::engine::{EngineError, GenerationScan};
 use crate::paths::boot_key_dir;
-use crate::volume::Volume;
+use crate::volume::{VolError, Volume};
 
 const CURSOR: &str = "convert_cursor";
 const CURSOR_OFFSET: &str = "convert_cursor_offset";
@@ -217,16 +219,44 @@ pub fn start(store: &Path, vol: Arc<Volume>) -> Arc<Job> {
     job
 }
 
+/// Why the job stopped short (the retiring key is kept in every case).
+#[derive(Debug, thiserror::Error)]
+pub enum ConversionError {
+    #[error(transparent)]
+    Volume(#[from] VolError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    #[error(transparent)]
+    Key(#[from] keystore::KeystoreError),
+    #[error("cannot start the conversion's thread: {0}")]
+    Thread(#[from] rayon::ThreadPoolBuildError),
+    #[error("no retiring key is loaded")]
+    NoRetiringKey,
+    #[error("{live} records under the old key are still referenced after {passes} passes; the old key is kept (run `datastore scrub`)")]
+    StillReferenced { live: u64, passes: u64 },
+    #[error("GC could not compact segments {0:?} (damaged, or not fetched from the bucket); the old key is kept (run `datastore scrub`)")]
+    NotCompacted(Vec<u64>),
+    #[error("after GC {other_key} records are under another key and {unreadable} unreadable; the old key is kept")]
+    Leftover { other_key: u64, unreadable: u64 },
+    #[error("{0} metadata values are not under the current key; the old key is kept")]
+    StaleMetadata(u64),
+    #[error("cannot bring the bucket up to date ({0}); the old key is kept until it can")]
+    Bucket(VolError),
+}
+
+type Result<T> = std::result::Result<T, ConversionError>;
+
 /// A one-thread rayon pool at background priority: the engine's parallel
 /// steps (fingerprint, compress, encrypt) of the job run there rather than
 /// on the pool shared with foreground requests.
-fn background_pool() -> Result<rayon::ThreadPool, String> {
-    rayon::ThreadPoolBuilder::new()
+fn background_pool() -> Result<rayon::ThreadPool> {
+    Ok(rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .thread_name(|_| "datastore-convert-work".into())
         .start_handler(|_| lower_own_priority())
-        .build()
-        .map_err(|e| format!("cannot start the conversion's thread: {e}"))
+        .build()?)
 }
 
 /// nice 19 and the idle I/O class for the calling thread (Linux applies both
@@ -250,29 +280,67 @@ fn lower_own_priority() {
     };
 }
 
-fn counter(vol: &Volume, name: &str) -> Result<u64, String> {
-    Ok(vol.counter(name).map_err(|e| e.to_string())?.unwrap_or(0))
+fn counter(vol: &Volume, name: &str) -> Result<u64> {
+    Ok(vol.counter(name)?.unwrap_or(0))
 }
 
 /// Runs the job to the end (Ok(true)) or until stopped (Ok(false)).
-pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
-    let engine = vol.engine().clone();
-    let keys = engine.keys().map_err(|x| e(&x))?;
+pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool> {
+    let current = begin(vol)?;
+    let mut pace = Pace::new(vol)?;
+    pace.report(vol, job, counter(vol, MAX_RATE)?)?;
+    let mut converted = HashMap::new();
+    let mut unmirrored = 0u64;
+    let last_scan = loop {
+        let max_rate = counter(vol, MAX_RATE)?;
+        let cursor = counter(vol, CURSOR)?;
+        let inodes = vol.stored_inodes_from(cursor, INODES_PER_ROUND)?;
+        if inodes.is_empty() {
+            match end_of_pass(vol, current)? {
+                Some(scan) => break scan,
+                None => continue,
+            }
+        }
+        let round = Instant::now();
+        let Some(batch_bytes) =
+            convert_round(vol, job, &inodes, cursor, &mut converted, &pace, max_rate)?
+        else {
+            return Ok(false);
+        };
+        vol.commit(true)?;
+        unmirrored += batch_bytes;
+        if unmirrored >= MIRROR_BYTES && vol.engine().remote().is_some() {
+            // Keep the bucket close behind; a failure is retried at the
+            // next upload (status shows it) and the finish insists.
+            let _ = vol.persist();
+            unmirrored = 0;
+        }
+        pace.throttle(vol, job, round.elapsed(), batch_bytes, max_rate)?;
+    };
+    job.progress.locked().state = "finishing".into();
+    finish(store, vol, current, &last_scan).map(|()| true)
+}
+
+/// Checks a retiring key is loaded and, on the first start of this
+/// conversion, records its size and the segment mark. Returns the current
+/// key generation.
+fn begin(vol: &Volume) -> Result<KeyGen> {
+    let engine = vol.engine();
+    let keys = engine.keys()?;
     if keys.retiring.is_none() {
-        return Err("no retiring key is loaded".into());
+        return Err(ConversionError::NoRetiringKey);
     }
     let current = keys.current.generation;
     let target = match current {
-        crate::crypto::KeyGen::Key(g) => g as u64 + 1,
-        crate::crypto::KeyGen::Plain => 0,
+        KeyGen::Key(g) => g as u64 + 1,
+        KeyGen::Plain => 0,
     };
     if counter(vol, TARGET)? != target {
         // First start of this conversion: every record but those written
         // since the switch is under the old key, so the index's totals are
         // the job's size (reading every record's header here would compete
         // with the foreground for the disk; the finish scans them).
-        let (total_chunks, total_bytes) = engine.live_totals().map_err(|x| e(&x))?;
+        let (total_chunks, total_bytes) = engine.live_totals()?;
         let rate = counter(vol, MAX_RATE)?;
         let mut changes: Vec<(&'static str, Option<u64>)> =
             ALL.iter().map(|k| (*k, None)).collect();
@@ -284,88 +352,109 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
             (SEGMENT_MARK, Some(engine.active_segment())),
         ]);
         vol.set_counters(&changes);
-        vol.commit(true).map_err(|x| e(&x))?;
+        vol.commit(true)?;
     }
-    let started = Instant::now();
-    let bytes_at_start = counter(vol, DONE_BYTES)?;
-    update(vol, job, started, bytes_at_start, counter(vol, MAX_RATE)?)?;
-    let mut converted = HashMap::new();
-    let mut last_ops = vol.foreground_ops();
-    let mut unmirrored = 0u64;
-    let last_scan = loop {
-        let max_rate = counter(vol, MAX_RATE)?;
-        let cursor = counter(vol, CURSOR)?;
-        let inodes = vol
-            .stored_inodes_from(cursor, INODES_PER_ROUND)
-            .map_err(|x| e(&x))?;
-        if inodes.is_empty() {
-            vol.commit(true).map_err(|x| e(&x))?;
-            let scan = engine.scan_generations().map_err(|x| e(&x))?;
-            let left = scan.other_than(current);
-            if left.live == 0 {
-                break scan;
-            }
-            let pass = counter(vol, PASS)? + 1;
-            if pass >= MAX_PASSES {
-                return Err(format!(
-                    "{} records under the old key are still referenced after {pass} passes; the old key is kept (run `datastore scrub`)",
-                    left.live
-                ));
-            }
-            vol.set_counters(&[
-                (PASS, Some(pass)),
-                (CURSOR, Some(0)),
-                (CURSOR_OFFSET, Some(0)),
-            ]);
-            continue;
+    Ok(current)
+}
+
+/// The end of a pass over the inodes: the index scan if no live record is
+/// left under another key, else None after starting the next pass.
+fn end_of_pass(vol: &Volume, current: KeyGen) -> Result<Option<GenerationScan>> {
+    vol.commit(true)?;
+    let scan = vol.engine().scan_generations()?;
+    let left = scan.other_than(current);
+    if left.live == 0 {
+        return Ok(Some(scan));
+    }
+    let passes = counter(vol, PASS)? + 1;
+    if passes >= MAX_PASSES {
+        let live = left.live;
+        return Err(ConversionError::StillReferenced { live, passes });
+    }
+    vol.set_counters(&[
+        (PASS, Some(passes)),
+        (CURSOR, Some(0)),
+        (CURSOR_OFFSET, Some(0)),
+    ]);
+    Ok(None)
+}
+
+/// Converts `inodes` from the cursor on until COMMIT_BYTES are done or one
+/// file needs another step; the bytes converted, or None when stopped
+/// (after a durable commit of what was done).
+fn convert_round(
+    vol: &Volume,
+    job: &Job,
+    inodes: &[u64],
+    cursor: u64,
+    converted: &mut HashMap<crate::chunk::Fingerprint, crate::chunk::ChunkRef>,
+    pace: &Pace,
+    max_rate: u64,
+) -> Result<Option<u64>> {
+    let mut batch_bytes = 0u64;
+    for &ino in inodes {
+        if job.stop.load(Ordering::SeqCst) {
+            vol.commit(true)?;
+            return Ok(None);
         }
-        let mut batch_bytes = 0u64;
-        let round = Instant::now();
-        for ino in inodes {
-            if job.stop.load(Ordering::SeqCst) {
-                vol.commit(true).map_err(|x| e(&x))?;
-                return Ok(false);
-            }
-            let from = if ino == cursor {
-                counter(vol, CURSOR_OFFSET)?
-            } else {
-                0
-            };
-            let budget = COMMIT_BYTES.saturating_sub(batch_bytes).max(1 << 20);
-            let (step, more) = vol
-                .convert_inode(ino, from, budget, &mut converted)
-                .map_err(|x| e(&x))?;
-            let done_chunks = counter(vol, DONE_CHUNKS)? + step.chunks;
-            let done_bytes = counter(vol, DONE_BYTES)? + step.bytes;
-            let (next_ino, next_off) = match more {
-                Some(off) => (ino, off),
-                None => (ino + 1, 0),
-            };
-            vol.set_counters(&[
-                (CURSOR, Some(next_ino)),
-                (CURSOR_OFFSET, Some(next_off)),
-                (DONE_CHUNKS, Some(done_chunks)),
-                (DONE_BYTES, Some(done_bytes)),
-            ]);
-            batch_bytes += step.bytes;
-            update(vol, job, started, bytes_at_start, max_rate)?;
-            if batch_bytes >= COMMIT_BYTES || more.is_some() {
-                break;
-            }
+        let from = if ino == cursor {
+            counter(vol, CURSOR_OFFSET)?
+        } else {
+            0
+        };
+        let budget = COMMIT_BYTES.saturating_sub(batch_bytes).max(1 << 20);
+        let (step, more) = vol.convert_inode(ino, from, budget, converted)?;
+        let done_chunks = counter(vol, DONE_CHUNKS)? + step.chunks;
+        let done_bytes = counter(vol, DONE_BYTES)? + step.bytes;
+        let (next_ino, next_off) = match more {
+            Some(off) => (ino, off),
+            None => (ino + 1, 0),
+        };
+        vol.set_counters(&[
+            (CURSOR, Some(next_ino)),
+            (CURSOR_OFFSET, Some(next_off)),
+            (DONE_CHUNKS, Some(done_chunks)),
+            (DONE_BYTES, Some(done_bytes)),
+        ]);
+        batch_bytes += step.bytes;
+        pace.report(vol, job, max_rate)?;
+        if batch_bytes >= COMMIT_BYTES || more.is_some() {
+            break;
         }
-        vol.commit(true).map_err(|x| e(&x))?;
-        unmirrored += batch_bytes;
-        if unmirrored >= MIRROR_BYTES && engine.remote().is_some() {
-            // Keep the bucket close behind; a failure is retried at the
-            // next upload (status shows it) and the finish insists.
-            let _ = vol.persist();
-            unmirrored = 0;
-        }
-        // Throttle: hold the rate limit, or back off while others work.
-        let worked = round.elapsed();
+    }
+    Ok(Some(batch_bytes))
+}
+
+/// The job's pace: its rate since this process started it, and whether
+/// foreground requests arrived since the last round.
+struct Pace {
+    started: Instant,
+    bytes_at_start: u64,
+    last_ops: u64,
+}
+
+impl Pace {
+    fn new(vol: &Volume) -> Result<Pace> {
+        Ok(Pace {
+            started: Instant::now(),
+            bytes_at_start: counter(vol, DONE_BYTES)?,
+            last_ops: vol.foreground_ops(),
+        })
+    }
+
+    /// Sleeps after a round: holds the rate limit, or backs off to
+    /// BUSY_DUTY while others work. A new limit applies at once.
+    fn throttle(
+        &mut self,
+        vol: &Volume,
+        job: &Job,
+        worked: Duration,
+        batch_bytes: u64,
+        max_rate: u64,
+    ) -> Result<()> {
         let ops = vol.foreground_ops();
-        let busy = ops != last_ops;
-        last_ops = ops;
+        let busy = ops != self.last_ops;
+        self.last_ops = ops;
         let pause = if max_rate > 0 {
             Duration::from_secs_f64(batch_bytes as f64 / max_rate as f64).saturating_sub(worked)
         } else if busy {
@@ -377,132 +466,68 @@ pub fn run(store: &Path, vol: &Arc<Volume>, job: &Job) -> Result<bool, String> {
         while Instant::now() < until && !job.stop.load(Ordering::SeqCst) {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
             if counter(vol, MAX_RATE)? != max_rate {
-                break; // a new limit (`--max-rate` again) applies at once
+                break;
             }
         }
-    };
-    job.progress.locked().state = "finishing".into();
-    finish(store, vol, current, &last_scan).map(|()| true)
-}
+        Ok(())
+    }
 
-fn update(
-    vol: &Volume,
-    job: &Job,
-    started: Instant,
-    bytes_at_start: u64,
-    max_rate: u64,
-) -> Result<(), String> {
-    let mut p = job.progress.locked();
-    p.chunks_done = counter(vol, DONE_CHUNKS)?;
-    p.bytes_done = counter(vol, DONE_BYTES)?;
-    p.chunks_total = counter(vol, TOTAL_CHUNKS)?.max(p.chunks_done);
-    p.bytes_total = counter(vol, TOTAL_BYTES)?.max(p.bytes_done);
-    p.pass = counter(vol, PASS)?;
-    p.max_rate = max_rate;
-    let secs = started.elapsed().as_secs_f64();
-    p.rate_bytes_per_sec = if secs > 0.0 {
-        p.bytes_done.saturating_sub(bytes_at_start) as f64 / secs
-    } else {
-        0.0
-    };
-    p.eta_secs = (p.rate_bytes_per_sec > 0.0)
-        .then(|| (p.bytes_total.saturating_sub(p.bytes_done) as f64 / p.rate_bytes_per_sec) as u64);
-    Ok(())
+    /// Copies the recorded counters into the job's progress.
+    fn report(&self, vol: &Volume, job: &Job, max_rate: u64) -> Result<()> {
+        let mut p = job.progress.locked();
+        p.chunks_done = counter(vol, DONE_CHUNKS)?;
+        p.bytes_done = counter(vol, DONE_BYTES)?;
+        p.chunks_total = counter(vol, TOTAL_CHUNKS)?.max(p.chunks_done);
+        p.bytes_total = counter(vol, TOTAL_BYTES)?.max(p.bytes_done);
+        p.pass = counter(vol, PASS)?;
+        p.max_rate = max_rate;
+        let secs = self.started.elapsed().as_secs_f64();
+        p.rate_bytes_per_sec = if secs > 0.0 {
+            p.bytes_done.saturating_sub(self.bytes_at_start) as f64 / secs
+        } else {
+            0.0
+        };
+        p.eta_secs = (p.rate_bytes_per_sec > 0.0).then(|| {
+            (p.bytes_total.saturating_sub(p.bytes_done) as f64 / p.rate_bytes_per_sec) as u64
+        });
+        Ok(())
+    }
 }
 
 /// Drops the dead old records, proves nothing under the old key is left,
 /// then destroys the retiring key. `before`: the index scan that found no
 /// live old record (the end of the last pass; nothing referenced under
 /// the old key can appear since: writers use the current key).
-fn finish(
-    store: &Path,
-    vol: &Arc<Volume>,
-    current: crate::crypto::KeyGen,
-    before: &crate::engine::GenerationScan,
-) -> Result<(), String> {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
+fn finish(store: &Path, vol: &Arc<Volume>, current: KeyGen, before: &GenerationScan) -> Result<()> {
     let engine = vol.engine();
     let from_plain = engine
-        .keys()
-        .map_err(|x| e(&x))?
+        .keys()?
         .retiring
         .as_ref()
-        .is_some_and(|r| r.generation == crate::crypto::KeyGen::Plain);
-    vol.commit(true).map_err(|x| e(&x))?;
-    // Compacted: the segments from before the job (old records the index
-    // no longer names may sit there too) and any later one the index
-    // places an old record in. Not the rest: foreground I/O waits while
-    // GC runs.
-    let mark = vol
-        .counter(SEGMENT_MARK)
-        .map_err(|x| e(&x))?
-        .unwrap_or(u64::MAX);
-    let mut old_segments = before.segments_other_than(current);
-    old_segments.extend(
-        engine
-            .meta()
-            .segments()
-            .map_err(|x| e(&x))?
-            .into_iter()
-            .map(|(id, _, _)| id)
-            .filter(|id| *id <= mark),
-    );
-    vol.gc_segments(&old_segments).map_err(|x| e(&x))?;
-    let kept: Vec<u64> = engine
-        .meta()
-        .segments()
-        .map_err(|x| e(&x))?
-        .into_iter()
-        .map(|(id, _, _)| id)
-        .filter(|id| old_segments.contains(id))
-        .collect();
-    if !kept.is_empty() {
-        return Err(format!(
-            "GC could not compact segments {kept:?} (damaged, or not fetched from the bucket); the old key is kept (run `datastore scrub`)"
-        ));
-    }
-    let scan = engine.scan_generations().map_err(|x| e(&x))?;
-    let left = scan.other_than(current);
-    if left.live + left.dead > 0 || scan.unreadable > 0 {
-        return Err(format!(
-            "after GC {} records are under another key and {} unreadable; the old key is kept",
-            left.live + left.dead,
-            scan.unreadable
-        ));
-    }
-    let sealed = vol.count_sealed().map_err(|x| e(&x))?;
-    let stale: u64 = sealed
-        .iter()
-        .filter(|(g, _)| **g != Some(current))
-        .map(|(_, n)| n)
-        .sum();
-    if stale > 0 {
-        return Err(format!(
-            "{stale} metadata values are not under the current key; the old key is kept"
-        ));
-    }
+        .is_some_and(|r| r.generation == KeyGen::Plain);
+    vol.commit(true)?;
+    compact_old_segments(vol, current, before)?;
+    prove_nothing_old(vol, current)?;
     if from_plain {
-        vol.rewrite_metadata().map_err(|x| e(&x))?;
+        vol.rewrite_metadata()?;
     }
     // The checkpoint's base may predate the conversion (values under the
     // old key, or in the clear): a new base replaces the whole file.
-    vol.write_checkpoint().map_err(|x| e(&x))?;
+    vol.write_checkpoint()?;
     let remote = engine.remote();
     if let Some(r) = &remote {
         // The bucket: GC's new segments go up, a full checkpoint under the
         // new key becomes the head, then the packs of the compacted
         // segments and the chain sealed under the old key are deleted.
         r.start_new_chain();
-        vol.persist().map_err(|x| {
-            format!("cannot bring the bucket up to date ({x}); the old key is kept until it can")
-        })?;
+        vol.persist().map_err(ConversionError::Bucket)?;
     }
-    let mut ks = keystore::Keystore::open(store, &boot_key_dir()).map_err(|x| e(&x))?;
-    ks.finish_conversion().map_err(|x| e(&x))?;
-    vol.forget_retiring_keys().map_err(|x| e(&x))?;
+    let mut ks = keystore::Keystore::open(store, &boot_key_dir())?;
+    ks.finish_conversion()?;
+    vol.forget_retiring_keys()?;
     let cleared: Vec<(&'static str, Option<u64>)> = ALL.iter().map(|k| (*k, None)).collect();
     vol.set_counters(&cleared);
-    vol.commit(true).map_err(|x| e(&x))?;
+    vol.commit(true)?;
     if let Some(r) = &remote {
         // The keystore without the old key replaces the bucket's copy (a
         // failure here is a backlog like any other: the next upload
@@ -511,6 +536,56 @@ fn finish(
         if let Err(x) = vol.persist() {
             crate::log_line!("datastore: conversion done; the bucket's keystore copy still holds the old key (wrapped) until the next upload succeeds: {x}");
         }
+    }
+    Ok(())
+}
+
+/// Compacts the segments from before the job (old records the index no
+/// longer names may sit there too) and any later one the index places an
+/// old record in. Not the rest: foreground I/O waits while GC runs.
+fn compact_old_segments(vol: &Volume, current: KeyGen, before: &GenerationScan) -> Result<()> {
+    let engine = vol.engine();
+    let mark = vol.counter(SEGMENT_MARK)?.unwrap_or(u64::MAX);
+    let segment_ids = || -> Result<Vec<u64>> {
+        Ok(engine
+            .meta()
+            .segments()?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect())
+    };
+    let mut old_segments = before.segments_other_than(current);
+    old_segments.extend(segment_ids()?.into_iter().filter(|id| *id <= mark));
+    vol.gc_segments(&old_segments)?;
+    let kept: Vec<u64> = segment_ids()?
+        .into_iter()
+        .filter(|id| old_segments.contains(id))
+        .collect();
+    if !kept.is_empty() {
+        return Err(ConversionError::NotCompacted(kept));
+    }
+    Ok(())
+}
+
+/// After GC: no record at all (live or dead) and no sealed metadata value
+/// may be left under another key.
+fn prove_nothing_old(vol: &Volume, current: KeyGen) -> Result<()> {
+    let scan = vol.engine().scan_generations()?;
+    let left = scan.other_than(current);
+    if left.live + left.dead > 0 || scan.unreadable > 0 {
+        return Err(ConversionError::Leftover {
+            other_key: left.live + left.dead,
+            unreadable: scan.unreadable,
+        });
+    }
+    let sealed = vol.count_sealed()?;
+    let stale: u64 = sealed
+        .iter()
+        .filter(|(g, _)| **g != Some(current))
+        .map(|(_, n)| n)
+        .sum();
+    if stale > 0 {
+        return Err(ConversionError::StaleMetadata(stale));
     }
     Ok(())
 }
