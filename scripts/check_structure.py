@@ -24,7 +24,7 @@ LAYERS = {
         ["bin"],
         ["cli"],
         ["daemon"],
-        ["admin"],
+        ["session"],
         ["fs", "exit"],
         ["volume"],
         ["engine"],

@@ -1,5 +1,5 @@
 //! datastore: a FUSE-mounted, encrypted, deduplicating datastore.
-//! See ../shared/DESIGN.md for the layer map; each module's top comment says
+//! See docs/DESIGN.md for the layer map; each module's top comment says
 //! what it owns.
 
 #![deny(
@@ -40,7 +40,6 @@ macro_rules! say {
     }};
 }
 
-pub mod admin;
 pub mod chunk;
 pub mod cli;
 pub mod config;
@@ -55,6 +54,7 @@ pub mod metrics;
 pub mod paths;
 pub mod poison;
 pub mod remote;
+pub mod session;
 pub mod store;
 #[cfg(test)]
 mod test_data;

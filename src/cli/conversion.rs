@@ -16,10 +16,10 @@ use super::mount::control;
 use super::secrets::SecretReader;
 use super::store::{load_config, open_keystore};
 use super::{boot_key_dir, kdf_options, Cli, ConversionArgs};
-use crate::admin::conversion::{self, Progress, MAX_RATE};
-use crate::admin::keys::{self, fingerprint_alg};
-use crate::admin::protocol::Request;
 use crate::engine::Engine;
+use crate::session::conversion::{self, Progress, MAX_RATE};
+use crate::session::keys::{self, fingerprint_alg};
+use crate::session::protocol::Request;
 
 /// Points datastore.toml at the keystore's new mode (the keystore was
 /// written first and stays the authority if this write is lost).
@@ -170,7 +170,7 @@ fn wait_for_daemon(cli: &Cli) -> Result<(), Failure> {
                 "the daemon stopped; the conversion resumes at the next mount",
             ));
         };
-        let st: crate::admin::status::Status =
+        let st: crate::session::status::Status =
             serde_json::from_str(&json).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
         match st.conversion {
             Some(p) if p.state == "converting" || p.state == "finishing" => bar.draw(&p),

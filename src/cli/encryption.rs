@@ -10,10 +10,10 @@ use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
 use super::store::{fips_of, load_config, open_keystore};
 use super::{kdf_options, print_json, Cli, EncryptionCommand, PasswordCommand, StartupArg};
-use crate::admin::protocol::Request;
 use crate::crypto::certificate::certificate_for;
 use crate::crypto::FingerprintAlg;
 use crate::engine::Engine;
+use crate::session::protocol::Request;
 use crate::timefmt::utc_from_unix;
 
 pub fn run(cli: &Cli, cmd: &EncryptionCommand) -> Result<(), Failure> {
@@ -62,7 +62,7 @@ struct Show {
     lock_state: String,
     memory_protection: &'static str,
     /// A running key conversion (None when none runs).
-    conversion: Option<crate::admin::conversion::Progress>,
+    conversion: Option<crate::session::conversion::Progress>,
 }
 
 /// What `show` says of an unencrypted store.
@@ -76,13 +76,13 @@ struct ShowPlain {
 }
 
 /// The progress of a running conversion: the daemon's, or as recorded.
-fn conversion_progress(store: &std::path::Path) -> Option<crate::admin::conversion::Progress> {
+fn conversion_progress(store: &std::path::Path) -> Option<crate::session::conversion::Progress> {
     if let Ok(Some(json)) = super::mount::control(store, &Request::Status, None) {
-        let st: crate::admin::status::Status = serde_json::from_str(&json).ok()?;
+        let st: crate::session::status::Status = serde_json::from_str(&json).ok()?;
         return st.conversion;
     }
     let engine = Engine::open_read_only(store).ok()?;
-    crate::admin::conversion::recorded_progress(&engine)
+    crate::session::conversion::recorded_progress(&engine)
 }
 
 /// The module status and services as the mounted daemon reports them.
@@ -90,13 +90,13 @@ fn daemon_crypto(
     store: &std::path::Path,
 ) -> Option<(Option<keystore::ModuleStatus>, Vec<ServiceCount>)> {
     let json = super::mount::control(store, &Request::Status, None).ok()??;
-    let st: crate::admin::status::Status = serde_json::from_str(&json).ok()?;
+    let st: crate::session::status::Status = serde_json::from_str(&json).ok()?;
     (!st.locked).then_some((st.crypto_module, st.crypto_services))
 }
 
 fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     let cfg = load_config(&cli.store)?;
-    if !crate::admin::keys::has_keystore(&cli.store) && !cfg.engine.encrypted() {
+    if !crate::session::keys::has_keystore(&cli.store) && !cfg.engine.encrypted() {
         let s = ShowPlain {
             encrypted: false,
             fingerprint: "BLAKE3-256 (unkeyed)",
@@ -310,7 +310,7 @@ fn print_show(s: &Show) {
 
 fn set_fips(cli: &Cli, mode: FipsMode, how: super::ConversionArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&cli.store)?;
-    if !crate::admin::keys::has_keystore(&cli.store) {
+    if !crate::session::keys::has_keystore(&cli.store) {
         return super::conversion::encrypt_plain_store(cli, mode, how);
     }
     let mut ks = open_keystore(&cli.store)?;

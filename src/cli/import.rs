@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::exit::{Exit, Failure};
 use super::mount::{control, datastore_mounts, no_daemon};
-use crate::admin::protocol::Request;
+use crate::session::protocol::Request;
 
 pub fn import(src: &Path, dest: &Path) -> Result<(), Failure> {
     let usage = |m: String| Failure::new(Exit::Usage, m);

@@ -6,8 +6,8 @@ use super::exit::{Exit, Failure};
 use super::print_json;
 use super::store::load_config;
 use super::Cli;
-use crate::admin::protocol::Request;
 use crate::engine::Engine;
+use crate::session::protocol::Request;
 
 /// What is wrong with the keystore's two copies (none for a store without
 /// a keystore).
@@ -140,13 +140,13 @@ struct RepairOutput {
 
 /// Asks for the password and returns every key the store's data may be
 /// under (for reading only).
-fn keys_to_read(cli: &Cli) -> Result<crate::admin::keys::LoadedKeys, Failure> {
+fn keys_to_read(cli: &Cli) -> Result<crate::session::keys::LoadedKeys, Failure> {
     let password = super::secrets::SecretReader::new().read(
         "Password",
         cli.password_file.as_deref(),
         false,
     )?;
-    Ok(crate::admin::keys::keys_to_read(
+    Ok(crate::session::keys::keys_to_read(
         &cli.store,
         password.as_bytes(),
     )?)
@@ -160,7 +160,7 @@ fn files_using(
 ) -> Result<Vec<String>, Failure> {
     let keys = keys_to_read(cli)?;
     let engine = std::sync::Arc::new(engine);
-    let volume = crate::admin::keys::load(&engine, keys)?;
+    let volume = crate::session::keys::load(&engine, keys)?;
     let wanted = damaged.iter().map(|d| d.fingerprint).collect();
     let files = volume
         .files_using(&wanted)

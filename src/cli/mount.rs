@@ -17,10 +17,10 @@ use super::exit::{Exit, Failure};
 use super::secrets::SecretReader;
 use super::store::{load_config, open_keystore};
 use super::{print_json, Cli};
-use crate::admin::protocol::{self, Request};
-use crate::admin::status;
 use crate::daemon::{self, DaemonError, SOCKET};
 use crate::engine::Engine;
+use crate::session::protocol::{self, Request};
+use crate::session::status;
 
 fn daemon_failure(e: DaemonError) -> Failure {
     match e {
@@ -34,7 +34,8 @@ fn daemon_failure(e: DaemonError) -> Failure {
 /// The password for a mount: none when the startup mode opens by itself;
 /// a prompt on a TTY; `--password-file`; otherwise none (mount locked).
 fn mount_password(cli: &Cli) -> Result<Option<Zeroizing<String>>, Failure> {
-    if !crate::admin::keys::has_keystore(&cli.store) && !load_config(&cli.store)?.engine.encrypted()
+    if !crate::session::keys::has_keystore(&cli.store)
+        && !load_config(&cli.store)?.engine.encrypted()
     {
         return Ok(None); // an unencrypted store needs no password
     }

@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{set_owner_only, DaemonError, Shared, SOCKET};
-use crate::admin::keys;
-use crate::admin::protocol::{self, Request};
 use crate::exit::{Exit, Failure};
 use crate::poison::RecoverRw;
+use crate::session::keys;
+use crate::session::protocol::{self, Request};
 
 /// The pause after a refused unlock.
 const FAILED_UNLOCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -168,7 +168,7 @@ fn set_rate(shared: &Shared, max_rate: u64) -> Result<String, Failure> {
     let Some(v) = shared.volume() else {
         return Err(Failure::new(Exit::Error, "locked: no conversion runs"));
     };
-    v.set_counters(&[(crate::admin::conversion::MAX_RATE, Some(max_rate))]);
+    v.set_counters(&[(crate::session::conversion::MAX_RATE, Some(max_rate))]);
     Ok("limit set".to_string())
 }
 
@@ -210,7 +210,7 @@ fn convert(shared: &Shared, password: &[u8], max_rate: Option<u64>) -> Result<St
         }
     }
     if let Some(rate) = max_rate {
-        v.set_counters(&[(crate::admin::conversion::MAX_RATE, Some(rate))]);
+        v.set_counters(&[(crate::session::conversion::MAX_RATE, Some(rate))]);
     }
     shared.resume_conversion();
     Ok("converting".into())

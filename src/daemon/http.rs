@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Shared;
-use crate::admin::status::Status;
 use crate::metrics;
+use crate::session::status::Status;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -133,7 +133,7 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
 
 fn api_status(shared: &Shared) -> Result<ApiStatus, HttpError> {
     let status = shared.status()?;
-    let info = if crate::admin::keys::has_keystore(&shared.store) {
+    let info = if crate::session::keys::has_keystore(&shared.store) {
         let ks = keystore::Keystore::open(&shared.store, &crate::paths::boot_key_dir())?;
         Some(ks.info())
     } else {

@@ -11,7 +11,7 @@ mod control;
 pub mod http;
 mod import;
 
-use crate::admin::{conversion, keys, status};
+use crate::session::{conversion, keys, status};
 
 use crate::poison::{Recover, RecoverRw};
 use std::os::unix::fs::PermissionsExt;
