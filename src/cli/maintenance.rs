@@ -71,7 +71,7 @@ fn scrub_offline(cli: &Cli, verify_data: bool, json: bool) -> Result<(), Failure
 /// crash while appending) is no damage.
 fn checkpoint_problem(store: &std::path::Path) -> Option<String> {
     use crate::meta::checkpoint;
-    let index = crate::engine::index_path(store);
+    let index = crate::meta::database_path(store);
     if !checkpoint::path(&index).exists() {
         return None;
     }
@@ -175,7 +175,7 @@ fn files_using(
 /// or older than its checkpoint), or None.
 fn metadata_problem(store: &std::path::Path, id: &[u8; 16]) -> Result<Option<String>, Failure> {
     use crate::meta::{Meta, MetaError, OpenMode};
-    let index = crate::engine::index_path(store);
+    let index = crate::meta::database_path(store);
     match Meta::check_file(&index) {
         None => {}
         Some(e @ (MetaError::Missing(_) | MetaError::Corrupt { .. })) => {
@@ -209,7 +209,7 @@ fn restore_metadata(
     let Some(why) = metadata_problem(store, &id)? else {
         return Ok(false);
     };
-    let index = crate::engine::index_path(store);
+    let index = crate::meta::database_path(store);
     let unusable = |e: &dyn std::fmt::Display| {
         Failure::new(
             Exit::Damaged,

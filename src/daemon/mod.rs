@@ -145,12 +145,44 @@ pub fn serve(
             mountpoint.display()
         )));
     }
+    let shared = open_shared(store, mountpoint, password)?;
+    let locked = shared.volume().is_none();
+    let socket = control::start(shared.clone())?;
+    if let Some(opts) = http {
+        http::start(shared.clone(), opts).map_err(|e| DaemonError::Usage(e.to_string()))?;
+    }
+    let session = mount_fuse(&shared, store, mountpoint)?;
+    if locked {
+        crate::log_line!(
+            "datastore: mounted {} locked: run `datastore unlock`",
+            mountpoint.display()
+        );
+    }
+    // Before the mount reports ready: a status right after `mount` returns
+    // shows the job running, not "paused (not mounted)".
+    shared.resume_conversion();
+    ready(locked);
+    let mut timers = Timers::new();
+    while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        crate::metrics::tick();
+        timers.tick(&shared);
+    }
+    shut_down(&shared, session, &socket)
+}
+
+/// Opens the engine, unlocks (with `password`, a boot key, or not at all)
+/// and installs the signal handlers that end the serve loop.
+fn open_shared(
+    store: &Path,
+    mountpoint: &Path,
+    password: Option<Zeroizing<String>>,
+) -> Result<Arc<Shared>, DaemonError> {
     let engine = Arc::new(Engine::open(store, None)?);
     let volume = match password {
         Some(pw) => Some(keys::unlock_with_password(store, &engine, pw.as_bytes())?),
         None => keys::unlock_at_boot(store, &engine)?,
     };
-    let locked = volume.is_none();
     let shared = Arc::new(Shared {
         store: store.to_path_buf(),
         // Canonical (imports compare destinations against it); resolved
@@ -170,11 +202,16 @@ pub fn serve(
             what: "install signal handlers".into(),
             source,
         })?;
-    let socket = control::start(shared.clone())?;
-    if let Some(opts) = http {
-        http::start(shared.clone(), opts).map_err(|e| DaemonError::Usage(e.to_string()))?;
-    }
+    Ok(shared)
+}
 
+/// Mounts the FUSE file system over the shared volume (two request threads,
+/// one cloned /dev/fuse descriptor each).
+fn mount_fuse(
+    shared: &Shared,
+    store: &Path,
+    mountpoint: &Path,
+) -> Result<fuser::BackgroundSession, DaemonError> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("datastore:{}", store.display())),
@@ -191,73 +228,97 @@ pub fn serve(
             source,
         })?;
     shared.page_fill.set_notifier(session.notifier());
-    if locked {
-        crate::log_line!(
-            "datastore: mounted {} locked: run `datastore unlock`",
-            mountpoint.display()
-        );
-    }
-    // Before the mount reports ready: a status right after `mount` returns
-    // shows the job running, not "paused (not mounted)".
-    shared.resume_conversion();
-    ready(locked);
+    Ok(session)
+}
 
-    let mut last_commit = Instant::now();
-    let mut last_checkpoint = Instant::now();
-    let mut checkpoint_failing = false;
-    while !shared.shutdown.load(Ordering::SeqCst) && !session.guard.is_finished() {
-        std::thread::sleep(Duration::from_millis(100));
-        crate::metrics::tick();
-        let checkpoint_wait = match checkpoint_failing {
+/// The serve loop's periodic work: group commit, checkpoint frames, and
+/// the bucket's cache and backlog limits.
+struct Timers {
+    last_commit: Instant,
+    last_checkpoint: Instant,
+    checkpoint_failing: bool,
+}
+
+impl Timers {
+    fn new() -> Self {
+        Timers {
+            last_commit: Instant::now(),
+            last_checkpoint: Instant::now(),
+            checkpoint_failing: false,
+        }
+    }
+
+    fn tick(&mut self, shared: &Shared) {
+        let checkpoint_wait = match self.checkpoint_failing {
             true => JOURNAL_RETRY,
             false => JOURNAL_EVERY,
         };
-        if last_checkpoint.elapsed() >= checkpoint_wait {
-            last_checkpoint = Instant::now();
-            match shared.engine.journal_checkpoint() {
-                Err(e) if !checkpoint_failing => {
-                    crate::log_line!(
-                        "datastore: metadata checkpoint failed (retried every minute): {e}"
-                    );
-                    checkpoint_failing = true;
-                }
-                Err(_) => {}
-                Ok(_) if checkpoint_failing => {
-                    crate::log_line!("datastore: metadata checkpoint written again");
-                    checkpoint_failing = false;
-                }
-                Ok(_) => {}
-            }
+        if self.last_checkpoint.elapsed() >= checkpoint_wait {
+            self.last_checkpoint = Instant::now();
+            self.checkpoint(shared);
         }
-        if last_commit.elapsed() >= COMMIT_EVERY {
-            last_commit = Instant::now();
+        if self.last_commit.elapsed() >= COMMIT_EVERY {
+            self.last_commit = Instant::now();
             if let Some(v) = shared.volume() {
                 if let Err(e) = v.commit_if_pending() {
                     crate::log_line!("datastore: periodic commit failed: {e}");
                 }
-                // A bounded cache: when local data outgrows it, upload now
-                // (only what is in the bucket can be evicted).
-                if let Some(r) = shared.engine.remote() {
-                    if r.config().max_backlog.is_some() {
-                        if let Err(e) = r.measure_backlog(&*shared.engine) {
-                            crate::log_line!("datastore: cannot measure the bucket backlog: {e}");
-                        }
-                    }
-                    let over = r.config().cache_bytes.is_some_and(|limit| {
-                        shared.engine.segment_bytes().is_ok_and(|b| b > limit)
-                    });
-                    // Over the cache, or writes held back by the backlog
-                    // limit: upload now (and again every half second while
-                    // the bucket is away, so it drains when it returns).
-                    if over || r.backlog_full() {
-                        if let Err(e) = v.persist() {
-                            crate::log_line!("datastore: upload to the bucket failed: {e}");
-                        }
-                    }
-                }
+                mirror_limits(shared, &v);
             }
         }
     }
+
+    /// Appends a checkpoint frame; a failure is logged once, then retried
+    /// every JOURNAL_RETRY until it works again.
+    fn checkpoint(&mut self, shared: &Shared) {
+        match shared.engine.journal_checkpoint() {
+            Err(e) if !self.checkpoint_failing => {
+                crate::log_line!(
+                    "datastore: metadata checkpoint failed (retried every minute): {e}"
+                );
+                self.checkpoint_failing = true;
+            }
+            Err(_) => {}
+            Ok(_) if self.checkpoint_failing => {
+                crate::log_line!("datastore: metadata checkpoint written again");
+                self.checkpoint_failing = false;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A bounded cache: when local data outgrows it, upload now (only what is
+/// in the bucket can be evicted); likewise while writes are held back by
+/// the backlog limit (every half second while the bucket is away, so it
+/// drains when it returns).
+fn mirror_limits(shared: &Shared, v: &crate::volume::Volume) {
+    let Some(r) = shared.engine.remote() else {
+        return;
+    };
+    if r.config().max_backlog.is_some() {
+        if let Err(e) = r.measure_backlog(&*shared.engine) {
+            crate::log_line!("datastore: cannot measure the bucket backlog: {e}");
+        }
+    }
+    let over = r
+        .config()
+        .cache_bytes
+        .is_some_and(|limit| shared.engine.segment_bytes().is_ok_and(|b| b > limit));
+    if over || r.backlog_full() {
+        if let Err(e) = v.persist() {
+            crate::log_line!("datastore: upload to the bucket failed: {e}");
+        }
+    }
+}
+
+/// Stops the conversion, syncs, unmounts, and (when all of that worked)
+/// compacts the metadata and writes a checkpoint base.
+fn shut_down(
+    shared: &Shared,
+    session: fuser::BackgroundSession,
+    socket: &Path,
+) -> Result<(), DaemonError> {
     shared.stop_conversion();
     let result = shared
         .volume()
@@ -267,7 +328,7 @@ pub fn serve(
     } else {
         session.umount_and_join()
     };
-    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(socket);
     if let (Some(Ok(())), Ok(()), Some(v)) = (&result, &unmounted, shared.volume()) {
         // Nothing writes any more: shed the database's freed pages and
         // half-empty leaves (a crash meanwhile leaves the old file whole).
@@ -285,7 +346,7 @@ pub fn serve(
     if let Some(Err(e)) = result {
         return Err(DaemonError::Io {
             what: "final sync".into(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(e),
         });
     }
     unmounted.map_err(|source| DaemonError::Io {

@@ -185,7 +185,7 @@ impl Engine {
             std::fs::create_dir_all(store.join(d))
                 .map_err(io_err(format!("create {}", store.join(d).display())))?;
         }
-        Meta::create(&index_path(store))?;
+        Meta::create(&crate::meta::database_path(store))?;
         StoreConfig::new(store_id.to_string(), config.clone())
             .save(store)
             .map_err(io_err("write datastore.toml"))?;
@@ -242,7 +242,10 @@ impl Engine {
             successors: Default::default(),
             damaged,
             checkpoint: Mutex::new((
-                crate::meta::checkpoint::CheckpointWriter::new(&index_path(store), cfg.id_bytes()),
+                crate::meta::checkpoint::CheckpointWriter::new(
+                    &crate::meta::database_path(store),
+                    cfg.id_bytes(),
+                ),
                 Some(0),
             )),
             stats: Stats::default(),
@@ -539,10 +542,6 @@ pub(crate) fn writable(w: &mut Option<SegmentWriter>) -> Result<&mut SegmentWrit
     w.as_mut().ok_or(EngineError::ReadOnly)
 }
 
-pub fn index_path(store: &Path) -> PathBuf {
-    store.join("meta").join("index.redb")
-}
-
 /// Takes the store's lock: exclusive for a read-write open, shared for a
 /// read-only one (which, on read-only media without a lock file, needs
 /// none: nothing can write there). Also held by work on files no open
@@ -576,7 +575,7 @@ pub fn lock_store(store: &Path, mode: OpenMode) -> Result<File> {
 /// get a new one in place of a missing or empty file (a store made by a
 /// build that created it at first mount); otherwise that is `Missing`.
 fn open_meta(store: &Path, segments_dir: &Path, mode: OpenMode) -> Result<Meta> {
-    let path = index_path(store);
+    let path = crate::meta::database_path(store);
     match Meta::open(&path, mode) {
         Err(MetaError::Missing(p))
             if mode == OpenMode::ReadWrite && holds_no_record(segments_dir)? =>

@@ -18,6 +18,11 @@
 //! - entries with refcount 0 stay until GC removes them (so a concurrent
 //!   writer that deduplicated against one can revive it safely).
 
+/// Where a store keeps its metadata database.
+pub fn database_path(store: &Path) -> PathBuf {
+    store.join("meta").join("index.redb")
+}
+
 pub mod checkpoint;
 mod read_only;
 mod volume_rows;

@@ -191,7 +191,7 @@ impl Remote {
 
         // 2. Metadata (journal entry or checkpoint), config, keystore.
         let store = engine.store_dir();
-        let db = std::fs::read(store.join("meta").join("index.redb"))
+        let db = std::fs::read(crate::meta::database_path(store))
             .map_err(|e| local("read the metadata database", e))?;
         let hashes = journal::block_hashes(provider, &db)?;
         let mut shipped = self.shipped.locked();
@@ -382,16 +382,13 @@ pub fn attach(
         .get("config")?
         .ok_or_else(|| RemoteError::Config(format!("{} lacks the store config", cfg.url)))?;
     let config = remote.open_blob("config", &config)?;
-    let meta_dir = store.join("meta");
-    std::fs::create_dir_all(&meta_dir).map_err(|e| local("create meta", e))?;
-    crate::fsutil::write_atomic(&meta_dir.join("index.redb"), &db)
+    let db_path = crate::meta::database_path(store);
+    std::fs::create_dir_all(store.join("meta")).map_err(|e| local("create meta", e))?;
+    crate::fsutil::write_atomic(&db_path, &db)
         .map_err(|e| local("write the metadata database", e))?;
-    let packs = Meta::open(
-        &meta_dir.join("index.redb"),
-        crate::meta::OpenMode::ReadWrite,
-    )
-    .and_then(|m| m.remote_packs())
-    .map_err(|e| local("read the checkpoint's pack list", e))?;
+    let packs = Meta::open(&db_path, crate::meta::OpenMode::ReadWrite)
+        .and_then(|m| m.remote_packs())
+        .map_err(|e| local("read the checkpoint's pack list", e))?;
     let seg_dir = store.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(|e| local("create segments", e))?;
     let mut files: HashMap<u64, std::fs::File> = HashMap::new();
