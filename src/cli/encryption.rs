@@ -97,81 +97,165 @@ fn daemon_crypto(
 fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
     let cfg = load_config(&cli.store)?;
     if !crate::session::keys::has_keystore(&cli.store) && !cfg.engine.encrypted() {
-        let s = ShowPlain {
-            encrypted: false,
-            fingerprint: "BLAKE3-256 (unkeyed)",
-            metadata_sealing: "none: names, sizes, times, xattrs and link targets are stored in the clear",
-            fips_mode: FipsMode::Disabled,
-            compliance: "NOT ENCRYPTED: file data and metadata are stored in the clear (created with --no-encryption). Encrypt it online with `datastore encryption set --fips-mode validated`.",
-        };
-        if json {
-            return print_json(&s);
-        }
-        crate::say!("Encryption:        OFF (this store is not encrypted)");
-        crate::say!("Fingerprints:      {}", s.fingerprint);
-        crate::say!("Metadata:          {}", s.metadata_sealing);
-        crate::say!("Compliance:        {}", s.compliance);
-        return Ok(());
+        return show_plain(json);
     }
     let ks = open_keystore(&cli.store)?;
     let fips = ks.fips_mode();
-    let kats = KatSet::embedded();
-    let (provider, module_error) = match keystore::gate::for_mode(fips, &kats) {
-        Ok(p) => (Some(p), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let self_test = match provider {
-        Some(p) => keystore::selftest::run(&kats, p),
-        None => keystore::SelfTestReport {
-            passed: false,
-            at: 0,
-            results: vec![format!(
-                "not run: {}",
-                module_error.clone().unwrap_or_default()
-            )],
-        },
-    };
     let validated = fips == FipsMode::Validated;
-    let mut crypto_module = keystore::gate::module_status().and_then(Result::ok);
-    let (services, services_source) = match daemon_crypto(&cli.store) {
-        Some((m, s)) => {
-            crypto_module = m.or(crypto_module);
-            (s, "the mounted daemon, since it started")
-        }
-        None => (
-            keystore::provider::services::snapshot(),
-            "this command's self-test run (the store is not mounted and unlocked)",
-        ),
+    let check = ModuleCheck::run(&cli.store, fips);
+    let compliance = converting_compliance(ks.retiring(), validated, check.compliance(fips));
+    let s = Show {
+        encrypted: true,
+        data_cipher: "AES-XTS-256 (two 256-bit keys; one data unit per chunk, tweak from the keyed fingerprint)",
+        fingerprint: match cfg.engine.fingerprint {
+            FingerprintAlg::Blake3 => "BLAKE3-256 (unkeyed: the store is not encrypted)",
+            FingerprintAlg::Blake3Keyed => "keyed BLAKE3-256",
+            FingerprintAlg::HmacSha256 => "HMAC-SHA-256",
+        },
+        metadata_sealing: if validated {
+            "AES-256-GCM with module-generated IVs, one key per mount (KBKDF-HMAC-SHA-256 from the metadata key); names as HMAC-SHA-256"
+        } else {
+            "AES-256-GCM with counter nonces under the metadata key; names as HMAC-SHA-256"
+        },
+        key_slot_wrap: "AES-256-GCM",
+        fips_mode: fips,
+        compliance,
+        crypto_implementation: check.provider.unwrap_or(Provider::DEFAULT).describe(),
+        certificate: if validated { check.certificate() } else { None },
+        crypto_module: if validated { check.crypto_module } else { None },
+        module_error: check.module_error,
+        services: if validated { check.services } else { Vec::new() },
+        services_source: check.services_source,
+        self_test: check.self_test,
+        keystore: ks.info(),
+        lock_state: lock_state(&cli.store),
+        conversion: conversion_progress(&cli.store),
+        memory_protection: "key bytes and key objects in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages (validated mode: the module's AES-XTS and AES-GCM contexts exist only during a call and are cleansed when freed; the stack is wiped after every module call); a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
     };
-    let certificate = crypto_module.as_ref().map(|m| match certificate_for(&m.name) {
-        Some(c) => format!("{c}, tied to {} in docs/FIPS.md", m.name),
-        None => format!(
-            "none claimed: no CMVP certificate is documented for {} itself (AWS-LC's v3 certificates #5314/#5298 validate AWS-LC FIPS 3.1.0); check the module's CMVP entry for this version before relying on it (docs/FIPS.md)",
-            m.name
-        ),
-    });
-    let all_approved = !services.is_empty() && services.iter().all(|c| c.not_approved == 0);
-    let compliance = match (fips, &crypto_module, self_test.passed) {
-        (FipsMode::Validated, Some(m), true) => format!(
-            "FIPS mode validated: every cryptographic service runs inside {} with FIPS mode active; module self-tests and the known-answer tests through it passed; {}",
-            m.name,
-            if all_approved {
-                "every service call so far was reported approved by the module's service indicator"
-            } else {
-                "no service call has been counted yet"
+    if json {
+        return print_json(&s);
+    }
+    print_show(&s);
+    Ok(())
+}
+
+/// `show` of a store made with `--no-encryption` (and not converted).
+fn show_plain(json: bool) -> Result<(), Failure> {
+    let s = ShowPlain {
+        encrypted: false,
+        fingerprint: "BLAKE3-256 (unkeyed)",
+        metadata_sealing: "none: names, sizes, times, xattrs and link targets are stored in the clear",
+        fips_mode: FipsMode::Disabled,
+        compliance: "NOT ENCRYPTED: file data and metadata are stored in the clear (created with --no-encryption). Encrypt it online with `datastore encryption set --fips-mode validated`.",
+    };
+    if json {
+        return print_json(&s);
+    }
+    crate::say!("Encryption:        OFF (this store is not encrypted)");
+    crate::say!("Fingerprints:      {}", s.fingerprint);
+    crate::say!("Metadata:          {}", s.metadata_sealing);
+    crate::say!("Compliance:        {}", s.compliance);
+    Ok(())
+}
+
+/// What this command found of the store's crypto provider: it brings the
+/// provider up and runs the known-answer tests through it; the module
+/// status and service counts come from the mounted daemon when there is one.
+struct ModuleCheck {
+    provider: Option<Provider>,
+    module_error: Option<String>,
+    self_test: keystore::SelfTestReport,
+    crypto_module: Option<keystore::ModuleStatus>,
+    services: Vec<ServiceCount>,
+    services_source: &'static str,
+}
+
+impl ModuleCheck {
+    fn run(store: &std::path::Path, fips: FipsMode) -> Self {
+        let kats = KatSet::embedded();
+        let (provider, module_error) = match keystore::gate::for_mode(fips, &kats) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let self_test = match provider {
+            Some(p) => keystore::selftest::run(&kats, p),
+            None => keystore::SelfTestReport {
+                passed: false,
+                at: 0,
+                results: vec![format!(
+                    "not run: {}",
+                    module_error.clone().unwrap_or_default()
+                )],
+            },
+        };
+        let mut crypto_module = keystore::gate::module_status().and_then(Result::ok);
+        let (services, services_source) = match daemon_crypto(store) {
+            Some((m, s)) => {
+                crypto_module = m.or(crypto_module);
+                (s, "the mounted daemon, since it started")
             }
-        ),
-        (FipsMode::Validated, _, _) => format!(
-            "FIPS mode validated, but the module check FAILED: unlock is refused ({})",
-            module_error.clone().unwrap_or_else(|| "known-answer tests failed".into())
-        ),
-        (FipsMode::Disabled, _, _) => {
-            "FIPS mode disabled: Argon2id and keyed BLAKE3 in use (not a FIPS configuration).".into()
+            None => (
+                keystore::provider::services::snapshot(),
+                "this command's self-test run (the store is not mounted and unlocked)",
+            ),
+        };
+        ModuleCheck {
+            provider,
+            module_error,
+            self_test,
+            crypto_module,
+            services,
+            services_source,
         }
-    };
-    // Converting to validated mode from a non-FIPS key (or from the clear):
-    // what is not converted yet is still read with the old algorithms.
-    let compliance = match ks.retiring() {
+    }
+
+    /// The certificate docs/FIPS.md ties to the module, or why none.
+    fn certificate(&self) -> Option<String> {
+        self.crypto_module.as_ref().map(|m| match certificate_for(&m.name) {
+            Some(c) => format!("{c}, tied to {} in docs/FIPS.md", m.name),
+            None => format!(
+                "none claimed: no CMVP certificate is documented for {} itself (AWS-LC's v3 certificates #5314/#5298 validate AWS-LC FIPS 3.1.0); check the module's CMVP entry for this version before relying on it (docs/FIPS.md)",
+                m.name
+            ),
+        })
+    }
+
+    /// The compliance line for a store in `fips` mode.
+    fn compliance(&self, fips: FipsMode) -> String {
+        let all_approved =
+            !self.services.is_empty() && self.services.iter().all(|c| c.not_approved == 0);
+        match (fips, &self.crypto_module, self.self_test.passed) {
+            (FipsMode::Validated, Some(m), true) => format!(
+                "FIPS mode validated: every cryptographic service runs inside {} with FIPS mode active; module self-tests and the known-answer tests through it passed; {}",
+                m.name,
+                if all_approved {
+                    "every service call so far was reported approved by the module's service indicator"
+                } else {
+                    "no service call has been counted yet"
+                }
+            ),
+            (FipsMode::Validated, _, _) => format!(
+                "FIPS mode validated, but the module check FAILED: unlock is refused ({})",
+                self.module_error
+                    .clone()
+                    .unwrap_or_else(|| "known-answer tests failed".into())
+            ),
+            (FipsMode::Disabled, _, _) => {
+                "FIPS mode disabled: Argon2id and keyed BLAKE3 in use (not a FIPS configuration).".into()
+            }
+        }
+    }
+}
+
+/// Converting to validated mode from a non-FIPS key (or from the clear):
+/// what is not converted yet is still read with the old algorithms, and
+/// the compliance line says so first.
+fn converting_compliance(
+    retiring: Option<&keystore::Retiring>,
+    validated: bool,
+    compliance: String,
+) -> String {
+    match retiring {
         Some(r)
             if validated
                 && r.key
@@ -189,40 +273,7 @@ fn show(cli: &Cli, json: bool) -> Result<(), Failure> {
             )
         }
         _ => compliance,
-    };
-    let s = Show {
-        encrypted: true,
-        data_cipher: "AES-XTS-256 (two 256-bit keys; one data unit per chunk, tweak from the keyed fingerprint)",
-        fingerprint: match cfg.engine.fingerprint {
-            FingerprintAlg::Blake3 => "BLAKE3-256 (unkeyed: the store is not encrypted)",
-            FingerprintAlg::Blake3Keyed => "keyed BLAKE3-256",
-            FingerprintAlg::HmacSha256 => "HMAC-SHA-256",
-        },
-        metadata_sealing: if validated {
-            "AES-256-GCM with module-generated IVs, one key per mount (KBKDF-HMAC-SHA-256 from the metadata key); names as HMAC-SHA-256"
-        } else {
-            "AES-256-GCM with counter nonces under the metadata key; names as HMAC-SHA-256"
-        },
-        key_slot_wrap: "AES-256-GCM",
-        fips_mode: fips,
-        compliance,
-        crypto_implementation: provider.unwrap_or(Provider::DEFAULT).describe(),
-        crypto_module: if validated { crypto_module } else { None },
-        module_error,
-        certificate: if validated { certificate } else { None },
-        services: if validated { services } else { Vec::new() },
-        services_source,
-        self_test,
-        keystore: ks.info(),
-        lock_state: lock_state(&cli.store),
-        conversion: conversion_progress(&cli.store),
-        memory_protection: "key bytes and key objects in mlock'ed, MADV_DONTDUMP, zeroize-on-drop pages (validated mode: the module's AES-XTS and AES-GCM contexts exist only during a call and are cleansed when freed; the stack is wiped after every module call); a process holding keys sets PR_SET_DUMPABLE 0 and RLIMIT_CORE 0",
-    };
-    if json {
-        return print_json(&s);
     }
-    print_show(&s);
-    Ok(())
 }
 
 fn print_show(s: &Show) {
@@ -238,6 +289,24 @@ fn print_show(s: &Show) {
     crate::say!("Metadata:          {}", s.metadata_sealing);
     crate::say!("Key slots wrapped: {}", s.key_slot_wrap);
     crate::say!("FIPS mode:         {:?}", s.fips_mode);
+    print_module(s);
+    crate::say!("Compliance:        {}", s.compliance);
+    crate::say!("Implementation:    {}", s.crypto_implementation);
+    crate::say!(
+        "Self-tests:        {} at {} ({} vectors)",
+        if s.self_test.passed {
+            "passed"
+        } else {
+            "FAILED"
+        },
+        utc_from_unix(s.self_test.at),
+        s.self_test.results.len()
+    );
+    print_keys(s);
+}
+
+/// The crypto module, its certificate and its service counts.
+fn print_module(s: &Show) {
     if let Some(m) = &s.crypto_module {
         crate::say!(
             "Crypto module:     {} (FIPS mode {}; module self-tests {})",
@@ -267,18 +336,10 @@ fn print_show(s: &Show) {
             );
         }
     }
-    crate::say!("Compliance:        {}", s.compliance);
-    crate::say!("Implementation:    {}", s.crypto_implementation);
-    crate::say!(
-        "Self-tests:        {} at {} ({} vectors)",
-        if s.self_test.passed {
-            "passed"
-        } else {
-            "FAILED"
-        },
-        utc_from_unix(s.self_test.at),
-        s.self_test.results.len()
-    );
+}
+
+/// Startup and shipping modes, lock state, memory protection, key slots.
+fn print_keys(s: &Show) {
     crate::say!("Startup mode:      {:?}", s.keystore.startup);
     crate::say!(
         "Shipping mode:     {}",

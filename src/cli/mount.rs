@@ -184,14 +184,7 @@ pub fn mount(
     // Checked before anything starts: a bad --http is a usage error.
     let http_options = http.options(&cli.store)?;
     let password = if password_stdin {
-        let mut line = Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| Failure::new(Exit::Io, format!("cannot read password: {e}")))?;
-        while line.ends_with('\n') {
-            line.pop();
-        }
-        (!line.is_empty()).then_some(line)
+        password_line()?
     } else if new_password.is_some() {
         new_password
     } else {
@@ -204,8 +197,31 @@ pub fn mount(
         })
         .map_err(daemon_failure);
     }
-    // Background: re-run ourselves in the foreground, detached, and wait
-    // until it says the mount is ready (or fails).
+    mount_in_background(cli, mountpoint, password, &http)
+}
+
+/// The password the background parent hands its daemon on standard input
+/// (an empty line: none).
+fn password_line() -> Result<Option<Zeroizing<String>>, Failure> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot read password: {e}")))?;
+    while line.ends_with('\n') {
+        line.pop();
+    }
+    Ok((!line.is_empty()).then_some(line))
+}
+
+/// Re-runs this program in the foreground, detached, and waits until it
+/// says the mount is ready (or fails: then its last log line and exit code
+/// are this command's).
+fn mount_in_background(
+    cli: &Cli,
+    mountpoint: &Path,
+    password: Option<Zeroizing<String>>,
+    http: &HttpArgs,
+) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
     let log_path = cli.store.join("daemon.log");
     let log = crate::fsutil::open_private_log(&log_path).map_err(|e| {
@@ -263,15 +279,21 @@ pub fn mount(
         );
         return Ok(());
     }
-    let status = child
-        .wait()
-        .map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
+    Err(daemon_exit(child, &log_path))
+}
+
+/// Why a background daemon exited before it was ready: the last line of
+/// its log (past its timestamp and "datastore: ") and its exit code.
+fn daemon_exit(mut child: std::process::Child, log_path: &Path) -> Failure {
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => return Failure::new(Exit::Io, e.to_string()),
+    };
     let mut log_tail = String::new();
-    if let Ok(mut f) = std::fs::File::open(&log_path) {
+    if let Ok(mut f) = std::fs::File::open(log_path) {
         let _ = f.read_to_string(&mut log_tail);
     }
     let last = log_tail.lines().last().unwrap_or("the daemon exited");
-    // Past the daemon's timestamp and "datastore: ".
     let last = last
         .split_once("datastore: ")
         .map_or(last, |(_, message)| message)
@@ -280,7 +302,7 @@ pub fn mount(
         Some(0) | None => Exit::Error,
         Some(c) => Exit::from_code(c),
     };
-    Err(Failure::new(code, last))
+    Failure::new(code, last)
 }
 
 /// A datastore mount already at `mountpoint`: one whose daemon died (the

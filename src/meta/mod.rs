@@ -580,52 +580,22 @@ impl Meta {
             let mut damaged = txn.open_table(DAMAGED)?;
             for (fp, change) in changes {
                 let existing = chunks.get(*fp)?.map(|v| IndexEntry::decode(&v.value()));
-                let (mut entry, old_refs) = match (existing, change.new_record) {
-                    (Some(e), Some(r)) if damaged.remove(*fp)?.is_some() => {
-                        // A good copy of a damaged chunk: the entry moves to
-                        // it (the old record is dead bytes from now on).
-                        if e.refcount > 0 {
-                            *live_change.entry(e.segment).or_default() -= e.record_len as i64;
-                            *live_change.entry(r.segment).or_default() += r.record_len as i64;
+                let healing = existing.is_some()
+                    && change.new_record.is_some()
+                    && damaged.remove(*fp)?.is_some();
+                let after = entry_after(existing, change, healing, &mut live_change);
+                if healing {
+                    anomalies.healed.push(*fp);
+                }
+                match after {
+                    Some((entry, refs_went_negative)) => {
+                        if refs_went_negative {
+                            anomalies.released_unknown += 1;
                         }
-                        let moved = IndexEntry {
-                            segment: r.segment,
-                            offset: r.offset,
-                            record_len: r.record_len,
-                            plain_len: r.plain_len,
-                            refcount: e.refcount,
-                        };
-                        anomalies.healed.push(*fp);
-                        (moved, e.refcount)
+                        chunks.insert(*fp, entry.encode())?;
                     }
-                    (Some(e), _) => (e, e.refcount),
-                    (None, Some(r)) => (
-                        IndexEntry {
-                            segment: r.segment,
-                            offset: r.offset,
-                            record_len: r.record_len,
-                            plain_len: r.plain_len,
-                            refcount: 0,
-                        },
-                        0,
-                    ),
-                    (None, None) => {
-                        anomalies.released_unknown += 1;
-                        continue;
-                    }
-                };
-                let new_refs = (old_refs as i64).saturating_add(change.delta);
-                if new_refs < 0 {
-                    anomalies.released_unknown += 1;
+                    None => anomalies.released_unknown += 1,
                 }
-                entry.refcount = new_refs.max(0) as u64;
-                let len = entry.record_len as i64;
-                match (old_refs > 0, entry.refcount > 0) {
-                    (false, true) => *live_change.entry(entry.segment).or_default() += len,
-                    (true, false) => *live_change.entry(entry.segment).or_default() -= len,
-                    _ => {}
-                }
-                chunks.insert(*fp, entry.encode())?;
             }
             for (id, d) in live_change {
                 let (committed, live) = segs.get(id)?.map(|v| v.value()).unwrap_or((0, 0));
@@ -836,4 +806,44 @@ impl Meta {
         }
         Ok(out)
     }
+}
+/// A chunk's index entry after one commit's `change` (None: a release of
+/// a chunk the index does not know), and whether its references would
+/// have gone below zero. `healing`: the change wrote a good copy of a
+/// damaged chunk, so the entry moves to it (the old record is dead bytes
+/// from now on). Live-byte changes per segment go to `live_change`.
+fn entry_after(
+    existing: Option<IndexEntry>,
+    change: &ChunkChange,
+    healing: bool,
+    live_change: &mut std::collections::HashMap<u64, i64>,
+) -> Option<(IndexEntry, bool)> {
+    let at_record = |r: &NewRecord, refcount: u64| IndexEntry {
+        segment: r.segment,
+        offset: r.offset,
+        record_len: r.record_len,
+        plain_len: r.plain_len,
+        refcount,
+    };
+    let (mut entry, old_refs) = match (existing, &change.new_record) {
+        (Some(e), Some(r)) if healing => {
+            if e.refcount > 0 {
+                *live_change.entry(e.segment).or_default() -= e.record_len as i64;
+                *live_change.entry(r.segment).or_default() += r.record_len as i64;
+            }
+            (at_record(r, e.refcount), e.refcount)
+        }
+        (Some(e), _) => (e, e.refcount),
+        (None, Some(r)) => (at_record(r, 0), 0),
+        (None, None) => return None,
+    };
+    let new_refs = (old_refs as i64).saturating_add(change.delta);
+    entry.refcount = new_refs.max(0) as u64;
+    let len = entry.record_len as i64;
+    match (old_refs > 0, entry.refcount > 0) {
+        (false, true) => *live_change.entry(entry.segment).or_default() += len,
+        (true, false) => *live_change.entry(entry.segment).or_default() -= len,
+        _ => {}
+    }
+    Some((entry, new_refs < 0))
 }
