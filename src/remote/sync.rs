@@ -140,6 +140,70 @@ impl Remote {
         key: &keystore::LockedBox<keystore::GcmKey>,
         new_chain: bool,
     ) -> Result<(), RemoteError> {
+        // 1. New packs.
+        let (new_bytes, dead) = self.upload_packs(engine, provider)?;
+        // 2. Metadata (journal entry or checkpoint), config, keystore.
+        let store = engine.store_dir();
+        let db = std::fs::read(crate::meta::database_path(store))
+            .map_err(|e| local("read the metadata database", e))?;
+        let hashes = journal::block_hashes(provider, &db)?;
+        let mut shipped = self.shipped.locked();
+        let previous = self.previous_shipment(shipped.as_ref(), new_chain)?;
+        let entry = match shipped.is_some() && !new_chain {
+            true => match journal::diff(&db, &previous.hashes, &hashes) {
+                None if dead.is_empty() && new_bytes == 0 => {
+                    // Nothing changed since the last upload.
+                    self.backlog.store(0, Ordering::Relaxed);
+                    drop(shipped);
+                    return self.enforce_cache(engine, None);
+                }
+                None => Some(Vec::new()),
+                Some(e) => Some(e),
+            },
+            false => None,
+        };
+        let (name, body, next) = next_object(&previous, entry, db, hashes);
+        let config = std::fs::read(store.join(CONFIG_FILE)).map_err(|e| local("read config", e))?;
+        let ks = std::fs::read(Keystore::dir_of(store).join(keystore::file::FILE_NAME))
+            .map_err(|e| local("read keystore", e))?;
+        self.put_many(vec![
+            (name.clone(), blob::seal(key, &name, &body)?),
+            ("config".into(), blob::seal(key, "config", &config)?),
+            ("keystore".into(), ks),
+        ])?;
+        // 3. The head names the new object and its base.
+        let mut head = Vec::with_capacity(16);
+        head.extend_from_slice(&next.last.to_le_bytes());
+        head.extend_from_slice(&next.base.to_le_bytes());
+        self.put("head", blob::seal(key, "head", &head)?)?;
+        let replaced_chain = next.base != previous.base && previous.last > 0;
+        let seq = next.last;
+        *shipped = Some(next);
+        drop(shipped);
+        self.checkpoint.store(seq, Ordering::Relaxed);
+        self.uploaded.fetch_add(new_bytes, Ordering::Relaxed);
+        self.backlog.store(0, Ordering::Relaxed);
+        // 4. What the head no longer names.
+        for p in &dead {
+            self.delete(&pack_name(&p.id))?;
+        }
+        if replaced_chain {
+            for n in chain_names(previous.base, previous.last) {
+                self.delete(&n)?;
+            }
+        }
+        self.enforce_cache(engine, None)
+    }
+
+    /// Uploads every committed byte not yet in a pack and forgets the pack
+    /// rows of segments that are gone; returns the bytes uploaded and the
+    /// packs to delete once a head without them is in place (those of gone
+    /// segments, and those `repack` replaced).
+    fn upload_packs(
+        &self,
+        engine: &dyn LocalStore,
+        provider: keystore::Provider,
+    ) -> Result<(u64, Vec<PackRow>), RemoteError> {
         let meta = engine.meta();
         let segments: HashMap<u64, u64> = meta
             .segments()
@@ -154,8 +218,6 @@ impl Remote {
             *e = (*e).max(p.end);
         }
         self.measure_backlog(engine)?;
-
-        // 1. New packs.
         let mut rows = Vec::new();
         let mut objects = Vec::new();
         let mut ids: Vec<_> = segments.keys().copied().collect();
@@ -163,12 +225,11 @@ impl Remote {
         for seg in ids {
             let committed = segments[&seg];
             let at = uploaded_to.get(&seg).copied().unwrap_or(0);
-            if at >= committed {
-                continue;
+            if at < committed {
+                let (o, r) = cut_packs(engine, provider, seg, at, committed)?;
+                objects.extend(o);
+                rows.extend(r);
             }
-            let (o, r) = cut_packs(engine, provider, seg, at, committed)?;
-            objects.extend(o);
-            rows.extend(r);
         }
         let new_bytes: u64 = rows.iter().map(|r| r.end - r.start).sum();
         if !objects.is_empty() {
@@ -188,14 +249,18 @@ impl Remote {
         // Repacked rows are replaced in the index by `repack` itself; their
         // objects go with the dead ones once the new head is in place.
         dead.extend(self.repack(engine, provider, &segments, &packs, &rows)?);
+        Ok((new_bytes, dead))
+    }
 
-        // 2. Metadata (journal entry or checkpoint), config, keystore.
-        let store = engine.store_dir();
-        let db = std::fs::read(crate::meta::database_path(store))
-            .map_err(|e| local("read the metadata database", e))?;
-        let hashes = journal::block_hashes(provider, &db)?;
-        let mut shipped = self.shipped.locked();
-        let previous = match shipped.as_ref() {
+    /// What the bucket's chain holds as far as this process knows (read
+    /// from its head on the first upload); a new chain keeps the numbers
+    /// but no block hashes, so the next object is a full checkpoint.
+    fn previous_shipment(
+        &self,
+        shipped: Option<&Shipped>,
+        new_chain: bool,
+    ) -> Result<Shipped, RemoteError> {
+        Ok(match shipped {
             Some(s) if !new_chain => s.clone(),
             Some(s) => Shipped {
                 hashes: Vec::new(),
@@ -211,78 +276,43 @@ impl Remote {
                     journal_bytes: u64::MAX,
                 }
             }
-        };
-        let entry = if shipped.is_some() && !new_chain {
-            match journal::diff(&db, &previous.hashes, &hashes) {
-                None if dead.is_empty() && new_bytes == 0 => {
-                    // Nothing changed since the last upload.
-                    self.backlog.store(0, Ordering::Relaxed);
-                    drop(shipped);
-                    return self.enforce_cache(engine, None);
-                }
-                None => Some(Vec::new()),
-                Some(e) => Some(e),
-            }
-        } else {
-            None
-        };
-        let seq = previous.last + 1;
-        let as_journal = entry.filter(|e| {
-            !e.is_empty()
-                && previous.journal_bytes.saturating_add(e.len() as u64) <= db.len() as u64 / 2
-        });
-        let (name, body, next) = match as_journal {
-            Some(e) => (
-                jrnl_name(seq),
-                e.clone(),
-                Shipped {
-                    base: previous.base,
-                    last: seq,
-                    hashes,
-                    journal_bytes: previous.journal_bytes + e.len() as u64,
-                },
-            ),
-            None => (
-                ckpt_name(seq),
-                db,
-                Shipped {
-                    base: seq,
-                    last: seq,
-                    hashes,
-                    journal_bytes: 0,
-                },
-            ),
-        };
-        let config = std::fs::read(store.join(CONFIG_FILE)).map_err(|e| local("read config", e))?;
-        let ks = std::fs::read(Keystore::dir_of(store).join(keystore::file::FILE_NAME))
-            .map_err(|e| local("read keystore", e))?;
-        self.put_many(vec![
-            (name.clone(), blob::seal(key, &name, &body)?),
-            ("config".into(), blob::seal(key, "config", &config)?),
-            ("keystore".into(), ks),
-        ])?;
-        // 3. The head names the new object and its base.
-        let mut head = Vec::with_capacity(16);
-        head.extend_from_slice(&next.last.to_le_bytes());
-        head.extend_from_slice(&next.base.to_le_bytes());
-        self.put("head", blob::seal(key, "head", &head)?)?;
-        let replaced_chain = next.base != previous.base && previous.last > 0;
-        *shipped = Some(next);
-        drop(shipped);
-        self.checkpoint.store(seq, Ordering::Relaxed);
-        self.uploaded.fetch_add(new_bytes, Ordering::Relaxed);
-        self.backlog.store(0, Ordering::Relaxed);
+        })
+    }
+}
 
-        // 4. What the head no longer names.
-        for p in &dead {
-            self.delete(&pack_name(&p.id))?;
+/// The next object of the chain: a journal entry while the entries since
+/// the base stay under half the database, else a full checkpoint. Returns
+/// (object name, body, what the bucket holds once it is the head).
+fn next_object(
+    previous: &Shipped,
+    entry: Option<Vec<u8>>,
+    db: Vec<u8>,
+    hashes: Vec<[u8; 32]>,
+) -> (String, Vec<u8>, Shipped) {
+    let seq = previous.last + 1;
+    let as_journal = entry.filter(|e| {
+        !e.is_empty()
+            && previous.journal_bytes.saturating_add(e.len() as u64) <= db.len() as u64 / 2
+    });
+    match as_journal {
+        Some(e) => {
+            let next = Shipped {
+                base: previous.base,
+                last: seq,
+                hashes,
+                journal_bytes: previous.journal_bytes + e.len() as u64,
+            };
+            (jrnl_name(seq), e, next)
         }
-        if replaced_chain {
-            for n in chain_names(previous.base, previous.last) {
-                self.delete(&n)?;
-            }
+        None => {
+            let next = Shipped {
+                base: seq,
+                last: seq,
+                hashes,
+                journal_bytes: 0,
+            };
+            (ckpt_name(seq), db, next)
         }
-        self.enforce_cache(engine, None)
     }
 }
 
@@ -338,6 +368,42 @@ pub fn attach(
     password: &[u8],
 ) -> Result<(), RemoteError> {
     let remote = Remote::connect(cfg)?;
+    attach_keystore(&remote, cfg, store, boot_dir, password)?;
+    let db = replay_chain(&remote, cfg)?;
+    let config = remote
+        .get("config")?
+        .ok_or_else(|| RemoteError::Config(format!("{} lacks the store config", cfg.url)))?;
+    let config = remote.open_blob("config", &config)?;
+    let db_path = crate::meta::database_path(store);
+    std::fs::create_dir_all(store.join("meta")).map_err(|e| local("create meta", e))?;
+    crate::fsutil::write_atomic(&db_path, &db)
+        .map_err(|e| local("write the metadata database", e))?;
+    let packs = Meta::open(&db_path, crate::meta::OpenMode::ReadWrite)
+        .and_then(|m| m.remote_packs())
+        .map_err(|e| local("read the checkpoint's pack list", e))?;
+    restore_segments(&remote, cfg, store, &packs)?;
+    let text = String::from_utf8(config).map_err(|e| local("the store config", e))?;
+    let mut cfg_file: StoreConfig =
+        toml::from_str(&text).map_err(|e| local("the store config", e))?;
+    cfg_file.remote = Some(cfg.clone());
+    // Attach restores every segment; the cache limit applies from the
+    // first mount on.
+    cfg_file
+        .save(store)
+        .map_err(|e| local("write datastore.toml", e))?;
+    Ok(())
+}
+
+/// Writes the bucket's keystore into the store, unlocks it with `password`
+/// and hands the remote its metadata keys (and the retiring ones, as
+/// objects may still be sealed under them mid-conversion).
+fn attach_keystore(
+    remote: &Remote,
+    cfg: &RemoteConfig,
+    store: &Path,
+    boot_dir: &Path,
+    password: &[u8],
+) -> Result<(), RemoteError> {
     let ks_bytes = remote.get("keystore")?.ok_or_else(|| {
         RemoteError::Config(format!("no datastore in {} (no keystore object)", cfg.url))
     })?;
@@ -349,7 +415,6 @@ pub fn attach(
         .map_err(|e| local("write the keystore", e))?;
     let mut ks = Keystore::open(store, boot_dir)?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
-    // Mid-conversion, objects may still be sealed under the retiring key.
     let retiring = match ks.retiring_key(&vk)? {
         Some(old) => Some(Remote::derive_key(old.provider(), old.metadata_key())?),
         None => None,
@@ -358,7 +423,12 @@ pub fn attach(
         Remote::derive_key(vk.provider(), vk.metadata_key())?,
         retiring,
     );
-    drop(vk);
+    Ok(())
+}
+
+/// The database image the bucket's head names: its base checkpoint with
+/// every journal entry of the chain applied in order.
+fn replay_chain(remote: &Remote, cfg: &RemoteConfig) -> Result<Vec<u8>, RemoteError> {
     let (last, base) = remote.head()?;
     if last == 0 {
         return Err(RemoteError::Config(format!(
@@ -378,21 +448,21 @@ pub fn attach(
             journal::apply(&mut db, &plain).map_err(|e| RemoteError::Config(e.to_string()))?;
         }
     }
-    let config = remote
-        .get("config")?
-        .ok_or_else(|| RemoteError::Config(format!("{} lacks the store config", cfg.url)))?;
-    let config = remote.open_blob("config", &config)?;
-    let db_path = crate::meta::database_path(store);
-    std::fs::create_dir_all(store.join("meta")).map_err(|e| local("create meta", e))?;
-    crate::fsutil::write_atomic(&db_path, &db)
-        .map_err(|e| local("write the metadata database", e))?;
-    let packs = Meta::open(&db_path, crate::meta::OpenMode::ReadWrite)
-        .and_then(|m| m.remote_packs())
-        .map_err(|e| local("read the checkpoint's pack list", e))?;
+    Ok(db)
+}
+
+/// Writes every pack the checkpoint lists into its segment file, then
+/// syncs the files and the directory.
+fn restore_segments(
+    remote: &Remote,
+    cfg: &RemoteConfig,
+    store: &Path,
+    packs: &[PackRow],
+) -> Result<(), RemoteError> {
     let seg_dir = store.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(|e| local("create segments", e))?;
     let mut files: HashMap<u64, std::fs::File> = HashMap::new();
-    for p in &packs {
+    for p in packs {
         let bytes = remote.get(&pack_name(&p.id))?.ok_or_else(|| {
             RemoteError::Config(format!("{} lacks a pack the checkpoint lists", cfg.url))
         })?;
@@ -421,15 +491,5 @@ pub fn attach(
     for f in files.values() {
         f.sync_all().map_err(|e| local("sync a segment", e))?;
     }
-    crate::fsutil::sync_dir(&seg_dir).map_err(|e| local("sync segments", e))?;
-    let text = String::from_utf8(config).map_err(|e| local("the store config", e))?;
-    let mut cfg_file: StoreConfig =
-        toml::from_str(&text).map_err(|e| local("the store config", e))?;
-    cfg_file.remote = Some(cfg.clone());
-    // Attach restores every segment; the cache limit applies from the
-    // first mount on.
-    cfg_file
-        .save(store)
-        .map_err(|e| local("write datastore.toml", e))?;
-    Ok(())
+    crate::fsutil::sync_dir(&seg_dir).map_err(|e| local("sync segments", e))
 }

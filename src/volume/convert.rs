@@ -81,7 +81,7 @@ impl Volume {
         let current = self.engine.keys()?.current.generation;
         let snapshot: Vec<(u64, Extent)> = {
             let mut st = self.lock_unflushing(ino);
-            if st.removed_inodes.contains(&ino) {
+            if st.pending.removed_inodes.contains(&ino) {
                 return Ok((ConvertStep::default(), None));
             }
             let kind = match self.load_inode(&mut st, ino) {
@@ -98,7 +98,7 @@ impl Volume {
                         .map(|(n, c)| (n.clone(), *c))
                         .collect();
                     for (name, child) in entries {
-                        st.dirent_changes.insert((ino, name), Some(child));
+                        st.pending.dirent_changes.insert((ino, name), Some(child));
                     }
                     Vec::new()
                 }
@@ -114,7 +114,7 @@ impl Volume {
                         extents.push((*o, *e));
                     }
                     for (off, e) in &extents {
-                        st.extent_changes.insert((ino, *off), Some(*e));
+                        st.pending.extent_changes.insert((ino, *off), Some(*e));
                     }
                     extents
                 }
@@ -141,9 +141,9 @@ impl Volume {
         let mut unused = Vec::new();
         {
             let mut st = self.lock_unflushing(ino);
-            let alive = !st.removed_inodes.contains(&ino);
+            let alive = !st.pending.removed_inodes.contains(&ino);
             for (off, old, new) in replacements {
-                let map = st.extents.get_mut(&ino).filter(|_| alive);
+                let map = st.cached.extents.get_mut(&ino).filter(|_| alive);
                 match map {
                     Some(m) if m.get(&off) == Some(&old) => {
                         let e = Extent {
@@ -151,8 +151,8 @@ impl Volume {
                             len: old.len,
                         };
                         m.insert(off, e);
-                        st.extent_changes.insert((ino, off), Some(e));
-                        st.deferred_releases.push(chunk_ref(&old));
+                        st.pending.extent_changes.insert((ino, off), Some(e));
+                        st.pending.deferred_releases.push(chunk_ref(&old));
                     }
                     _ => unused.push(new),
                 }

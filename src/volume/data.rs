@@ -99,10 +99,10 @@ fn recycle(st: &mut State, buf: Arc<BTreeMap<u64, Vec<u8>>>) {
     if let Ok(map) = Arc::try_unwrap(buf) {
         for piece in map.into_values() {
             let size = piece.capacity();
-            if st.spare_buffers.len() < SPARE_BUFFERS
+            if st.writes.spare_buffers.len() < SPARE_BUFFERS
                 && (DIRTY_LIMIT..=2 * DIRTY_LIMIT).contains(&size)
             {
-                st.spare_buffers.push(piece);
+                st.writes.spare_buffers.push(piece);
             }
         }
     }
@@ -208,10 +208,10 @@ fn install_extents(st: &mut State, ino: u64, mut at: u64, refs: &[ChunkRef]) {
             fingerprint: r.fingerprint,
             len: r.len,
         };
-        if let Some(map) = st.extents.get_mut(&ino) {
+        if let Some(map) = st.cached.extents.get_mut(&ino) {
             map.insert(at, e);
         }
-        st.extent_changes.insert((ino, at), Some(e));
+        st.pending.extent_changes.insert((ino, at), Some(e));
         at += r.len as u64;
     }
 }
@@ -274,7 +274,7 @@ impl Volume {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 st.open_counts.remove(&ino);
-                if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
+                if st.cached.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
                     return self.free_inode(&mut st, ino);
                 }
             }
@@ -310,29 +310,29 @@ impl Volume {
             }
             let before = inode.size;
             inode.size = inode.size.max(end);
-            st.stored_size.entry(ino).or_insert(before);
+            st.writes.stored_size.entry(ino).or_insert(before);
             let inode = self.load_inode(&mut st, ino)?;
             inode.mtime = now;
             inode.ctime = now;
             Self::drop_privileges(inode, false);
         }
         Self::touch(&mut st, ino);
-        let buffer_empty = st.buffers.get(&ino).is_none_or(|b| b.is_empty());
+        let buffer_empty = st.writes.buffers.get(&ino).is_none_or(|b| b.is_empty());
         let delta = if buffer_empty && data.len() >= STREAM_WRITE {
             // Likely a stream: start it in a recycled buffer, whose pages
             // are already mapped (fresh ones cost a fault and a clear each).
-            let mut piece = st.spare_buffers.pop().unwrap_or_default();
+            let mut piece = st.writes.spare_buffers.pop().unwrap_or_default();
             piece.clear();
             piece.extend_from_slice(data);
-            st.buffers.entry(ino).or_default().insert(off, piece);
+            st.writes.buffers.entry(ino).or_default().insert(off, piece);
             data.len() as isize
         } else {
-            buffer_insert(st.buffers.entry(ino).or_default(), off, data)
+            buffer_insert(st.writes.buffers.entry(ino).or_default(), off, data)
         };
-        let total = st.buffered.entry(ino).or_default();
+        let total = st.writes.buffered.entry(ino).or_default();
         *total = (*total as isize + delta).max(0) as usize;
         let total = *total;
-        let sequential = st.buffers.get(&ino).is_some_and(|b| b.len() == 1);
+        let sequential = st.writes.buffers.get(&ino).is_some_and(|b| b.len() == 1);
         let limit = if sequential {
             DIRTY_LIMIT
         } else {
@@ -346,8 +346,8 @@ impl Volume {
             // previous flush (steady 32 MiB steps, no buffer regrowth);
             // scattered writes go on buffering (a larger buffer re-chunks
             // the file less often).
-            let in_memory =
-                st.buffered.values().sum::<usize>() + st.flushing_bytes.values().sum::<usize>();
+            let in_memory = st.writes.buffered.values().sum::<usize>()
+                + st.writes.flushing_bytes.values().sum::<usize>();
             drop(st);
             if in_memory >= TOTAL_DIRTY_LIMIT {
                 self.flush_inode(ino)?;
@@ -399,7 +399,10 @@ impl Volume {
                 self.queue_readahead(ahead.collect());
             }
             // Buffer being flushed first, the current buffer over it.
-            let layers = [st.flushing.get(&ino).map(|b| &**b), st.buffers.get(&ino)];
+            let layers = [
+                st.writes.flushing.get(&ino).map(|b| &**b),
+                st.writes.buffers.get(&ino),
+            ];
             let buffered = layers.iter().any(|l| l.is_some());
             let pieces: Vec<(u64, Vec<u8>)> = layers
                 .into_iter()
@@ -434,7 +437,7 @@ impl Volume {
     /// Waits until no flush of `ino` is running; returns the state lock.
     pub(super) fn lock_unflushing(&self, ino: u64) -> std::sync::MutexGuard<'_, State> {
         let mut st = lock(&self.state);
-        while st.flushing.contains_key(&ino) {
+        while st.writes.flushing.contains_key(&ino) {
             st = self.flushed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st
@@ -449,13 +452,13 @@ impl Volume {
         // Phase 1, locked: take the buffer, plan the windows.
         let (buf, plans, size) = {
             let mut st = self.lock_unflushing(ino);
-            let Some(buf) = st.buffers.remove(&ino) else {
+            let Some(buf) = st.writes.buffers.remove(&ino) else {
                 return Ok(());
             };
-            let bytes = st.buffered.remove(&ino).unwrap_or(0);
+            let bytes = st.writes.buffered.remove(&ino).unwrap_or(0);
             let buf = Arc::new(buf);
-            st.flushing.insert(ino, buf.clone());
-            st.flushing_bytes.insert(ino, bytes);
+            st.writes.flushing.insert(ino, buf.clone());
+            st.writes.flushing_bytes.insert(ino, bytes);
             match self.plan_flush(&mut st, ino, &buf) {
                 Ok((plans, size)) => (buf, plans, size),
                 Err(e) => {
@@ -499,33 +502,34 @@ impl Volume {
             self.end_flush(&mut st, ino, &buf, &new_refs);
             return Err(e);
         }
-        st.flushing.remove(&ino);
-        st.flushing_bytes.remove(&ino);
+        st.writes.flushing.remove(&ino);
+        st.writes.flushing_bytes.remove(&ino);
         self.flushed.notify_all();
         recycle(&mut st, buf);
-        if !st.inodes.contains_key(&ino) || st.removed_inodes.contains(&ino) {
+        if !st.cached.inodes.contains_key(&ino) || st.pending.removed_inodes.contains(&ino) {
             // Freed meanwhile: nothing references the new chunks.
             self.engine.release(&new_refs)?;
             return Ok(());
         }
         for (lo, olds, refs) in stored {
-            let map = st.extents.get_mut(&ino).expect("loaded in phase 1");
+            let map = st.cached.extents.get_mut(&ino).expect("loaded in phase 1");
             for (o, _) in &olds {
                 map.remove(o);
             }
             for (o, _) in &olds {
-                st.extent_changes.insert((ino, *o), None);
+                st.pending.extent_changes.insert((ino, *o), None);
             }
             install_extents(&mut st, ino, lo, &refs);
-            st.deferred_releases
+            st.pending
+                .deferred_releases
                 .extend(olds.iter().map(|(_, e)| chunk_ref(e)));
         }
         // Stored data now covers the size the file had when the flush
         // began; later writes may still be buffered.
-        if st.buffers.contains_key(&ino) {
-            st.stored_size.insert(ino, size);
+        if st.writes.buffers.contains_key(&ino) {
+            st.writes.stored_size.insert(ino, size);
         } else {
-            st.stored_size.remove(&ino);
+            st.writes.stored_size.remove(&ino);
         }
         Self::touch(&mut st, ino);
         Ok(())
@@ -599,34 +603,34 @@ impl Volume {
         buf: &Arc<BTreeMap<u64, Vec<u8>>>,
         stored: &[ChunkRef],
     ) {
-        st.flushing.remove(&ino);
-        st.flushing_bytes.remove(&ino);
+        st.writes.flushing.remove(&ino);
+        st.writes.flushing_bytes.remove(&ino);
         self.flushed.notify_all();
         let _ = self.engine.release(stored);
-        if !st.inodes.contains_key(&ino) {
+        if !st.cached.inodes.contains_key(&ino) {
             return;
         }
-        let newer = st.buffers.remove(&ino).unwrap_or_default();
+        let newer = st.writes.buffers.remove(&ino).unwrap_or_default();
         let mut merged = (**buf).clone();
         for (off, data) in &newer {
             buffer_insert(&mut merged, *off, data);
         }
         let total = merged.values().map(|v| v.len()).sum();
-        st.buffers.insert(ino, merged);
-        st.buffered.insert(ino, total);
+        st.writes.buffers.insert(ino, merged);
+        st.writes.buffered.insert(ino, total);
     }
 
     /// Queues a flush of `ino` for the flusher thread (or flushes now when
     /// the volume has none, as in tests and tools).
     pub(super) fn schedule_flush(&self, ino: u64) -> VResult<()> {
-        if !lock(&self.state).buffers.contains_key(&ino) {
+        if !lock(&self.state).writes.buffers.contains_key(&ino) {
             return Ok(()); // nothing buffered (e.g. a file created and closed)
         }
         let sender = self.flusher.locked().clone();
         match sender {
             Some(tx) => {
-                if lock(&self.state).flush_queued.insert(ino) && tx.send(ino).is_err() {
-                    lock(&self.state).flush_queued.remove(&ino);
+                if lock(&self.state).writes.flush_queued.insert(ino) && tx.send(ino).is_err() {
+                    lock(&self.state).writes.flush_queued.remove(&ino);
                     return self.flush_inode(ino);
                 }
                 Ok(())
@@ -643,7 +647,7 @@ impl Volume {
         std::thread::spawn(move || {
             while let Ok(ino) = rx.recv() {
                 let Some(v) = weak.upgrade() else { break };
-                lock(&v.state).flush_queued.remove(&ino);
+                lock(&v.state).writes.flush_queued.remove(&ino);
                 if let Err(e) = v.flush_inode(ino) {
                     crate::log_line!("datastore: background flush failed: {e}");
                 }
@@ -660,16 +664,16 @@ impl Volume {
             return err(libc::EINVAL);
         }
         // (The caller waited for any flush of this file to finish.)
-        if let Some(buf) = st.buffers.get_mut(&ino) {
+        if let Some(buf) = st.writes.buffers.get_mut(&ino) {
             buf.retain(|off, _| *off < size);
             if let Some((off, piece)) = buf.iter_mut().next_back() {
                 let keep = (size - off).min(piece.len() as u64) as usize;
                 piece.truncate(keep);
             }
             let total = buf.values().map(|v| v.len()).sum();
-            st.buffered.insert(ino, total);
+            st.writes.buffered.insert(ino, total);
         }
-        if let Some(stored) = st.stored_size.get_mut(&ino) {
+        if let Some(stored) = st.writes.stored_size.get_mut(&ino) {
             *stored = (*stored).min(size);
         }
         let old = self.load_inode(st, ino)?.size;
@@ -682,10 +686,10 @@ impl Volume {
                     let refs = self.engine.put_bytes(&data[..(size - o) as usize])?;
                     install_extents(st, ino, *o, &refs);
                 } else {
-                    st.extents.get_mut(&ino).expect("loaded").remove(o);
-                    st.extent_changes.insert((ino, *o), None);
+                    st.cached.extents.get_mut(&ino).expect("loaded").remove(o);
+                    st.pending.extent_changes.insert((ino, *o), None);
                 }
-                st.deferred_releases.push(chunk_ref(e));
+                st.pending.deferred_releases.push(chunk_ref(e));
             }
         }
         let now = Time::now();
@@ -744,9 +748,10 @@ impl Volume {
     pub fn sync_all(&self) -> VResult<()> {
         let inos: Vec<u64> = {
             let st = lock(&self.state);
-            st.buffers
+            st.writes
+                .buffers
                 .keys()
-                .chain(st.flushing.keys())
+                .chain(st.writes.flushing.keys())
                 .copied()
                 .collect()
         };
@@ -805,11 +810,11 @@ impl Volume {
     pub fn commit_if_pending(&self) -> VResult<()> {
         let pending = {
             let st = lock(&self.state);
-            !(st.dirty_inodes.is_empty()
-                && st.counter_changes.is_empty()
-                && st.removed_inodes.is_empty()
-                && st.dirent_changes.is_empty()
-                && st.extent_changes.is_empty())
+            !(st.pending.dirty_inodes.is_empty()
+                && st.pending.counter_changes.is_empty()
+                && st.pending.removed_inodes.is_empty()
+                && st.pending.dirent_changes.is_empty()
+                && st.pending.extent_changes.is_empty())
         };
         if pending {
             self.commit(true)?;
@@ -836,19 +841,28 @@ impl Volume {
         let s = &*sealer;
         // Inode rows to write: changed inodes, files whose extents changed
         // and directories whose entries changed (a row may hold either).
-        let mut to_write: Vec<u64> = st.dirty_inodes.iter().copied().collect();
-        to_write.extend(st.extent_changes.keys().map(|(ino, _)| *ino));
-        to_write.extend(st.dirent_changes.keys().map(|(dir, _)| *dir));
+        let mut to_write: Vec<u64> = st.pending.dirty_inodes.iter().copied().collect();
+        to_write.extend(st.pending.extent_changes.keys().map(|(ino, _)| *ino));
+        to_write.extend(st.pending.dirent_changes.keys().map(|(dir, _)| *dir));
         to_write.sort_unstable();
         to_write.dedup();
         // A directory's row form is decided from all its entries.
         // (`dirent_changes` is ordered by directory: dedup of the keys.)
-        let mut changed_dirs: Vec<u64> = st.dirent_changes.keys().map(|(dir, _)| *dir).collect();
+        let mut changed_dirs: Vec<u64> = st
+            .pending
+            .dirent_changes
+            .keys()
+            .map(|(dir, _)| *dir)
+            .collect();
         changed_dirs.dedup();
         for ino in changed_dirs {
-            if !st.removed_inodes.contains(&ino)
-                && !st.dirs.contains_key(&ino)
-                && st.inodes.get(&ino).is_none_or(|i| i.kind == Kind::Dir)
+            if !st.pending.removed_inodes.contains(&ino)
+                && !st.cached.dirs.contains_key(&ino)
+                && st
+                    .cached
+                    .inodes
+                    .get(&ino)
+                    .is_none_or(|i| i.kind == Kind::Dir)
             {
                 self.load_dir(&mut st, ino)?;
             }
@@ -865,34 +879,34 @@ impl Volume {
         let mut clear_dirent_rows = Vec::new();
         let mut dirents = Vec::new();
         for ino in to_write {
-            let Some(i) = st.inodes.get(&ino) else {
+            let Some(i) = st.cached.inodes.get(&ino) else {
                 continue;
             };
-            let map = st.extents.get(&ino).filter(|_| i.kind == Kind::File);
+            let map = st.cached.extents.get(&ino).filter(|_| i.kind == Kind::File);
             let inline = map.filter(|m| m.len() <= INLINE_EXTENTS_MAX);
             if inline.is_some() {
                 now_inline.insert(ino);
-                if !st.inline.contains(&ino) {
+                if !st.cached.inline.contains(&ino) {
                     clear_rows.push(ino);
                 }
-            } else if let Some(m) = map.filter(|_| st.inline.contains(&ino)) {
+            } else if let Some(m) = map.filter(|_| st.cached.inline.contains(&ino)) {
                 for (off, e) in m {
                     extents.push(((ino, *off), Some(store::seal_extent(s, ino, *off, e)?)));
                 }
             }
-            let entries = st.dirs.get(&ino).filter(|_| i.kind == Kind::Dir);
+            let entries = st.cached.dirs.get(&ino).filter(|_| i.kind == Kind::Dir);
             let inline_entries = entries.filter(|m| inode::entries_fit(m));
             if inline_entries.is_some() {
                 now_inline_dirs.insert(ino);
-                if !st.inline_dirs.contains(&ino) {
+                if !st.cached.inline_dirs.contains(&ino) {
                     clear_dirent_rows.push(ino);
                 }
-            } else if let Some(m) = entries.filter(|_| st.inline_dirs.contains(&ino)) {
+            } else if let Some(m) = entries.filter(|_| st.cached.inline_dirs.contains(&ino)) {
                 for (name, child) in m {
                     dirents.extend(Self::dirent_rows(s, ino, name, Some(*child))?);
                 }
             }
-            let sealed = match st.stored_size.get(&ino) {
+            let sealed = match st.writes.stored_size.get(&ino) {
                 Some(&size) if size < i.size => {
                     let mut stored = i.clone();
                     stored.size = size;
@@ -902,16 +916,16 @@ impl Volume {
             };
             inodes.push((ino, sealed));
         }
-        let removed: Vec<u64> = st.removed_inodes.iter().copied().collect();
-        for ((parent, name), change) in &st.dirent_changes {
-            if now_inline_dirs.contains(parent) || st.inline_dirs.contains(parent) {
+        let removed: Vec<u64> = st.pending.removed_inodes.iter().copied().collect();
+        for ((parent, name), change) in &st.pending.dirent_changes {
+            if now_inline_dirs.contains(parent) || st.cached.inline_dirs.contains(parent) {
                 // Held by the row, or all written above (no rows to remove).
                 continue;
             }
             dirents.extend(Self::dirent_rows(s, *parent, name, *change)?);
         }
-        for ((ino, off), change) in &st.extent_changes {
-            if now_inline.contains(ino) || (change.is_some() && st.inline.contains(ino)) {
+        for ((ino, off), change) in &st.pending.extent_changes {
+            if now_inline.contains(ino) || (change.is_some() && st.cached.inline.contains(ino)) {
                 // Held by the row (or all written above).
                 continue;
             }
@@ -922,24 +936,25 @@ impl Volume {
             extents.push(((*ino, *off), value));
         }
         let next_ino = st.next_ino;
-        let counters: Vec<(&'static str, Option<u64>)> = st.counter_changes.drain().collect();
+        let counters: Vec<(&'static str, Option<u64>)> =
+            st.pending.counter_changes.drain().collect();
         // The references these changes dropped join the engine batch this
         // commit writes; later ones wait in the state for the next commit.
-        let releases = std::mem::take(&mut st.deferred_releases);
-        st.dirty_inodes.clear();
-        st.removed_inodes.clear();
-        st.dirent_changes.clear();
-        st.extent_changes.clear();
+        let releases = std::mem::take(&mut st.pending.deferred_releases);
+        st.pending.dirty_inodes.clear();
+        st.pending.removed_inodes.clear();
+        st.pending.dirent_changes.clear();
+        st.pending.extent_changes.clear();
         for ino in inodes.iter().map(|(ino, _)| ino) {
             if now_inline.contains(ino) {
-                st.inline.insert(*ino);
+                st.cached.inline.insert(*ino);
             } else {
-                st.inline.remove(ino);
+                st.cached.inline.remove(ino);
             }
             if now_inline_dirs.contains(ino) {
-                st.inline_dirs.insert(*ino);
+                st.cached.inline_dirs.insert(*ino);
             } else {
-                st.inline_dirs.remove(ino);
+                st.cached.inline_dirs.remove(ino);
             }
         }
         drop(st);

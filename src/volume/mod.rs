@@ -105,6 +105,17 @@ pub enum RenameMode {
 
 #[derive(Default)]
 struct State {
+    cached: CachedRows,
+    writes: WriteBuffers,
+    pending: PendingChanges,
+    open_counts: HashMap<u64, u32>,
+    next_ino: u64,
+}
+
+/// The metadata rows loaded so far (decoded, with every change applied):
+/// what requests read and change. Dropped only with the volume.
+#[derive(Default)]
+struct CachedRows {
     inodes: HashMap<u64, Inode>,
     dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
     extents: HashMap<u64, BTreeMap<u64, Extent>>,
@@ -117,6 +128,11 @@ struct State {
     /// entries, or they were created since the last commit. Every other
     /// directory's entries are table rows.
     inline_dirs: HashSet<u64>,
+}
+
+/// File data written and not yet chunked into the store (see data.rs).
+#[derive(Default)]
+struct WriteBuffers {
     buffers: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
     /// Buffers being chunked right now (reads overlay them under `buffers`).
     flushing: HashMap<u64, Arc<BTreeMap<u64, Vec<u8>>>>,
@@ -129,8 +145,13 @@ struct State {
     /// Commits persist this size, so a crash never leaves a file longer
     /// than its stored data (reading zeros that were never written).
     stored_size: HashMap<u64, u64>,
-    open_counts: HashMap<u64, u32>,
-    // What the next commit writes.
+    /// Flushed stream buffers kept for reuse (see data::recycle).
+    spare_buffers: Vec<Vec<u8>>,
+}
+
+/// What the next commit writes; taken (and cleared) by the commit.
+#[derive(Default)]
+struct PendingChanges {
     dirty_inodes: HashSet<u64>,
     removed_inodes: HashSet<u64>,
     /// Ordered by directory, so loading one overlays only its own changes.
@@ -143,9 +164,6 @@ struct State {
     /// Counters of the `volume` table to write (None: remove) with the
     /// next commit, so they change atomically with the metadata they count.
     counter_changes: HashMap<&'static str, Option<u64>>,
-    /// Flushed stream buffers kept for reuse (see data::recycle).
-    spare_buffers: Vec<Vec<u8>>,
-    next_ino: u64,
 }
 
 pub struct Volume {
@@ -274,10 +292,10 @@ impl Volume {
             if absent {
                 let mut root = Inode::new(Kind::Dir, 0o755, 0, 0, ROOT);
                 root.nlink = 2;
-                st.inodes.insert(ROOT, root);
-                st.dirty_inodes.insert(ROOT);
-                st.dirs.insert(ROOT, BTreeMap::new());
-                st.inline_dirs.insert(ROOT);
+                st.cached.inodes.insert(ROOT, root);
+                st.pending.dirty_inodes.insert(ROOT);
+                st.cached.dirs.insert(ROOT, BTreeMap::new());
+                st.cached.inline_dirs.insert(ROOT);
             }
             vol.remove_orphans(&mut st)?;
         }
@@ -298,13 +316,13 @@ impl Volume {
     pub fn set_counters(&self, changes: &[(&'static str, Option<u64>)]) {
         let mut st = lock(&self.state);
         for (k, v) in changes {
-            st.counter_changes.insert(k, *v);
+            st.pending.counter_changes.insert(k, *v);
         }
     }
 
     /// A counter of the `volume` table as the next commit will leave it.
     pub fn counter(&self, name: &str) -> VResult<Option<u64>> {
-        if let Some(v) = lock(&self.state).counter_changes.get(name) {
+        if let Some(v) = lock(&self.state).pending.counter_changes.get(name) {
             return Ok(*v);
         }
         Ok(self.engine.meta().counter(name)?)
@@ -390,14 +408,14 @@ impl Volume {
     /// Inode numbers the volume has in memory (the kernel can only have
     /// cached pages of inodes it looked up through us).
     pub fn cached_inodes(&self) -> Vec<u64> {
-        lock(&self.state).inodes.keys().copied().collect()
+        lock(&self.state).cached.inodes.keys().copied().collect()
     }
 
     // ---- loading -------------------------------------------------------
 
     fn load_inode<'s>(&self, st: &'s mut State, ino: u64) -> VResult<&'s mut Inode> {
-        if !st.inodes.contains_key(&ino) {
-            if st.removed_inodes.contains(&ino) {
+        if !st.cached.inodes.contains_key(&ino) {
+            if st.pending.removed_inodes.contains(&ino) {
                 return err(libc::ENOENT);
             }
             let sealed = self
@@ -407,45 +425,46 @@ impl Volume {
                 .ok_or(VolError::new(libc::ENOENT))?;
             let row = store::open_inode(&self.sealer(), ino, &sealed)?;
             if let Some(map) = row.extents {
-                st.inline.insert(ino);
-                st.extents.entry(ino).or_insert(map);
+                st.cached.inline.insert(ino);
+                st.cached.extents.entry(ino).or_insert(map);
             }
             if let Some(mut entries) = row.entries {
-                st.inline_dirs.insert(ino);
-                if !st.dirs.contains_key(&ino) {
+                st.cached.inline_dirs.insert(ino);
+                if !st.cached.dirs.contains_key(&ino) {
                     Self::apply_dirent_changes(st, ino, &mut entries);
-                    st.dirs.insert(ino, entries);
+                    st.cached.dirs.insert(ino, entries);
                 }
             }
-            st.inodes.insert(ino, row.inode);
+            st.cached.inodes.insert(ino, row.inode);
         }
-        Ok(st.inodes.get_mut(&ino).expect("just inserted"))
+        Ok(st.cached.inodes.get_mut(&ino).expect("just inserted"))
     }
 
     fn load_dir<'s>(&self, st: &'s mut State, ino: u64) -> VResult<&'s mut BTreeMap<Vec<u8>, u64>> {
         if self.load_inode(st, ino)?.kind != Kind::Dir {
             return err(libc::ENOTDIR);
         }
-        if !st.dirs.contains_key(&ino) {
+        if !st.cached.dirs.contains_key(&ino) {
             // (A directory whose row holds its entries got them loaded
             // with its inode.)
             let mut entries = BTreeMap::new();
-            if !st.inline_dirs.contains(&ino) {
+            if !st.cached.inline_dirs.contains(&ino) {
                 for (mac, sealed) in self.engine.meta().dirent_rows(ino)? {
                     let rec = store::open_dirent(&self.sealer(), ino, &mac, &sealed)?;
                     entries.insert(rec.name, rec.ino);
                 }
             }
             Self::apply_dirent_changes(st, ino, &mut entries);
-            st.dirs.insert(ino, entries);
+            st.cached.dirs.insert(ino, entries);
         }
-        Ok(st.dirs.get_mut(&ino).expect("just inserted"))
+        Ok(st.cached.dirs.get_mut(&ino).expect("just inserted"))
     }
 
     /// Uncommitted changes win over what the database says.
     fn apply_dirent_changes(st: &State, dir: u64, entries: &mut BTreeMap<Vec<u8>, u64>) {
         let from = (dir, Vec::new());
         for ((_, name), change) in st
+            .pending
             .dirent_changes
             .range(from..)
             .take_while(|((p, _), _)| *p == dir)
@@ -462,16 +481,16 @@ impl Volume {
         st: &'s mut State,
         ino: u64,
     ) -> VResult<&'s mut BTreeMap<u64, Extent>> {
-        if !st.inodes.contains_key(&ino) && !st.removed_inodes.contains(&ino) {
+        if !st.cached.inodes.contains_key(&ino) && !st.pending.removed_inodes.contains(&ino) {
             // An inode row that holds its extents brings them along.
             self.load_inode(st, ino)?;
         }
-        if !st.extents.contains_key(&ino) {
+        if !st.cached.extents.contains_key(&ino) {
             let mut map = BTreeMap::new();
             for (off, sealed) in self.engine.meta().extent_rows(ino)? {
                 map.insert(off, store::open_extent(&self.sealer(), ino, off, &sealed)?);
             }
-            for ((i, off), change) in &st.extent_changes {
+            for ((i, off), change) in &st.pending.extent_changes {
                 if *i == ino {
                     match change {
                         Some(e) => map.insert(*off, *e),
@@ -479,15 +498,15 @@ impl Volume {
                     };
                 }
             }
-            st.extents.insert(ino, map);
+            st.cached.extents.insert(ino, map);
         }
-        Ok(st.extents.get_mut(&ino).expect("just inserted"))
+        Ok(st.cached.extents.get_mut(&ino).expect("just inserted"))
     }
 
     fn attr_of(&self, st: &mut State, ino: u64) -> VResult<Attr> {
         let inode = self.load_inode(st, ino)?.clone();
         let blocks = if inode.kind == Kind::File {
-            let buffered = st.buffered.get(&ino).copied().unwrap_or(0);
+            let buffered = st.writes.buffered.get(&ino).copied().unwrap_or(0);
             blocks_of(Some(self.load_extents(st, ino)?), buffered)
         } else {
             0
@@ -496,17 +515,19 @@ impl Volume {
     }
 
     fn touch(st: &mut State, ino: u64) {
-        st.dirty_inodes.insert(ino);
+        st.pending.dirty_inodes.insert(ino);
     }
 
     fn set_dirent(st: &mut State, parent: u64, name: &[u8], child: Option<u64>) {
-        if let Some(d) = st.dirs.get_mut(&parent) {
+        if let Some(d) = st.cached.dirs.get_mut(&parent) {
             match child {
                 Some(c) => d.insert(name.to_vec(), c),
                 None => d.remove(name),
             };
         }
-        st.dirent_changes.insert((parent, name.to_vec()), child);
+        st.pending
+            .dirent_changes
+            .insert((parent, name.to_vec()), child);
     }
 
     fn check_name(name: &[u8]) -> VResult<()> {
@@ -588,17 +609,17 @@ impl Volume {
         let ino = st.next_ino;
         st.next_ino += 1;
         let is_dir = inode.kind == Kind::Dir;
-        st.inodes.insert(ino, inode);
+        st.cached.inodes.insert(ino, inode);
         Self::touch(st, ino);
         if is_dir {
-            st.dirs.insert(ino, BTreeMap::new());
+            st.cached.dirs.insert(ino, BTreeMap::new());
             // No rows yet: nothing for its first commit to clear.
-            st.inline_dirs.insert(ino);
+            st.cached.inline_dirs.insert(ino);
         }
         if inode_kind_is_file(st, ino) {
-            st.extents.insert(ino, BTreeMap::new());
+            st.cached.extents.insert(ino, BTreeMap::new());
             // No rows yet: nothing for its first commit to clear.
-            st.inline.insert(ino);
+            st.cached.inline.insert(ino);
         }
         Self::set_dirent(st, parent, name, Some(ino));
         let now = Time::now();
@@ -703,24 +724,24 @@ impl Volume {
                 len: e.len,
             })
             .collect();
-        st.deferred_releases.extend(refs);
+        st.pending.deferred_releases.extend(refs);
         // Extents held in the inode row go with it.
-        if !st.inline.remove(&ino) {
+        if !st.cached.inline.remove(&ino) {
             for off in extents.keys() {
-                st.extent_changes.insert((ino, *off), None);
+                st.pending.extent_changes.insert((ino, *off), None);
             }
         }
-        st.extents.remove(&ino);
-        st.buffers.remove(&ino);
-        st.buffered.remove(&ino);
-        st.stored_size.remove(&ino);
-        st.inodes.remove(&ino);
-        st.dirs.remove(&ino);
+        st.cached.extents.remove(&ino);
+        st.writes.buffers.remove(&ino);
+        st.writes.buffered.remove(&ino);
+        st.writes.stored_size.remove(&ino);
+        st.cached.inodes.remove(&ino);
+        st.cached.dirs.remove(&ino);
         // (A removed directory is empty: its pending entry removals, if it
         // had table rows, are written as before.)
-        st.inline_dirs.remove(&ino);
-        st.dirty_inodes.remove(&ino);
-        st.removed_inodes.insert(ino);
+        st.cached.inline_dirs.remove(&ino);
+        st.pending.dirty_inodes.remove(&ino);
+        st.pending.removed_inodes.insert(ino);
         Ok(())
     }
 
@@ -1144,7 +1165,10 @@ impl Volume {
 }
 
 fn inode_kind_is_file(st: &State, ino: u64) -> bool {
-    st.inodes.get(&ino).is_some_and(|i| i.kind == Kind::File)
+    st.cached
+        .inodes
+        .get(&ino)
+        .is_some_and(|i| i.kind == Kind::File)
 }
 
 mod data;
