@@ -3,20 +3,17 @@
 //! persists everything the volume changed (sealed) with the chunk index.
 
 use crate::poison::Recover;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::error::{err, VResult, VolError};
-use super::inode::{self, DirentRecord, Extent, Inode, Kind, Time, INLINE_EXTENTS_MAX};
-use super::store;
+use super::inode::{Extent, Inode, Kind, Time};
 use super::{
     lock, State, Volume, DIRTY_LIMIT, SCATTERED_DIRTY_LIMIT, TOTAL_DIRTY_LIMIT, WINDOW_GAP,
 };
-use crate::crypto::seal::MetaSealer;
 use crate::engine::ChunkRef;
-use crate::meta::VolumeChanges;
 
 /// The whole chunks a read decoded: (file offset, plaintext), in file
 /// order (there may be holes between them), and the file's size then.
@@ -29,8 +26,6 @@ pub struct Around {
 type Replaced = Vec<(u64, Extent)>;
 /// A window to re-chunk: (start offset, extents it replaces, new content).
 type Window = (u64, Replaced, Content);
-/// A dirents-table row to write: key and sealed value (None: remove).
-type DirentRow = ((u64, [u8; 32]), Option<Vec<u8>>);
 
 /// A window's new content: exactly one buffered piece, used in place (the
 /// common case of a sequential write into a hole or past the end), or
@@ -772,207 +767,6 @@ impl Volume {
             ffree: u32::MAX as u64,
             bsize: 4096,
         })
-    }
-
-    /// The dirents-table rows that record `parent`'s entry `name` as
-    /// `child` (None: removed).
-    fn dirent_rows(
-        s: &MetaSealer,
-        parent: u64,
-        name: &[u8],
-        child: Option<u64>,
-    ) -> VResult<Vec<DirentRow>> {
-        let mac = s.name_mac(parent, name).map_err(store::meta_err)?;
-        let mut rows = Vec::with_capacity(2);
-        // During a conversion the entry may still sit under the retiring
-        // key's name MAC: that row goes in the same commit.
-        if let Some(old) = s.retiring_name_mac(parent, name).map_err(store::meta_err)? {
-            rows.push(((parent, old), None));
-        }
-        let value = match child {
-            Some(ino) => Some(store::seal_dirent(
-                s,
-                parent,
-                &mac,
-                &DirentRecord {
-                    name: name.to_vec(),
-                    ino,
-                },
-            )?),
-            None => None,
-        };
-        rows.push(((parent, mac), value));
-        Ok(rows)
-    }
-
-    /// The daemon's group commit: a durable commit when anything changed
-    /// since the last one.
-    pub fn commit_if_pending(&self) -> VResult<()> {
-        let pending = {
-            let st = lock(&self.state);
-            !(st.pending.dirty_inodes.is_empty()
-                && st.pending.counter_changes.is_empty()
-                && st.pending.removed_inodes.is_empty()
-                && st.pending.dirent_changes.is_empty()
-                && st.pending.extent_changes.is_empty())
-        };
-        if pending {
-            self.commit(true)?;
-        }
-        Ok(())
-    }
-
-    /// Persists every metadata change so far, sealed, in one transaction
-    /// with the chunk index (durably when asked).
-    ///
-    /// Only taking the changes holds the volume lock; the engine's commit
-    /// (segment and index fsyncs) runs without it, so requests go on.
-    /// Commits run one at a time, in order. A failed commit poisons the
-    /// engine: nothing later is committed, so no change is half-written.
-    pub fn commit(&self, durable: bool) -> VResult<()> {
-        let _one_at_a_time = lock(&self.commit_lock);
-        self.commit_locked(durable)
-    }
-
-    /// `commit`, for a caller that holds the commit lock.
-    pub(super) fn commit_locked(&self, durable: bool) -> VResult<()> {
-        let mut st = lock(&self.state);
-        let sealer = self.sealer();
-        let s = &*sealer;
-        // Inode rows to write: changed inodes, files whose extents changed
-        // and directories whose entries changed (a row may hold either).
-        let mut to_write: Vec<u64> = st.pending.dirty_inodes.iter().copied().collect();
-        to_write.extend(st.pending.extent_changes.keys().map(|(ino, _)| *ino));
-        to_write.extend(st.pending.dirent_changes.keys().map(|(dir, _)| *dir));
-        to_write.sort_unstable();
-        to_write.dedup();
-        // A directory's row form is decided from all its entries.
-        // (`dirent_changes` is ordered by directory: dedup of the keys.)
-        let mut changed_dirs: Vec<u64> = st
-            .pending
-            .dirent_changes
-            .keys()
-            .map(|(dir, _)| *dir)
-            .collect();
-        changed_dirs.dedup();
-        for ino in changed_dirs {
-            if !st.pending.removed_inodes.contains(&ino)
-                && !st.cached.dirs.contains_key(&ino)
-                && st
-                    .cached
-                    .inodes
-                    .get(&ino)
-                    .is_none_or(|i| i.kind == Kind::Dir)
-            {
-                self.load_dir(&mut st, ino)?;
-            }
-        }
-        let mut inodes = Vec::new();
-        // Files whose rows now hold their extents, and of those, the ones
-        // that may still have table rows (cleared in the commit).
-        let mut now_inline = HashSet::new();
-        let mut clear_rows = Vec::new();
-        // Files going back to table rows: every extent is written.
-        let mut extents = Vec::new();
-        // The same for directories and their entries.
-        let mut now_inline_dirs = HashSet::new();
-        let mut clear_dirent_rows = Vec::new();
-        let mut dirents = Vec::new();
-        for ino in to_write {
-            let Some(i) = st.cached.inodes.get(&ino) else {
-                continue;
-            };
-            let map = st.cached.extents.get(&ino).filter(|_| i.kind == Kind::File);
-            let inline = map.filter(|m| m.len() <= INLINE_EXTENTS_MAX);
-            if inline.is_some() {
-                now_inline.insert(ino);
-                if !st.cached.inline.contains(&ino) {
-                    clear_rows.push(ino);
-                }
-            } else if let Some(m) = map.filter(|_| st.cached.inline.contains(&ino)) {
-                for (off, e) in m {
-                    extents.push(((ino, *off), Some(store::seal_extent(s, ino, *off, e)?)));
-                }
-            }
-            let entries = st.cached.dirs.get(&ino).filter(|_| i.kind == Kind::Dir);
-            let inline_entries = entries.filter(|m| inode::entries_fit(m));
-            if inline_entries.is_some() {
-                now_inline_dirs.insert(ino);
-                if !st.cached.inline_dirs.contains(&ino) {
-                    clear_dirent_rows.push(ino);
-                }
-            } else if let Some(m) = entries.filter(|_| st.cached.inline_dirs.contains(&ino)) {
-                for (name, child) in m {
-                    dirents.extend(Self::dirent_rows(s, ino, name, Some(*child))?);
-                }
-            }
-            let sealed = match st.writes.stored_size.get(&ino) {
-                Some(&size) if size < i.size => {
-                    let mut stored = i.clone();
-                    stored.size = size;
-                    store::seal_inode(s, ino, &stored, inline, inline_entries)?
-                }
-                _ => store::seal_inode(s, ino, i, inline, inline_entries)?,
-            };
-            inodes.push((ino, sealed));
-        }
-        let removed: Vec<u64> = st.pending.removed_inodes.iter().copied().collect();
-        for ((parent, name), change) in &st.pending.dirent_changes {
-            if now_inline_dirs.contains(parent) || st.cached.inline_dirs.contains(parent) {
-                // Held by the row, or all written above (no rows to remove).
-                continue;
-            }
-            dirents.extend(Self::dirent_rows(s, *parent, name, *change)?);
-        }
-        for ((ino, off), change) in &st.pending.extent_changes {
-            if now_inline.contains(ino) || (change.is_some() && st.cached.inline.contains(ino)) {
-                // Held by the row (or all written above).
-                continue;
-            }
-            let value = match change {
-                Some(e) => Some(store::seal_extent(s, *ino, *off, e)?),
-                None => None,
-            };
-            extents.push(((*ino, *off), value));
-        }
-        let next_ino = st.next_ino;
-        let counters: Vec<(&'static str, Option<u64>)> =
-            st.pending.counter_changes.drain().collect();
-        // The references these changes dropped join the engine batch this
-        // commit writes; later ones wait in the state for the next commit.
-        let releases = std::mem::take(&mut st.pending.deferred_releases);
-        st.pending.dirty_inodes.clear();
-        st.pending.removed_inodes.clear();
-        st.pending.dirent_changes.clear();
-        st.pending.extent_changes.clear();
-        for ino in inodes.iter().map(|(ino, _)| ino) {
-            if now_inline.contains(ino) {
-                st.cached.inline.insert(*ino);
-            } else {
-                st.cached.inline.remove(ino);
-            }
-            if now_inline_dirs.contains(ino) {
-                st.cached.inline_dirs.insert(*ino);
-            } else {
-                st.cached.inline_dirs.remove(ino);
-            }
-        }
-        drop(st);
-        let counters = std::iter::once(("next_ino", Some(next_ino)))
-            .chain(counters)
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let rows = VolumeChanges {
-            inodes,
-            removed_inodes: removed,
-            cleared_dirents: clear_dirent_rows,
-            dirents,
-            cleared_extents: clear_rows,
-            extents,
-            counters,
-        };
-        self.engine.commit_volume(durable, &releases, &rows)?;
-        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@
 //!   at open, leftovers of a crash (nlink 0) are removed.
 
 mod acl;
+mod commit;
 pub mod convert;
 mod error;
 pub mod inode;
