@@ -4,6 +4,9 @@
 # the FIPS module, pjdfstest, s3s-fs and Garage as S3 servers, chromium for the
 # dashboard test), then runs formatting, clippy, and every test of the
 # workspace, with default features and again without them (no FIPS module).
+# scripts/check_structure.py fails the run on an import up the layer map
+# (docs/DESIGN.md), redb outside src/meta, Result<_, String>, or a function
+# over 80 lines outside tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +49,8 @@ id tests >/dev/null 2>&1 || echo "tests:x:1001:1001::/nonexistent:/usr/sbin/nolo
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> structure (layers, redb only in meta, typed errors, function length)"
+python3 scripts/check_structure.py
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --profile ci -- -D warnings
 cargo clippy --workspace --all-targets --profile ci --no-default-features -- -D warnings

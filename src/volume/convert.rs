@@ -42,6 +42,10 @@ fn chunk_ref(e: &Extent) -> ChunkRef {
     }
 }
 
+/// The extents one conversion step re-encrypts, and where the next
+/// step of the same file starts (None: the file is done).
+type ConvertTake = (Vec<(u64, Extent)>, Option<u64>);
+
 impl Volume {
     /// Switches the keys the volume and its engine write with. Changes not
     /// committed yet are sealed with the new sealer when they are; nothing
@@ -77,51 +81,10 @@ impl Volume {
         budget: u64,
         converted: &mut HashMap<Fingerprint, ChunkRef>,
     ) -> VResult<(ConvertStep, Option<u64>)> {
-        let mut next = None;
         let current = self.engine.keys()?.current.generation;
-        let snapshot: Vec<(u64, Extent)> = {
-            let mut st = self.lock_unflushing(ino);
-            if st.pending.removed_inodes.contains(&ino) {
-                return Ok((ConvertStep::default(), None));
-            }
-            let kind = match self.load_inode(&mut st, ino) {
-                Ok(i) => i.kind,
-                Err(e) if e.errno == libc::ENOENT => return Ok((ConvertStep::default(), None)),
-                Err(e) => return Err(e),
-            };
-            Self::touch(&mut st, ino);
-            match kind {
-                Kind::Dir if from == 0 => {
-                    let entries: Vec<(Vec<u8>, u64)> = self
-                        .load_dir(&mut st, ino)?
-                        .iter()
-                        .map(|(n, c)| (n.clone(), *c))
-                        .collect();
-                    for (name, child) in entries {
-                        st.pending.dirent_changes.insert((ino, name), Some(child));
-                    }
-                    Vec::new()
-                }
-                Kind::File => {
-                    let mut taken = 0u64;
-                    let mut extents: Vec<(u64, Extent)> = Vec::new();
-                    for (o, e) in self.load_extents(&mut st, ino)?.range(from..) {
-                        if taken >= budget {
-                            next = Some(*o);
-                            break;
-                        }
-                        taken += e.len as u64;
-                        extents.push((*o, *e));
-                    }
-                    for (off, e) in &extents {
-                        st.pending.extent_changes.insert((ino, *off), Some(*e));
-                    }
-                    extents
-                }
-                _ => Vec::new(),
-            }
+        let Some((snapshot, next)) = self.take_for_convert(ino, from, budget)? else {
+            return Ok((ConvertStep::default(), None));
         };
-
         // Unlocked: bring every retiring-key chunk over to the current keys.
         let mut step = ConvertStep::default();
         let mut replacements: Vec<(u64, Extent, ChunkRef)> = Vec::new();
@@ -136,33 +99,90 @@ impl Volume {
                 }
             }
         }
-
-        // Locked: swap in what is unchanged; release what is not used.
-        let mut unused = Vec::new();
-        {
-            let mut st = self.lock_unflushing(ino);
-            let alive = !st.pending.removed_inodes.contains(&ino);
-            for (off, old, new) in replacements {
-                let map = st.cached.extents.get_mut(&ino).filter(|_| alive);
-                match map {
-                    Some(m) if m.get(&off) == Some(&old) => {
-                        let e = Extent {
-                            fingerprint: new.fingerprint,
-                            len: old.len,
-                        };
-                        m.insert(off, e);
-                        st.pending.extent_changes.insert((ino, off), Some(e));
-                        st.pending.deferred_releases.push(chunk_ref(&old));
-                    }
-                    _ => unused.push(new),
-                }
-            }
-        }
+        let unused = self.swap_converted(ino, replacements);
         self.engine.release(&unused)?;
         match fail {
             Some(e) => Err(e),
             None => Ok((step, next)),
         }
+    }
+
+    /// Under the volume lock: marks the inode's row and a directory's
+    /// entries (first step only) or about `budget` bytes of a file's
+    /// extents from `from` on to be written again (so the next commit
+    /// re-seals them), and returns those extents with where the next step
+    /// starts. None when the inode is gone.
+    fn take_for_convert(&self, ino: u64, from: u64, budget: u64) -> VResult<Option<ConvertTake>> {
+        let mut st = self.lock_unflushing(ino);
+        if st.pending.removed_inodes.contains(&ino) {
+            return Ok(None);
+        }
+        let kind = match self.load_inode(&mut st, ino) {
+            Ok(i) => i.kind,
+            Err(e) if e.errno == libc::ENOENT => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Self::touch(&mut st, ino);
+        match kind {
+            Kind::Dir if from == 0 => {
+                let entries: Vec<(Vec<u8>, u64)> = self
+                    .load_dir(&mut st, ino)?
+                    .iter()
+                    .map(|(n, c)| (n.clone(), *c))
+                    .collect();
+                for (name, child) in entries {
+                    st.pending.dirent_changes.insert((ino, name), Some(child));
+                }
+                Ok(Some((Vec::new(), None)))
+            }
+            Kind::File => {
+                let mut taken = 0u64;
+                let mut next = None;
+                let mut extents: Vec<(u64, Extent)> = Vec::new();
+                for (o, e) in self.load_extents(&mut st, ino)?.range(from..) {
+                    if taken >= budget {
+                        next = Some(*o);
+                        break;
+                    }
+                    taken += e.len as u64;
+                    extents.push((*o, *e));
+                }
+                for (off, e) in &extents {
+                    st.pending.extent_changes.insert((ino, *off), Some(*e));
+                }
+                Ok(Some((extents, next)))
+            }
+            _ => Ok(Some((Vec::new(), None))),
+        }
+    }
+
+    /// Under the volume lock: swaps in each converted chunk whose extent is
+    /// unchanged since it was taken (the old reference is released with the
+    /// commit); returns the converted chunks nothing uses.
+    fn swap_converted(
+        &self,
+        ino: u64,
+        replacements: Vec<(u64, Extent, ChunkRef)>,
+    ) -> Vec<ChunkRef> {
+        let mut unused = Vec::new();
+        let mut st = self.lock_unflushing(ino);
+        let alive = !st.pending.removed_inodes.contains(&ino);
+        for (off, old, new) in replacements {
+            let map = st.cached.extents.get_mut(&ino).filter(|_| alive);
+            match map {
+                Some(m) if m.get(&off) == Some(&old) => {
+                    let e = Extent {
+                        fingerprint: new.fingerprint,
+                        len: old.len,
+                    };
+                    m.insert(off, e);
+                    st.pending.extent_changes.insert((ino, off), Some(e));
+                    st.pending.deferred_releases.push(chunk_ref(&old));
+                }
+                _ => unused.push(new),
+            }
+        }
+        unused
     }
 
     /// The current-key chunk for `old` with one reference taken, or None

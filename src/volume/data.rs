@@ -26,6 +26,8 @@ pub struct Around {
 type Replaced = Vec<(u64, Extent)>;
 /// A window to re-chunk: (start offset, extents it replaces, new content).
 type Window = (u64, Replaced, Content);
+/// A stored window: its start, the extents it replaced, its new chunks.
+type StoredWindow = (u64, Replaced, Vec<ChunkRef>);
 
 /// A window's new content: exactly one buffered piece, used in place (the
 /// common case of a sequential write into a hole or past the end), or
@@ -463,30 +465,7 @@ impl Volume {
             }
         };
         // Phase 2, unlocked: chunk, fingerprint, compress, encrypt, store.
-        let mut stored: Vec<(u64, Replaced, Vec<ChunkRef>)> = Vec::new();
-        let mut failure: Option<VolError> = None;
-        // One assembly buffer for all windows: its pages stay mapped (fresh
-        // ones cost a fault and a clear each on this kind of VM).
-        let mut window: Vec<u8> = Vec::new();
-        for (lo, olds, content) in plans {
-            let put = match content {
-                Content::Piece(key) => self.engine.put_bytes(&buf[&key]).map_err(VolError::from),
-                Content::Assemble { hi } => {
-                    window.clear();
-                    window.resize((hi - lo) as usize, 0);
-                    self.decode_for_rewrite(&olds, lo, &mut window)
-                        .map(|()| overlay_buffer(&buf, lo, &mut window))
-                        .and_then(|()| self.engine.put_bytes(&window).map_err(VolError::from))
-                }
-            };
-            match put {
-                Ok(refs) => stored.push((lo, olds, refs)),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
+        let (stored, failure) = self.store_windows(&buf, plans);
         // Phase 3, locked: install the new extents.
         let mut st = lock(&self.state);
         let new_refs: Vec<ChunkRef> = stored
@@ -528,6 +507,37 @@ impl Volume {
         }
         Self::touch(&mut st, ino);
         Ok(())
+    }
+
+    /// Stores each planned window's new content (a buffered piece as it
+    /// is, or old data overlaid with the buffer); returns what was stored
+    /// until the first failure, and that failure.
+    fn store_windows(
+        &self,
+        buf: &BTreeMap<u64, Vec<u8>>,
+        plans: Vec<Window>,
+    ) -> (Vec<StoredWindow>, Option<VolError>) {
+        let mut stored = Vec::new();
+        // One assembly buffer for all windows: its pages stay mapped (fresh
+        // ones cost a fault and a clear each on this kind of VM).
+        let mut window: Vec<u8> = Vec::new();
+        for (lo, olds, content) in plans {
+            let put = match content {
+                Content::Piece(key) => self.engine.put_bytes(&buf[&key]).map_err(VolError::from),
+                Content::Assemble { hi } => {
+                    window.clear();
+                    window.resize((hi - lo) as usize, 0);
+                    self.decode_for_rewrite(&olds, lo, &mut window)
+                        .map(|()| overlay_buffer(buf, lo, &mut window))
+                        .and_then(|()| self.engine.put_bytes(&window).map_err(VolError::from))
+                }
+            };
+            match put {
+                Ok(refs) => stored.push((lo, olds, refs)),
+                Err(e) => return (stored, Some(e)),
+            }
+        }
+        (stored, None)
     }
 
     /// The windows to re-chunk: (start, old extents replaced, new content).

@@ -97,6 +97,14 @@ pub struct Caller {
 /// One directory entry as `read_dir` lists it: (inode, kind, name).
 pub type DirEntry = (u64, Kind, Vec<u8>);
 
+/// The two directory entries a rename names.
+struct RenameEnds<'a> {
+    parent: u64,
+    name: &'a [u8],
+    newparent: u64,
+    newname: &'a [u8],
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
     Replace,
@@ -840,41 +848,17 @@ impl Volume {
             return err(libc::EINVAL);
         }
         let now = Time::now();
+        let ends = RenameEnds {
+            parent,
+            name,
+            newparent,
+            newname,
+        };
         match (mode, dst) {
             (RenameMode::NoReplace, Some(_)) => return err(libc::EEXIST),
             (RenameMode::Exchange, None) => return err(libc::ENOENT),
             (RenameMode::Exchange, Some(d)) => {
-                let dst_dir = self.load_inode(&mut st, d)?.kind == Kind::Dir;
-                if dst_dir && self.is_within(&mut st, parent, d)? {
-                    return err(libc::EINVAL);
-                }
-                Self::set_dirent(&mut st, parent, name, Some(d));
-                Self::set_dirent(&mut st, newparent, newname, Some(src));
-                for (ino, is_dir, new_parent) in [(src, src_dir, newparent), (d, dst_dir, parent)] {
-                    let i = self.load_inode(&mut st, ino)?;
-                    i.ctime = now;
-                    if is_dir {
-                        i.parent = new_parent;
-                    }
-                    Self::touch(&mut st, ino);
-                }
-                if src_dir != dst_dir && parent != newparent {
-                    let (gain, lose) = if src_dir {
-                        (newparent, parent)
-                    } else {
-                        (parent, newparent)
-                    };
-                    self.load_inode(&mut st, gain)?.nlink += 1;
-                    let l = self.load_inode(&mut st, lose)?;
-                    l.nlink = l.nlink.saturating_sub(1);
-                }
-                for p in [parent, newparent] {
-                    let pi = self.load_inode(&mut st, p)?;
-                    pi.mtime = now;
-                    pi.ctime = now;
-                    Self::touch(&mut st, p);
-                }
-                return Ok(());
+                return self.exchange(&mut st, &ends, (src, src_dir), d, now)
             }
             _ => {}
         }
@@ -882,20 +866,7 @@ impl Volume {
             return Ok(()); // same file under both names: nothing to do
         }
         if let Some(d) = dst {
-            let dst_dir = self.load_inode(&mut st, d)?.kind == Kind::Dir;
-            match (src_dir, dst_dir) {
-                (true, false) => return err(libc::ENOTDIR),
-                (false, true) => return err(libc::EISDIR),
-                (true, true) if !self.load_dir(&mut st, d)?.is_empty() => {
-                    return err(libc::ENOTEMPTY)
-                }
-                _ => {}
-            }
-            if dst_dir {
-                let np = self.load_inode(&mut st, newparent)?;
-                np.nlink = np.nlink.saturating_sub(1);
-            }
-            self.drop_link(&mut st, d)?;
+            self.drop_target(&mut st, src_dir, d, newparent)?;
         }
         Self::set_dirent(&mut st, parent, name, None);
         Self::set_dirent(&mut st, newparent, newname, Some(src));
@@ -912,11 +883,71 @@ impl Volume {
             p.nlink = p.nlink.saturating_sub(1);
             self.load_inode(&mut st, newparent)?.nlink += 1;
         }
-        for p in [parent, newparent] {
-            let pi = self.load_inode(&mut st, p)?;
+        self.touch_parents(&mut st, &ends, now)
+    }
+
+    /// RENAME_EXCHANGE: the two entries swap inodes; directories moving
+    /// between parents move a link count with them.
+    fn exchange(
+        &self,
+        st: &mut State,
+        ends: &RenameEnds,
+        (src, src_dir): (u64, bool),
+        d: u64,
+        now: Time,
+    ) -> VResult<()> {
+        let (parent, newparent) = (ends.parent, ends.newparent);
+        let dst_dir = self.load_inode(st, d)?.kind == Kind::Dir;
+        if dst_dir && self.is_within(st, parent, d)? {
+            return err(libc::EINVAL);
+        }
+        Self::set_dirent(st, parent, ends.name, Some(d));
+        Self::set_dirent(st, newparent, ends.newname, Some(src));
+        for (ino, is_dir, new_parent) in [(src, src_dir, newparent), (d, dst_dir, parent)] {
+            let i = self.load_inode(st, ino)?;
+            i.ctime = now;
+            if is_dir {
+                i.parent = new_parent;
+            }
+            Self::touch(st, ino);
+        }
+        if src_dir != dst_dir && parent != newparent {
+            let (gain, lose) = if src_dir {
+                (newparent, parent)
+            } else {
+                (parent, newparent)
+            };
+            self.load_inode(st, gain)?.nlink += 1;
+            let l = self.load_inode(st, lose)?;
+            l.nlink = l.nlink.saturating_sub(1);
+        }
+        self.touch_parents(st, ends, now)
+    }
+
+    /// Removes the entry a rename replaces (`d` in `newparent`): a file
+    /// only by a file, a directory only by a directory, and only when empty.
+    fn drop_target(&self, st: &mut State, src_dir: bool, d: u64, newparent: u64) -> VResult<()> {
+        let dst_dir = self.load_inode(st, d)?.kind == Kind::Dir;
+        match (src_dir, dst_dir) {
+            (true, false) => return err(libc::ENOTDIR),
+            (false, true) => return err(libc::EISDIR),
+            (true, true) if !self.load_dir(st, d)?.is_empty() => return err(libc::ENOTEMPTY),
+            _ => {}
+        }
+        if dst_dir {
+            let np = self.load_inode(st, newparent)?;
+            np.nlink = np.nlink.saturating_sub(1);
+        }
+        self.drop_link(st, d)
+    }
+
+    /// Both parents of a rename changed now.
+    fn touch_parents(&self, st: &mut State, ends: &RenameEnds, now: Time) -> VResult<()> {
+        for p in [ends.parent, ends.newparent] {
+            let pi = self.load_inode(st, p)?;
             pi.mtime = now;
             pi.ctime = now;
-            Self::touch(&mut st, p);
+            Self::touch(st, p);
         }
         Ok(())
     }

@@ -225,26 +225,7 @@ impl Volume {
         lo: u64,
         window: &mut [u8],
     ) -> VResult<()> {
-        let hi = lo + window.len() as u64;
-        // Each extent inside the window gets its own slice of it.
-        let mut inside: Vec<(Fp, &mut [u8])> = Vec::with_capacity(extents.len());
-        let mut straddling: Vec<(u64, Extent)> = Vec::new();
-        let mut rest: &mut [u8] = window;
-        let mut rest_at = lo;
-        for &(off, e) in extents {
-            let end = off + u64::from(e.len);
-            if off < rest_at || end > hi {
-                straddling.push((off, e));
-                continue;
-            }
-            let tail = std::mem::take(&mut rest)
-                .split_at_mut((off - rest_at) as usize)
-                .1;
-            let (mine, after) = tail.split_at_mut(e.len as usize);
-            inside.push((e.fingerprint, mine));
-            rest = after;
-            rest_at = end;
-        }
+        let (inside, straddling) = slice_window(extents, lo, window);
         let mut missing: Vec<(Fp, &mut [u8])> = Vec::with_capacity(inside.len());
         {
             let c = lock(&self.cache.cached);
@@ -255,19 +236,20 @@ impl Volume {
                 }
             }
         }
-        // Batches of about BATCH_BYTES, taken in file order.
-        let mut batches: Vec<Vec<(Fp, &mut [u8])>> = Vec::new();
-        let mut bytes = 0;
-        for chunk in missing {
-            if bytes == 0 {
-                batches.push(Vec::new());
-            }
-            bytes += chunk.1.len() as u64;
-            batches.last_mut().expect("pushed above").push(chunk);
-            if bytes >= BATCH_BYTES {
-                bytes = 0;
-            }
+        self.decode_batches(batches_in_file_order(missing))?;
+        // Extents that do not lie wholly inside the window (none when the
+        // window was widened to extent boundaries): the general path.
+        if !straddling.is_empty() {
+            self.fill_from_extents(&straddling, lo, window)?;
         }
+        Ok(())
+    }
+
+    /// Decodes the batches straight into their slices on up to
+    /// `REWRITE_READERS` threads of their own rather than the pool's: each
+    /// waits for its reads, so more of them than cores keep both the disk
+    /// and the cores busy.
+    fn decode_batches(&self, mut batches: Vec<Vec<(Fp, &mut [u8])>>) -> VResult<()> {
         batches.reverse();
         let threads = REWRITE_READERS.min(batches.len());
         let queue = Mutex::new(batches);
@@ -281,27 +263,17 @@ impl Volume {
                 }
             }
         };
-        if threads > 1 {
-            // Threads of their own rather than the pool's: each waits for
-            // its reads, so more of them than cores keep both the disk and
-            // the cores busy.
-            std::thread::scope(|s| {
-                let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-                let mine = work();
-                helpers
-                    .into_iter()
-                    .map(|h| h.join().expect("a rewrite reader panicked"))
-                    .fold(mine, |a, b| a.and(b))
-            })?;
-        } else {
-            work()?;
+        if threads <= 1 {
+            return work();
         }
-        // Extents that do not lie wholly inside the window (none when the
-        // window was widened to extent boundaries): the general path.
-        if !straddling.is_empty() {
-            self.fill_from_extents(&straddling, lo, window)?;
-        }
-        Ok(())
+        std::thread::scope(|s| {
+            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mine = work();
+            helpers
+                .into_iter()
+                .map(|h| h.join().expect("a rewrite reader panicked"))
+                .fold(mine, |a, b| a.and(b))
+        })
     }
 
     /// How many of `extents` are neither cached nor being decoded.
@@ -426,4 +398,54 @@ fn take_batch(queue: &mut VecDeque<Extent>) -> Vec<Extent> {
         batch.extend(queue.pop_front());
     }
     batch
+}
+
+/// A chunk to decode and the part of a window its plaintext goes to.
+type Slot<'w> = (Fp, &'w mut [u8]);
+
+/// Gives each extent lying wholly inside `window` (file offsets [lo, lo +
+/// window.len())) its own slice of it; returns those and the extents that
+/// straddle the window's edges.
+fn slice_window<'w>(
+    extents: &[(u64, Extent)],
+    lo: u64,
+    window: &'w mut [u8],
+) -> (Vec<Slot<'w>>, Vec<(u64, Extent)>) {
+    let hi = lo + window.len() as u64;
+    let mut inside: Vec<(Fp, &mut [u8])> = Vec::with_capacity(extents.len());
+    let mut straddling: Vec<(u64, Extent)> = Vec::new();
+    let mut rest: &mut [u8] = window;
+    let mut rest_at = lo;
+    for &(off, e) in extents {
+        let end = off + u64::from(e.len);
+        if off < rest_at || end > hi {
+            straddling.push((off, e));
+            continue;
+        }
+        let tail = std::mem::take(&mut rest)
+            .split_at_mut((off - rest_at) as usize)
+            .1;
+        let (mine, after) = tail.split_at_mut(e.len as usize);
+        inside.push((e.fingerprint, mine));
+        rest = after;
+        rest_at = end;
+    }
+    (inside, straddling)
+}
+
+/// Batches of about BATCH_BYTES, taken in file order.
+fn batches_in_file_order(missing: Vec<(Fp, &mut [u8])>) -> Vec<Vec<(Fp, &mut [u8])>> {
+    let mut batches: Vec<Vec<(Fp, &mut [u8])>> = Vec::new();
+    let mut bytes = 0;
+    for chunk in missing {
+        if bytes == 0 {
+            batches.push(Vec::new());
+        }
+        bytes += chunk.1.len() as u64;
+        batches.last_mut().expect("pushed above").push(chunk);
+        if bytes >= BATCH_BYTES {
+            bytes = 0;
+        }
+    }
+    batches
 }
