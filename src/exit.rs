@@ -95,6 +95,7 @@ impl From<EngineError> for Failure {
             EngineError::Meta(
                 MetaError::Missing(_) | MetaError::Corrupt { .. } | MetaError::Older { .. },
             ) => Exit::Damaged,
+            EngineError::Meta(m) if m.os_error().is_some() => Exit::Io,
             EngineError::Meta(_) | EngineError::Poisoned | EngineError::ReadOnly => Exit::Error,
             EngineError::Remote(_) => Exit::Io,
         };

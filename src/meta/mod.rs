@@ -68,7 +68,20 @@ pub struct PackRow {
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata database: {0}")]
-    Db(String),
+    Db(#[source] Box<redb::Error>),
+    #[error("metadata database: {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metadata database: {0}")]
+    Encoding(#[from] postcard::Error),
+    /// A row whose sealed value or layout is not what this build reads.
+    #[error("metadata database: {0}")]
+    Row(Box<dyn std::error::Error + Send + Sync>),
+    #[error("metadata database {0} already exists")]
+    Exists(PathBuf),
     /// The file of a store that holds data is gone or empty: nothing was
     /// created in its place and no segment was touched.
     #[error("metadata database {0} is missing or empty; the segment files were left untouched (`datastore repair` puts back its checkpoint)")]
@@ -92,18 +105,37 @@ pub enum MetaError {
 macro_rules! db_err {
     ($($t:ty),*) => {$(
         impl From<$t> for MetaError {
-            fn from(e: $t) -> Self { MetaError::Db(e.to_string()) }
+            fn from(e: $t) -> Self { MetaError::Db(Box::new(e.into())) }
         }
     )*};
 }
 db_err!(
-    postcard::Error,
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
     redb::CommitError
 );
+
+impl MetaError {
+    /// An I/O failure below the database, by its errno (a full disk is
+    /// ENOSPC to whoever wrote, not EIO).
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            MetaError::Io { source, .. } => source.raw_os_error(),
+            MetaError::Db(e) => match &**e {
+                redb::Error::Io(source) => source.raw_os_error(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> MetaError + Copy {
+        move |source| MetaError::Io { what, source }
+    }
+}
 
 /// Where a chunk's record is and how many references it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +246,7 @@ fn open_existing(path: &Path, mode: OpenMode) -> Result<Database, MetaError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(MetaError::Missing(path.to_path_buf()))
         }
-        Err(e) => return Err(MetaError::Db(format!("{}: {e}", path.display()))),
+        Err(e) => return Err(MetaError::io("stat the database file")(e)),
     }
     let corrupt = |why: String| MetaError::Corrupt {
         path: path.to_path_buf(),
@@ -360,7 +392,7 @@ impl Meta {
     /// Creates the database of a new store (refuses an existing one).
     pub fn create(path: &Path) -> Result<(), MetaError> {
         if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            return Err(MetaError::Db(format!("{} already exists", path.display())));
+            return Err(MetaError::Exists(path.to_path_buf()));
         }
         let db = create_db(path)?;
         Self::ensure_tables(&db)?;
@@ -433,10 +465,10 @@ impl Meta {
         }
         // redb writes some pages of zeros (parts of its allocator state):
         // they need no disk blocks.
-        crate::fsutil::punch_zero_pages(&fresh).map_err(|e| MetaError::Db(e.to_string()))?;
-        std::fs::rename(&fresh, &self.path).map_err(|e| MetaError::Db(e.to_string()))?;
+        crate::fsutil::punch_zero_pages(&fresh).map_err(MetaError::io("punch zero pages"))?;
+        std::fs::rename(&fresh, &self.path).map_err(MetaError::io("rename the fresh file"))?;
         if let Some(dir) = self.path.parent() {
-            crate::fsutil::sync_dir(dir).map_err(|e| MetaError::Db(e.to_string()))?;
+            crate::fsutil::sync_dir(dir).map_err(MetaError::io("sync the meta directory"))?;
         }
         *slot = Arc::new(open_existing(&self.path, OpenMode::ReadWrite)?);
         Ok(())
@@ -465,7 +497,7 @@ impl Meta {
         path: &Path,
         store_id: &[u8; 16],
     ) -> Result<checkpoint::Replayed, MetaError> {
-        let io = |e: std::io::Error| MetaError::Db(format!("restore the checkpoint: {e}"));
+        let io = MetaError::io("restore the checkpoint");
         let tmp = path.with_extension("redb.restoring");
         let legacy = checkpoint::legacy_path(path);
         let replayed = if !checkpoint::path(path).exists() && legacy.exists() {
@@ -498,7 +530,10 @@ impl Meta {
             crate::fsutil::sync_dir(dir).map_err(io)?;
         }
         if replayed.stopped.is_some() && replayed.end > 0 {
-            checkpoint::cut_after(path, &replayed).map_err(|e| MetaError::Db(e.to_string()))?;
+            checkpoint::cut_after(path, &replayed).map_err(|e| match e {
+                checkpoint::CheckpointError::Io(e) => MetaError::io("cut the checkpoint")(e),
+                damage => MetaError::Checkpoint(damage.to_string()),
+            })?;
         }
         Ok(replayed)
     }
@@ -514,7 +549,7 @@ impl Meta {
     pub fn space(&self) -> Result<(u64, u64), MetaError> {
         use std::os::unix::fs::MetadataExt;
         let on_disk = std::fs::metadata(&self.path)
-            .map_err(|e| MetaError::Db(e.to_string()))?
+            .map_err(MetaError::io("stat the database file"))?
             .blocks()
             * 512;
         let txn = self.database().begin_read()?;
@@ -846,4 +881,19 @@ fn entry_after(
         _ => {}
     }
     Some((entry, new_refs < 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetaError;
+
+    #[test]
+    fn an_io_error_inside_the_database_keeps_its_errno_and_source() {
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = MetaError::from(redb::StorageError::Io(full()));
+        assert_eq!(e.os_error(), Some(libc::ENOSPC));
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
+        let e = MetaError::from(redb::CommitError::Storage(redb::StorageError::Io(full())));
+        assert_eq!(e.os_error(), Some(libc::ENOSPC));
+    }
 }

@@ -35,6 +35,7 @@ impl From<crate::engine::EngineError> for VolError {
     fn from(e: crate::engine::EngineError) -> Self {
         match e {
             crate::engine::EngineError::Locked => VolError::new(libc::EACCES),
+            crate::engine::EngineError::Meta(m) => m.into(),
             crate::engine::EngineError::Io { ref source, .. }
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {
@@ -49,8 +50,16 @@ impl From<crate::engine::EngineError> for VolError {
 }
 
 impl From<crate::meta::MetaError> for VolError {
+    /// A full disk under the metadata database is ENOSPC to the writer (as
+    /// under the segments); anything else is EIO.
     fn from(e: crate::meta::MetaError) -> Self {
-        VolError::io(e)
+        match e.os_error() {
+            Some(libc::ENOSPC) => VolError {
+                errno: libc::ENOSPC,
+                cause: Some(e.to_string()),
+            },
+            _ => VolError::io(e),
+        }
     }
 }
 
@@ -58,4 +67,29 @@ pub type VResult<T> = Result<T, VolError>;
 
 pub fn err<T>(errno: i32) -> VResult<T> {
     Err(VolError::new(errno))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VolError;
+    use crate::engine::EngineError;
+    use crate::meta::MetaError;
+
+    fn full_disk() -> MetaError {
+        MetaError::Io {
+            what: "commit",
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+    }
+
+    #[test]
+    fn a_full_disk_under_the_metadata_database_is_enospc_not_eio() {
+        assert_eq!(VolError::from(full_disk()).errno, libc::ENOSPC);
+        assert_eq!(
+            VolError::from(EngineError::Meta(full_disk())).errno,
+            libc::ENOSPC
+        );
+        let other = MetaError::Exists("x".into());
+        assert_eq!(VolError::from(EngineError::Meta(other)).errno, libc::EIO);
+    }
 }

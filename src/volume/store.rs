@@ -27,8 +27,8 @@ fn aad(kind: &str, a: u64, b: &[u8]) -> Vec<u8> {
     v
 }
 
-pub fn meta_err(e: impl std::fmt::Display) -> MetaError {
-    MetaError::Db(e.to_string())
+pub fn meta_err(e: impl std::error::Error + Send + Sync + 'static) -> MetaError {
+    MetaError::Row(Box::new(e))
 }
 
 /// Seals an inode row; `extents` / `entries` given: the file's extents or
@@ -46,7 +46,7 @@ pub fn seal_inode(
 
 pub fn open_inode(s: &MetaSealer, ino: u64, sealed: &[u8]) -> Result<InodeRow, MetaError> {
     let plain = s.open(&aad("inode", ino, &[]), sealed).map_err(meta_err)?;
-    inode::decode_row(&plain).map_err(|e| meta_err(format!("inode {ino}: {e}")))
+    inode::decode_row(&plain).map_err(|e| MetaError::Row(format!("inode {ino}: {e}").into()))
 }
 
 pub fn seal_dirent(
