@@ -61,6 +61,9 @@ pub struct LoadedKeys {
     make_sealer: Box<dyn Fn(u64) -> VResult<MetaSealer> + Send + Sync>,
     /// Bucket mirror keys (current, retiring); None for an unencrypted store.
     pub mirror: Option<(MirrorKey, Option<MirrorKey>)>,
+    /// datastore.toml as read (and reconciled with the keystore) once for
+    /// this unlock: where the bucket mirror is, if any.
+    config: StoreConfig,
 }
 
 impl LoadedKeys {
@@ -71,7 +74,7 @@ impl LoadedKeys {
 }
 
 /// The key objects of `ks`'s current key (and its retiring one).
-pub fn derive(ks: &Keystore, vk: VolumeKey) -> Result<LoadedKeys, UnlockError> {
+fn derive(ks: &Keystore, vk: VolumeKey, config: StoreConfig) -> Result<LoadedKeys, UnlockError> {
     let generation = ks.generation();
     let current = Arc::new(
         ChunkCrypto::new(
@@ -127,15 +130,17 @@ pub fn derive(ks: &Keystore, vk: VolumeKey) -> Result<LoadedKeys, UnlockError> {
         ring: Arc::new(KeyRing { current, retiring }),
         make_sealer: Box::new(make_sealer),
         mirror,
+        config,
     })
 }
 
 /// The "keys" of an unencrypted store.
-fn plain_keys() -> Result<LoadedKeys, UnlockError> {
+fn plain_keys(config: StoreConfig) -> Result<LoadedKeys, UnlockError> {
     Ok(LoadedKeys {
         ring: Arc::new(KeyRing::single(Arc::new(ChunkCrypto::plain()?))),
         make_sealer: Box::new(|first| Ok(MetaSealer::plain(first))),
         mirror: None,
+        config,
     })
 }
 
@@ -160,9 +165,13 @@ pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, Unloc
 
 /// Makes datastore.toml say what the keystore says (a crash between the
 /// keystore write and the config write of a conversion's start leaves the
-/// config one step behind; the keystore is the authority).
-fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
-    let mut cfg = StoreConfig::load(store)?;
+/// config one step behind; the keystore is the authority). Returns the
+/// config as it now is.
+fn reconcile_config(
+    store: &Path,
+    ks: &Keystore,
+    mut cfg: StoreConfig,
+) -> Result<StoreConfig, UnlockError> {
     if cfg.store_id != ks.store_id() {
         return Err(UnlockError::Config(format!(
             "the keystore belongs to store {}, datastore.toml to store {}: refused (a keystore or datastore.toml from another store was put here)",
@@ -182,14 +191,13 @@ fn reconcile_config(store: &Path, ks: &Keystore) -> Result<(), UnlockError> {
         cfg.save(store)
             .map_err(|e| UnlockError::Config(format!("cannot write datastore.toml: {e}")))?;
     }
-    Ok(())
+    Ok(cfg)
 }
 
 /// Connects the bucket mirror of a store that has one and loads its keys,
 /// before the volume opens (its first durable commit already syncs).
 fn attach_remote(engine: &Arc<Engine>, keys: &LoadedKeys) -> Result<(), UnlockError> {
-    let cfg = StoreConfig::load(engine.store_dir())?;
-    let Some(remote_cfg) = cfg.remote else {
+    let Some(remote_cfg) = &keys.config.remote else {
         return Ok(());
     };
     let Some((current, retiring)) = keys.mirror.clone() else {
@@ -200,7 +208,7 @@ fn attach_remote(engine: &Arc<Engine>, keys: &LoadedKeys) -> Result<(), UnlockEr
     let remote = match engine.remote() {
         Some(r) => r,
         None => {
-            Arc::new(Remote::connect(&remote_cfg).map_err(|e| UnlockError::Config(e.to_string()))?)
+            Arc::new(Remote::connect(remote_cfg).map_err(|e| UnlockError::Config(e.to_string()))?)
         }
     };
     remote.set_keys(current, retiring);
@@ -211,20 +219,20 @@ fn attach_remote(engine: &Arc<Engine>, keys: &LoadedKeys) -> Result<(), UnlockEr
 /// Unlocks the keystore with a password (or recovery key) and derives the
 /// key objects (no volume opened).
 pub fn keys_with_password(store: &Path, password: &[u8]) -> Result<LoadedKeys, UnlockError> {
-    StoreConfig::load(store)?;
+    let cfg = StoreConfig::load(store)?;
     let mut ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
-    reconcile_config(store, &ks)?;
-    derive(&ks, vk)
+    let cfg = reconcile_config(store, &ks, cfg)?;
+    derive(&ks, vk, cfg)
 }
 
 /// The key objects a password (or recovery key) opens, writing nothing:
 /// for commands that only read the store (`scrub --verify-data`).
 pub fn keys_to_read(store: &Path, password: &[u8]) -> Result<LoadedKeys, UnlockError> {
-    StoreConfig::load(store)?;
+    let cfg = StoreConfig::load(store)?;
     let ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.open_key(password, &KatSet::embedded())?;
-    derive(&ks, vk)
+    derive(&ks, vk, cfg)
 }
 
 /// Unlocks with a password (or recovery key).
@@ -233,14 +241,14 @@ pub fn unlock_with_password(
     engine: &Arc<Engine>,
     password: &[u8],
 ) -> Result<Arc<Volume>, UnlockError> {
-    if !has_keystore(store) && !engine.config().encrypted() {
-        return load(engine, plain_keys()?);
+    let cfg = StoreConfig::load(store)?;
+    if !has_keystore(store) && !cfg.engine.encrypted() {
+        return load(engine, plain_keys(cfg)?);
     }
-    StoreConfig::load(store)?;
     let mut ks = Keystore::open(store, &boot_key_dir())?;
     let vk = ks.unlock(password, &KatSet::embedded())?;
-    reconcile_config(store, &ks)?;
-    load(engine, derive(&ks, vk)?)
+    let cfg = reconcile_config(store, &ks, cfg)?;
+    load(engine, derive(&ks, vk, cfg)?)
 }
 
 /// Unlocks without a password when the startup mode allows it (always for
@@ -249,14 +257,15 @@ pub fn unlock_at_boot(
     store: &Path,
     engine: &Arc<Engine>,
 ) -> Result<Option<Arc<Volume>>, UnlockError> {
-    if !has_keystore(store) && !engine.config().encrypted() {
-        return load(engine, plain_keys()?).map(Some);
+    let cfg = StoreConfig::load(store)?;
+    if !has_keystore(store) && !cfg.engine.encrypted() {
+        return load(engine, plain_keys(cfg)?).map(Some);
     }
     let ks = Keystore::open(store, &boot_key_dir())?;
     match ks.unlock_at_boot(&KatSet::embedded())? {
         Some(vk) => {
-            reconcile_config(store, &ks)?;
-            load(engine, derive(&ks, vk)?).map(Some)
+            let cfg = reconcile_config(store, &ks, cfg)?;
+            load(engine, derive(&ks, vk, cfg)?).map(Some)
         }
         None => Ok(None),
     }
