@@ -263,7 +263,11 @@ impl Timers {
                 if let Err(e) = v.commit_if_pending() {
                     crate::log_line!("datastore: periodic commit failed: {e}");
                 }
-                mirror_limits(shared, &v);
+                if shared.engine.mirror_upload_due() {
+                    if let Err(e) = v.persist() {
+                        crate::log_line!("datastore: upload to the bucket failed: {e}");
+                    }
+                }
             }
         }
     }
@@ -284,30 +288,6 @@ impl Timers {
                 self.checkpoint_failing = false;
             }
             Ok(_) => {}
-        }
-    }
-}
-
-/// A bounded cache: when local data outgrows it, upload now (only what is
-/// in the bucket can be evicted); likewise while writes are held back by
-/// the backlog limit (every half second while the bucket is away, so it
-/// drains when it returns).
-fn mirror_limits(shared: &Shared, v: &crate::volume::Volume) {
-    let Some(r) = shared.engine.remote() else {
-        return;
-    };
-    if r.config().max_backlog.is_some() {
-        if let Err(e) = r.measure_backlog(&*shared.engine) {
-            crate::log_line!("datastore: cannot measure the bucket backlog: {e}");
-        }
-    }
-    let over = r
-        .config()
-        .cache_bytes
-        .is_some_and(|limit| shared.engine.segment_bytes().is_ok_and(|b| b > limit));
-    if over || r.backlog_full() {
-        if let Err(e) = v.persist() {
-            crate::log_line!("datastore: upload to the bucket failed: {e}");
         }
     }
 }

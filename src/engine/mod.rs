@@ -401,6 +401,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a write may be accepted (the bucket mirror's backlog limit;
+    /// always without a mirror).
+    pub fn admit_write(&self) -> bool {
+        self.remote().is_none_or(|r| r.admit_write())
+    }
+
+    /// Whether the bucket mirror wants an upload now (its cache or backlog
+    /// limit; never without a mirror).
+    pub fn mirror_upload_due(&self) -> bool {
+        self.remote().is_some_and(|r| r.upload_due(self))
+    }
+
     /// Makes every durable commit so far durable in the bucket mirror too
     /// (no-op without one). Holds the commit lock, so the mirror reads a
     /// stable database; a failure leaves the local store intact and is
@@ -534,6 +546,9 @@ impl crate::remote::LocalStore for Engine {
     }
     fn segment_file(&self, id: u64) -> std::io::Result<Arc<File>> {
         Engine::segment_file(self, id).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+    fn local_segment_bytes(&self) -> std::io::Result<u64> {
+        Engine::segment_bytes(self).map_err(std::io::Error::other)
     }
 }
 

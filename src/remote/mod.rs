@@ -53,6 +53,8 @@ pub trait LocalStore {
     fn forget_reader(&self, id: u64);
     /// A segment's read handle.
     fn segment_file(&self, id: u64) -> std::io::Result<std::sync::Arc<std::fs::File>>;
+    /// Bytes the local segment files take.
+    fn local_segment_bytes(&self) -> std::io::Result<u64>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -425,6 +427,32 @@ impl Remote {
                 s.strip_prefix(&strip).unwrap_or(&s).to_string()
             })
             .collect())
+    }
+
+    /// The mirror's write policy: whether a write may be accepted now
+    /// (not while the bucket is behind by `max_backlog`; the writer gets
+    /// ENOSPC until an upload catches up).
+    pub fn admit_write(&self) -> bool {
+        !self.backlog_full()
+    }
+
+    /// The mirror's upload policy, checked at every group commit: measures
+    /// the backlog when a limit is set, and says whether an upload should
+    /// run now: local segments outgrow the cache (only what is in the
+    /// bucket can be evicted), or writes are held back by the backlog limit
+    /// (then every half second while the bucket is away, so it drains as
+    /// soon as it returns).
+    pub fn upload_due(&self, engine: &dyn LocalStore) -> bool {
+        if self.cfg.max_backlog.is_some() {
+            if let Err(e) = self.measure_backlog(engine) {
+                crate::log_line!("datastore: cannot measure the bucket backlog: {e}");
+            }
+        }
+        let over_cache = self
+            .cfg
+            .cache_bytes
+            .is_some_and(|limit| engine.local_segment_bytes().is_ok_and(|b| b > limit));
+        over_cache || self.backlog_full()
     }
 
     /// Whether writes must wait for the bucket (see `max_backlog`).

@@ -288,15 +288,11 @@ impl Volume {
         if end > i64::MAX as u64 {
             return err(libc::EFBIG);
         }
-        if let Some(r) = self.engine.remote() {
-            if r.backlog_full() {
-                // The bucket is behind by the configured maximum: accept no
-                // more until it catches up (fsync says why: EIO).
-                return Err(VolError {
-                    errno: libc::ENOSPC,
-                    cause: Some("the bucket mirror's backlog is full".into()),
-                });
-            }
+        if !self.engine.admit_write() {
+            return Err(VolError {
+                errno: libc::ENOSPC,
+                cause: Some("the bucket mirror's backlog is full".into()),
+            });
         }
         let mut st = lock(&self.state);
         let now = Time::now();
