@@ -38,9 +38,13 @@ struct RowPlan {
     /// that may still have table rows (cleared in the commit).
     inline_extents: HashSet<u64>,
     clear_extent_rows: Vec<u64>,
+    /// Files whose row held their extents and no longer does: every
+    /// extent is written as a table row.
+    extents_to_rows: Vec<u64>,
     /// The same for directories and their entries.
     inline_entries: HashSet<u64>,
     clear_dirent_rows: Vec<u64>,
+    entries_to_rows: Vec<u64>,
 }
 
 /// The sealed rows of one commit.
@@ -145,6 +149,8 @@ impl Volume {
                 if !cached.inline.contains(&ino) {
                     plan.clear_extent_rows.push(ino);
                 }
+            } else if extents.is_some() && cached.inline.contains(&ino) {
+                plan.extents_to_rows.push(ino);
             }
             let entries = cached.dirs.get(&ino).filter(|_| i.kind == Kind::Dir);
             if entries.is_some_and(inode::entries_fit) {
@@ -152,6 +158,8 @@ impl Volume {
                 if !cached.inline_dirs.contains(&ino) {
                     plan.clear_dirent_rows.push(ino);
                 }
+            } else if entries.is_some() && cached.inline_dirs.contains(&ino) {
+                plan.entries_to_rows.push(ino);
             }
         }
         plan.inodes = inodes;
@@ -198,39 +206,21 @@ fn seal_rows(st: &State, s: &MetaSealer, plan: &RowPlan) -> VResult<SealedRows> 
     let cached = &st.cached;
     let mut out = SealedRows::default();
     for &ino in &plan.inodes {
-        let Some(i) = cached.inodes.get(&ino) else {
-            continue;
-        };
-        let back_to_rows = |inline_now: bool, inline_before: bool| !inline_now && inline_before;
-        let file_rows = back_to_rows(
-            plan.inline_extents.contains(&ino),
-            cached.inline.contains(&ino),
-        );
-        if let Some(m) = cached
-            .extents
-            .get(&ino)
-            .filter(|_| i.kind == Kind::File && file_rows)
-        {
-            for (off, e) in m {
-                out.extents
-                    .push(((ino, *off), Some(store::seal_extent(s, ino, *off, e)?)));
-            }
+        if let Some(i) = cached.inodes.get(&ino) {
+            out.inodes.push((ino, seal_inode_row(st, s, plan, ino, i)?));
         }
-        let dir_rows = back_to_rows(
-            plan.inline_entries.contains(&ino),
-            cached.inline_dirs.contains(&ino),
-        );
-        if let Some(m) = cached
-            .dirs
-            .get(&ino)
-            .filter(|_| i.kind == Kind::Dir && dir_rows)
-        {
-            for (name, child) in m {
-                out.dirents
-                    .extend(Volume::dirent_rows(s, ino, name, Some(*child))?);
-            }
+    }
+    for &ino in &plan.extents_to_rows {
+        for (off, e) in &cached.extents[&ino] {
+            let sealed = store::seal_extent(s, ino, *off, e)?;
+            out.extents.push(((ino, *off), Some(sealed)));
         }
-        out.inodes.push((ino, seal_inode_row(st, s, plan, ino, i)?));
+    }
+    for &ino in &plan.entries_to_rows {
+        for (name, child) in &cached.dirs[&ino] {
+            out.dirents
+                .extend(Volume::dirent_rows(s, ino, name, Some(*child))?);
+        }
     }
     for ((parent, name), change) in &st.pending.dirent_changes {
         if plan.inline_entries.contains(parent) || cached.inline_dirs.contains(parent) {
