@@ -202,6 +202,30 @@ pub fn peer_credentials(s: &std::os::unix::net::UnixStream) -> Option<(i32, u32)
     (rc == 0).then_some((cred.pid, cred.uid))
 }
 
+/// Lowers the calling thread's CPU priority to `nice` and, with `idle_io`,
+/// puts its disk I/O in the idle class (Linux applies both per thread).
+/// Best effort: a refusal leaves the thread as it was.
+pub fn lower_thread_priority(nice: i32, idle_io: bool) {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: a plain syscall on our own thread id; no memory is passed.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if idle_io {
+        // SAFETY: as above (0 = the calling thread).
+        unsafe {
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0 as libc::c_long,
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            )
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,6 +260,9 @@ impl Timers {
         if self.last_commit.elapsed() >= COMMIT_EVERY {
             self.last_commit = Instant::now();
             if let Some(v) = shared.volume() {
+                if let Err(e) = v.flush_logged_buffers() {
+                    crate::log_line!("datastore: chunking logged writes failed: {e}");
+                }
                 if let Err(e) = v.commit_if_pending() {
                     crate::log_line!("datastore: periodic commit failed: {e}");
                 }

@@ -139,6 +139,8 @@ pub struct Engine {
     store: PathBuf,
     segments_dir: PathBuf,
     config: EngineConfig,
+    /// datastore.toml's store id (files of this store name it).
+    store_id: [u8; 16],
     keys: RwLock<Option<Arc<KeyRing>>>,
     meta: Meta,
     /// None: opened read-only.
@@ -227,6 +229,7 @@ impl Engine {
             store: store.to_path_buf(),
             segments_dir,
             config,
+            store_id: cfg.id_bytes(),
             keys: RwLock::new(crypto.map(|c| Arc::new(KeyRing::single(c)))),
             meta,
             writer: Mutex::new(writer),
@@ -264,6 +267,10 @@ impl Engine {
 
     pub fn store_dir(&self) -> &Path {
         &self.store
+    }
+
+    pub fn store_id(&self) -> [u8; 16] {
+        self.store_id
     }
 
     pub fn config(&self) -> &EngineConfig {

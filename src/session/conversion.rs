@@ -259,25 +259,10 @@ fn background_pool() -> Result<rayon::ThreadPool> {
         .build()?)
 }
 
-/// nice 19 and the idle I/O class for the calling thread (Linux applies both
-/// per thread). Best effort: a refusal only leaves the duty-cycle throttle.
+/// nice 19 and the idle I/O class for the calling thread. Best effort: a
+/// refusal only leaves the duty-cycle throttle.
 fn lower_own_priority() {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    // SAFETY: a plain syscall on our own thread id; no memory is passed.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
-    // SAFETY: as above (0 = the calling thread).
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        )
-    };
+    crate::fsutil::lower_thread_priority(19, true);
 }
 
 fn counter(vol: &Volume, name: &str) -> Result<u64> {

@@ -23,6 +23,10 @@ pub enum UnlockError {
     Key(#[from] keystore::KeystoreError),
     #[error("{0}")]
     Volume(String),
+    /// The intent log does not replay (damage before its tail, another
+    /// store's file): nothing of it was applied.
+    #[error("{0}")]
+    IntentLog(String),
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -35,6 +39,7 @@ impl From<UnlockError> for crate::exit::Failure {
     fn from(e: UnlockError) -> Self {
         match e {
             UnlockError::Key(k) => k.into(),
+            UnlockError::IntentLog(why) => Self::new(crate::exit::Exit::Damaged, why),
             other => Self::new(crate::exit::Exit::Error, other.to_string()),
         }
     }
@@ -154,11 +159,42 @@ pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, Unloc
             let v = Arc::new(v);
             v.start_flusher();
             v.start_readahead();
+            replay_intent_log(engine, &v)?;
             Ok(v)
         }
         Err(e) => {
             engine.set_keys(None);
             Err(UnlockError::Volume(format!("cannot open the volume: {e}")))
+        }
+    }
+}
+
+/// Replays what the intent log holds beyond the metadata (after a crash)
+/// before anything is served; synchronous writes go through the log from
+/// then on, except on a store with a bucket (its fsync waits for the
+/// upload, which is what it promises).
+fn replay_intent_log(engine: &Arc<Engine>, v: &Volume) -> Result<(), UnlockError> {
+    let dir = crate::paths::intent_log_dir(engine.store_dir());
+    let enable = engine.remote().is_none();
+    match v.open_intent_log(&dir, enable) {
+        Ok(report) if report.applied > 0 || report.torn_tail => {
+            crate::log_line!(
+                "datastore: intent log replayed: {} records{}",
+                report.applied,
+                if report.torn_tail {
+                    ", a torn last record dropped"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            engine.set_keys(None);
+            Err(UnlockError::IntentLog(format!(
+                "cannot replay the intent log: {e}"
+            )))
         }
     }
 }

@@ -2,5 +2,6 @@
 //! (`segment`) holding records in the format of `record`.
 
 pub mod append;
+pub mod intent_log;
 pub mod record;
 pub mod segment;

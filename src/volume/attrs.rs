@@ -113,6 +113,9 @@ impl Volume {
         if let Some(ct) = set.ctime {
             inode.ctime = ct;
         }
+        if inode.kind == Kind::File {
+            st.synced.note_attrs(ino);
+        }
         Self::touch(&mut st, ino);
         self.attr_of(&mut st, ino)
     }

@@ -94,10 +94,12 @@ impl Volume {
         let sealer = self.sealer();
         let plan = self.plan_rows(&mut st)?;
         let sealed = seal_rows(&st, &sealer, &plan)?;
+        let coverage = super::intent::take_coverage(&st, self.intent().as_deref());
         let taken = take_pending(&mut st, &plan);
         drop(st);
         let counters = std::iter::once(("next_ino", Some(taken.next_ino)))
             .chain(taken.counters)
+            .chain(coverage.counter())
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         let rows = VolumeChanges {
@@ -110,6 +112,9 @@ impl Volume {
             counters,
         };
         self.engine.commit_volume(durable, &taken.releases, &rows)?;
+        if durable {
+            self.commit_done(coverage)?;
+        }
         Ok(())
     }
 

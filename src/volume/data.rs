@@ -69,6 +69,24 @@ fn split_window(lo: u64, hi: u64, olds: &[(u64, Extent)]) -> Vec<(u64, u64)> {
     windows
 }
 
+/// The buffered bytes inside [lo, hi): (offset, bytes) per piece.
+/// (The pieces are disjoint: the walk goes back from `hi` and stops at
+/// the first piece that ends at or before `lo`.)
+pub(super) fn clip_pieces(buf: &BTreeMap<u64, Vec<u8>>, lo: u64, hi: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = buf
+        .range(..hi)
+        .rev()
+        .take_while(|(k, v)| **k + v.len() as u64 > lo)
+        .map(|(k, v)| {
+            let from = lo.max(*k);
+            let to = hi.min(k + v.len() as u64);
+            (from, v[(from - k) as usize..(to - k) as usize].to_vec())
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 /// Copies the buffered bytes that fall inside [lo, lo + out.len()) over out.
 fn overlay_buffer(buf: &BTreeMap<u64, Vec<u8>>, lo: u64, out: &mut [u8]) {
     let hi = lo + out.len() as u64;
@@ -86,6 +104,9 @@ fn overlay_buffer(buf: &BTreeMap<u64, Vec<u8>>, lo: u64, out: &mut [u8]) {
 /// A first write at least this large into an empty buffer starts it in a
 /// recycled stream buffer.
 const STREAM_WRITE: usize = 128 << 10;
+/// The flusher's CPU priority (nice): below requests, above the idle jobs
+/// (conversion, 19), so it keeps up with sustained writes.
+const FLUSHER_NICE: i32 = 10;
 /// Stream buffers kept for reuse: a stream alternates between one filling
 /// and one being flushed.
 const SPARE_BUFFERS: usize = 1;
@@ -186,7 +207,11 @@ fn reserve_bounded(piece: &mut Vec<u8>, more: usize) {
 }
 
 /// Extents overlapping [off, end), in offset order.
-fn overlapping(extents: &BTreeMap<u64, Extent>, off: u64, end: u64) -> Vec<(u64, Extent)> {
+pub(super) fn overlapping(
+    extents: &BTreeMap<u64, Extent>,
+    off: u64,
+    end: u64,
+) -> Vec<(u64, Extent)> {
     let mut v: Vec<(u64, Extent)> = extents
         .range(..end)
         .rev()
@@ -310,6 +335,7 @@ impl Volume {
             Self::drop_privileges(inode, false);
         }
         Self::touch(&mut st, ino);
+        st.synced.note_write(ino, off, end);
         let buffer_empty = st.writes.buffers.get(&ino).is_none_or(|b| b.is_empty());
         let delta = if buffer_empty && data.len() >= STREAM_WRITE {
             // Likely a stream: start it in a recycled buffer, whose pages
@@ -400,15 +426,7 @@ impl Volume {
             let pieces: Vec<(u64, Vec<u8>)> = layers
                 .into_iter()
                 .flatten()
-                .flat_map(|b| {
-                    b.range(..end)
-                        .filter(|(k, v)| **k + v.len() as u64 > off)
-                        .map(|(k, v)| {
-                            let from = off.max(*k);
-                            let to = end.min(k + v.len() as u64);
-                            (from, v[(from - k) as usize..(to - k) as usize].to_vec())
-                        })
-                })
+                .flat_map(|b| clip_pieces(b, off, end))
                 .collect();
             // A sequential reader has the kernel's readahead; buffered data
             // would make the chunks differ from the file.
@@ -452,6 +470,7 @@ impl Volume {
             let buf = Arc::new(buf);
             st.writes.flushing.insert(ino, buf.clone());
             st.writes.flushing_bytes.insert(ino, bytes);
+            st.synced.flush_started(ino);
             match self.plan_flush(&mut st, ino, &buf) {
                 Ok((plans, size)) => (buf, plans, size),
                 Err(e) => {
@@ -474,6 +493,7 @@ impl Volume {
         }
         st.writes.flushing.remove(&ino);
         st.writes.flushing_bytes.remove(&ino);
+        st.synced.flush_ended(ino, true);
         self.flushed.notify_all();
         recycle(&mut st, buf);
         if !st.cached.inodes.contains_key(&ino) || st.pending.removed_inodes.contains(&ino) {
@@ -606,6 +626,7 @@ impl Volume {
     ) {
         st.writes.flushing.remove(&ino);
         st.writes.flushing_bytes.remove(&ino);
+        st.synced.flush_ended(ino, false);
         self.flushed.notify_all();
         let _ = self.engine.release(stored);
         if !st.cached.inodes.contains_key(&ino) {
@@ -640,21 +661,37 @@ impl Volume {
         }
     }
 
-    /// Starts the thread that turns closed files' buffers into chunks, so
-    /// FUSE request threads never hash or encrypt on release.
+    /// Starts the thread that turns closed files' and logged buffers into
+    /// chunks, so FUSE request threads never hash or encrypt on release or
+    /// fsync. It and its chunking pool run at a lower CPU priority
+    /// (`FLUSHER_NICE`): under load, requests go first.
     pub fn start_flusher(self: &Arc<Self>) {
         let (tx, rx) = std::sync::mpsc::channel::<u64>();
         let weak = Arc::downgrade(self);
-        std::thread::spawn(move || {
-            while let Ok(ino) = rx.recv() {
-                let Some(v) = weak.upgrade() else { break };
-                lock(&v.state).writes.flush_queued.remove(&ino);
-                if let Err(e) = v.flush_inode(ino) {
-                    crate::log_line!("datastore: background flush failed: {e}");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|_| "datastore-flush-work".into())
+            .start_handler(|_| crate::fsutil::lower_thread_priority(FLUSHER_NICE, false))
+            .build()
+            .ok();
+        let spawned = std::thread::Builder::new()
+            .name("datastore-flush".into())
+            .spawn(move || {
+                crate::fsutil::lower_thread_priority(FLUSHER_NICE, false);
+                while let Ok(ino) = rx.recv() {
+                    let Some(v) = weak.upgrade() else { break };
+                    lock(&v.state).writes.flush_queued.remove(&ino);
+                    let flushed = match &pool {
+                        Some(pool) => pool.install(|| v.flush_inode(ino)),
+                        None => v.flush_inode(ino),
+                    };
+                    if let Err(e) = flushed {
+                        crate::log_line!("datastore: background flush failed: {e}");
+                    }
                 }
-            }
-        });
-        *self.flusher.locked() = Some(tx);
+            });
+        if spawned.is_ok() {
+            *self.flusher.locked() = Some(tx);
+        }
     }
 
     pub(super) fn truncate(&self, st: &mut State, ino: u64, size: u64) -> VResult<()> {
@@ -699,6 +736,7 @@ impl Volume {
         inode.mtime = now;
         inode.ctime = now;
         Self::touch(st, ino);
+        st.synced.note_cut(ino, size);
         Ok(())
     }
 
@@ -717,6 +755,7 @@ impl Volume {
                     inode.size = end;
                     inode.ctime = Time::now();
                     Self::touch(&mut st, ino);
+                    st.synced.note_attrs(ino);
                 }
                 Ok(())
             }
@@ -729,12 +768,6 @@ impl Volume {
     /// (committed by the next group commit).
     pub fn flush(&self, ino: u64) -> VResult<()> {
         self.schedule_flush(ino)
-    }
-
-    /// Returns once `ino`'s data and all metadata so far are durable.
-    pub fn fsync(&self, ino: u64) -> VResult<()> {
-        self.flush_inode(ino)?;
-        self.persist()
     }
 
     /// A durable commit, then the bucket mirror when the store has one:
@@ -795,7 +828,9 @@ fn relatime(inode: &mut Inode, writable: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{buffer_insert, overlay_buffer, split_window, Extent, DIRTY_LIMIT, MAX_WINDOW};
+    use super::{
+        buffer_insert, clip_pieces, overlay_buffer, split_window, Extent, DIRTY_LIMIT, MAX_WINDOW,
+    };
     use std::collections::BTreeMap;
 
     fn extent(len: u32) -> Extent {
@@ -842,6 +877,9 @@ mod tests {
         let mut out = [b'.'; 8];
         overlay_buffer(&b, 4, &mut out); // [4, 12)
         assert_eq!(&out, b"ef....XY");
+        let clipped = clip_pieces(&b, 4, 12);
+        assert_eq!(clipped, [(4, b"ef".to_vec()), (10, b"XY".to_vec())]);
+        assert!(clip_pieces(&b, 6, 10).is_empty());
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod commit;
 pub mod convert;
 mod error;
 pub mod inode;
+mod intent;
 mod readahead;
 mod store;
 
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use error::err;
 pub use error::{VResult, VolError};
 pub use inode::{Extent, Inode, Kind, Time};
+pub use intent::{ReplayReport, LOGGED_BUFFER_AGE};
 
 use crate::crypto::seal::{MetaSealer, NONCE_BLOCK};
 use crate::engine::{ChunkRef, Engine};
@@ -110,6 +112,7 @@ struct State {
     cached: CachedRows,
     writes: WriteBuffers,
     pending: PendingChanges,
+    synced: intent::SyncTracking,
     open_counts: HashMap<u64, u32>,
     next_ino: u64,
 }
@@ -182,6 +185,8 @@ pub struct Volume {
     flusher: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
     /// Held for a whole commit, so commits are written in order.
     commit_lock: Mutex<()>,
+    /// Where synchronous writes go first (set by `open_intent_log`).
+    intent_log: std::sync::RwLock<Option<Arc<crate::store::intent_log::IntentLog>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,6 +285,7 @@ impl Volume {
             flushed: std::sync::Condvar::new(),
             flusher: Mutex::new(None),
             commit_lock: Mutex::new(()),
+            intent_log: Default::default(),
         };
         {
             let mut st = lock(&vol.state);

@@ -64,6 +64,7 @@ impl Volume {
         }
         let ino = st.next_ino;
         st.next_ino += 1;
+        st.synced.created.insert(ino);
         let is_dir = inode.kind == Kind::Dir;
         st.cached.inodes.insert(ino, inode);
         Self::touch(st, ino);
@@ -191,6 +192,7 @@ impl Volume {
         st.writes.buffers.remove(&ino);
         st.writes.buffered.remove(&ino);
         st.writes.stored_size.remove(&ino);
+        st.synced.forget(ino);
         st.cached.inodes.remove(&ino);
         st.cached.dirs.remove(&ino);
         // (A removed directory is empty: its pending entry removals, if it
