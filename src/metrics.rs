@@ -59,6 +59,10 @@ pub static WRITE_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bytes handed to the kernel's page cache around random reads.
 pub static FILL_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static READ_LATENCY: Histogram = Histogram::new();
+/// Intent log records appended and device flushes that made them durable
+/// (fewer flushes than records: group commit at work).
+pub static INTENT_RECORDS: AtomicU64 = AtomicU64::new(0);
+pub static INTENT_FLUSHES: AtomicU64 = AtomicU64::new(0);
 pub static WRITE_LATENCY: Histogram = Histogram::new();
 static ERRORS: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
 

@@ -205,8 +205,8 @@ fn open_shared(
     Ok(shared)
 }
 
-/// Mounts the FUSE file system over the shared volume (two request threads,
-/// one cloned /dev/fuse descriptor each).
+/// Mounts the FUSE file system over the shared volume (`REQUEST_THREADS`
+/// request threads, one cloned /dev/fuse descriptor each).
 fn mount_fuse(
     shared: &Shared,
     store: &Path,
@@ -219,7 +219,7 @@ fn mount_fuse(
         fuser::MountOption::DefaultPermissions,
     ];
     config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(2);
+    config.n_threads = Some(REQUEST_THREADS);
     config.clone_fd = true;
     let fs = DatastoreFs::new(shared.volume.clone(), shared.page_fill.clone());
     let session =
@@ -230,6 +230,11 @@ fn mount_fuse(
     shared.page_fill.set_notifier(session.notifier());
     Ok(session)
 }
+
+/// FUSE request threads: fsyncs of several files (database backends, VM
+/// disks) wait in the daemon at once, so one log flush serves them all
+/// (group commit); with two threads at most two could.
+const REQUEST_THREADS: usize = 8;
 
 /// The serve loop's periodic work: group commit, checkpoint frames, and
 /// the bucket's cache and backlog limits.

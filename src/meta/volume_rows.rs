@@ -170,6 +170,24 @@ impl Meta {
         Ok(t.get(name)?.map(|v| v.value()))
     }
 
+    /// The counters of the `volume` table whose names start with `prefix`:
+    /// (the rest of the name, value).
+    pub fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, MetaError> {
+        let txn = self.database().begin_read()?;
+        let Some(t) = table_if_any(&txn, VOLUME)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in t.range(prefix..)? {
+            let (k, v) = row?;
+            let Some(rest) = k.value().strip_prefix(prefix) else {
+                break;
+            };
+            out.push((rest.to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
     /// Calls `f` with every sealed value of the volume's tables.
     pub fn for_each_sealed(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), MetaError> {
         let txn = self.database().begin_read()?;

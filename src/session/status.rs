@@ -36,6 +36,34 @@ pub struct Status {
     /// full disk): committed files stay readable; remount to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writes_stopped: Option<String>,
+    /// The intent log of synchronous writes.
+    #[serde(default)]
+    pub intent_log: IntentLogStatus,
+}
+
+/// Records and flushes since the mount (0 when not mounted), and the bytes
+/// the log's files hold on disk now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IntentLogStatus {
+    pub records: u64,
+    pub flushes: u64,
+    pub bytes: u64,
+}
+
+fn intent_log_status(store: &std::path::Path) -> IntentLogStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = crate::paths::intent_log_dir(store);
+    let bytes = crate::store::intent_log::list_files(&dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    IntentLogStatus {
+        records: crate::metrics::INTENT_RECORDS.load(Relaxed),
+        flushes: crate::metrics::INTENT_FLUSHES.load(Relaxed),
+        bytes,
+    }
 }
 
 pub fn collect(
@@ -78,6 +106,7 @@ pub fn collect(
         },
         conversion: super::conversion::recorded_progress(engine),
         writes_stopped: engine.stopped(),
+        intent_log: intent_log_status(engine.store_dir()),
     })
 }
 

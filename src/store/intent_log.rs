@@ -455,12 +455,12 @@ impl IntentLog {
     }
 
     /// Returns once every record up to `seq` is on the device. One caller
-    /// flushes for all who wait meanwhile (group commit).
-    pub fn sync_through(&self, seq: u64) -> Result<()> {
+    /// flushes for all who wait meanwhile (group commit); true for it.
+    pub fn sync_through(&self, seq: u64) -> Result<bool> {
         let mut f = self.flushed.locked();
         loop {
             if f.durable_below > seq {
-                return Ok(());
+                return Ok(false);
             }
             if !f.flushing {
                 break;
@@ -477,7 +477,7 @@ impl IntentLog {
         }
         self.flush_done.notify_all();
         drop(f);
-        result.map(|_| ())
+        result.map(|_| true)
     }
 
     /// Flushes the tail file; rotates it when it is large. Returns the
@@ -544,19 +544,6 @@ impl IntentLog {
             crate::fsutil::sync_dir(&self.dir).map_err(LogError::io(&self.dir))?;
         }
         Ok(())
-    }
-
-    /// Bytes in the log's files (for status).
-    pub fn bytes(&self) -> u64 {
-        let tail = self.tail.locked().len;
-        let older: u64 = self
-            .older
-            .locked()
-            .iter()
-            .filter_map(|(_, p)| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        tail + older
     }
 }
 

@@ -48,10 +48,9 @@ impl Volume {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr, c: Caller) -> VResult<Attr> {
         drop(self.state_for_change()?);
-        let mut st = if set.size.is_some() {
-            self.lock_unflushing(ino)
-        } else {
-            lock(&self.state)
+        let mut st = match set.size {
+            Some(size) => self.lock_for_cut(ino, size)?,
+            None => lock(&self.state),
         };
         if let Some(size) = set.size {
             if self.load_inode(&mut st, ino)?.kind == Kind::Dir {

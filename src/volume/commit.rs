@@ -94,13 +94,13 @@ impl Volume {
         let sealer = self.sealer();
         let plan = self.plan_rows(&mut st)?;
         let sealed = seal_rows(&st, &sealer, &plan)?;
-        let coverage = super::intent::take_coverage(&st, self.intent().as_deref());
+        let coverage = super::intent::take_coverage(&mut st, self.intent().as_deref());
         let taken = take_pending(&mut st, &plan);
         drop(st);
         let counters = std::iter::once(("next_ino", Some(taken.next_ino)))
             .chain(taken.counters)
-            .chain(coverage.counter())
             .map(|(k, v)| (k.to_string(), v))
+            .chain(coverage.counters())
             .collect();
         let rows = VolumeChanges {
             inodes: sealed.inodes,
