@@ -14,6 +14,9 @@
 #   scripts/bench.sh remote    datastore local-only against a store mirrored
 #                              to an S3 server on loopback (s3s-fs, 256 MiB
 #                              local cache): the same fio runs
+#   scripts/bench.sh sync      the synchronous-write rows alone (pgbench,
+#                              fio with fsync=1 and fsync=64, 8 KiB O_DSYNC
+#                              appends) on the disk, gocryptfs and datastore
 #   scripts/bench.sh convert   the throttle of online re-encryption: fio
 #                              2 GiB sequential write idle, then right
 #                              after `encryption rotate-key --no-wait` of a
@@ -40,7 +43,8 @@ case "$mode" in
     engine) exec cargo bench --bench engine ;;
     fips | remote) size=2g random_s=0 ;;
     convert) size=2g random_s=0 ;;
-    *) echo "usage: scripts/bench.sh [quick|full|engine|fips|remote|convert]" >&2; exit 2 ;;
+    sync) size=2g random_s=10 ;;
+    *) echo "usage: scripts/bench.sh [quick|full|engine|fips|remote|sync|convert]" >&2; exit 2 ;;
 esac
 
 need() {
@@ -52,7 +56,7 @@ need() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
-need fio bindfs gocryptfs restic borgbackup fuse3 linux-source-6.1 python3
+need fio bindfs gocryptfs restic borgbackup fuse3 linux-source-6.1 python3 postgresql
 cargo build --release --bin datastore
 
 base=${BENCH_DIR:-/var/tmp/datastore-bench}
@@ -66,9 +70,13 @@ export RESTIC_CACHE_DIR=$base/restic-cache BORG_BASE_DIR=$base/borg-home
 mounts=()
 
 s3_pid=
+pg_bin=/usr/lib/postgresql/15/bin
 cleanup() {
     set +e
     [ -n "$s3_pid" ] && kill "$s3_pid"
+    for pg in "$base"/sync-*/pg; do
+        [ -f "$pg/postmaster.pid" ] && runuser -u postgres -- "$pg_bin/pg_ctl" -s -D "$pg" -m immediate stop
+    done
     for m in "${mounts[@]}"; do
         if mountpoint -q "$m"; then
             "$bin" unmount "$m" >/dev/null 2>&1 || fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
@@ -92,7 +100,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 bytes_of() { du -s --block-size=1 "$1" | cut -f1; }
 
 # --- inputs -----------------------------------------------------------------
-if [ "$mode" != fips ] && [ "$mode" != remote ] && [ "$mode" != convert ]; then
+if [ "$mode" != fips ] && [ "$mode" != remote ] && [ "$mode" != convert ] && [ "$mode" != sync ]; then
 linux=$cache/linux-source-6.1
 if [ ! -d "$linux" ]; then
     echo "==> extracting the Linux 6.1 tree"
@@ -202,6 +210,63 @@ for d in range(100):
             fh.write(os.urandom(16) * 64)
 EOF
 }
+
+# --- synchronous writes: what databases and VM disks do -----------------------
+sync_s=20
+pg_s=60
+# fio_sync NAME DIR FSYNC: 4 KiB random writes into a 1 GiB file written
+# before, fsync after every FSYNC writes: IOPS and fsync latency (ms).
+fio_sync() {
+    local name=$1 dir=$2 every=$3 out
+    out=$(fio_run "sync$every" "$dir" randwrite 4k 1g --filename=syncfile --fsync="$every" \
+        --time_based=1 --runtime="$sync_s" --refill_buffers=1 --randrepeat=0)
+    record "$name" "fsync${every}_iops" "$(echo "$out" | iops)"
+    for p in 50 99; do
+        record "$name" "fsync${every}_p${p}_ms" "$(echo "$out" | python3 -c "import json,sys; s=json.load(sys.stdin)['jobs'][0]['sync']['lat_ns']['percentile']; print(round(s['$p.000000']/1e6,3))")"
+    done
+    record "$name" "fsync${every}_max_ms" "$(echo "$out" | python3 -c "import json,sys; print(round(json.load(sys.stdin)['jobs'][0]['sync']['lat_ns']['max']/1e6,2))")"
+}
+# wal_appends NAME DIR: 8 KiB sequential writes through O_DSYNC (a WAL).
+wal_appends() {
+    local name=$1 dir=$2 out
+    out=$(fio_run wal "$dir" write 8k 256m --sync=dsync --time_based=1 --runtime="$sync_s" --refill_buffers=1)
+    record "$name" wal_mbs "$(echo "$out" | bw_mbs)"
+    record "$name" wal_p99_ms "$(echo "$out" | python3 -c "import json,sys; s=json.load(sys.stdin)['jobs'][0]['write']['clat_ns']['percentile']; print(round(s['99.000000']/1e6,3))")"
+}
+# pgbench_tps NAME DIR: PostgreSQL (Debian's) with its data directory in
+# DIR: pgbench scale 10, 4 clients, $pg_s seconds.
+pgbench_tps() {
+    local name=$1 dir=$2 port=55432 out
+    mkdir -p "$dir/pg" && chown postgres: "$dir/pg"
+    runuser -u postgres -- "$pg_bin/initdb" --no-instructions -D "$dir/pg" >/dev/null
+    runuser -u postgres -- "$pg_bin/pg_ctl" -s -w -D "$dir/pg" -l "$base/pg-$name.log" \
+        -o "-p $port -k /tmp -c listen_addresses=''" start
+    runuser -u postgres -- "$pg_bin/pgbench" -q -i -s 10 -h /tmp -p $port postgres >/dev/null 2>&1
+    out=$(runuser -u postgres -- "$pg_bin/pgbench" -c 4 -j 2 -T "$pg_s" -h /tmp -p $port postgres 2>/dev/null)
+    runuser -u postgres -- "$pg_bin/pg_ctl" -s -w -D "$dir/pg" -m fast stop
+    record "$name" pgbench_tps "$(echo "$out" | awk '/^tps/ {print int($3); exit}')"
+}
+sync_rows() {
+    for name in disk gocryptfs datastore; do
+        echo "==> $name: pgbench, fio with fsync, O_DSYNC appends"
+        dir=$base/sync-$name
+        mount_candidate "$name" "$dir"
+        chmod 755 "$dir"
+        pgbench_tps "$name" "$dir"
+        rm -rf "${dir:?}/pg"
+        fio_run fill "$dir" write 1m 1g --filename=syncfile --refill_buffers=1 --end_fsync=1 >/dev/null
+        for every in 1 64; do
+            fio_sync "$name" "$dir" "$every"
+        done
+        wal_appends "$name" "$dir"
+        rm -f "$dir"/sync* "$dir"/wal*
+    done
+}
+if [ "$mode" = sync ]; then
+    sync_rows
+    python3 scripts/bench_table.py "$results" "$mode" | tee "$cache/last-table.md"
+    exit 0
+fi
 
 # --- convert: foreground writes during a key rotation (the throttle) ----------
 # Every fio run here writes fresh random data (--randrepeat=0: fio's default
@@ -316,6 +381,9 @@ for name in disk bindfs gocryptfs datastore; do
         record datastore io_peak_rss_mib "$rss"
     fi
 done
+
+# --- 1b. synchronous writes -----------------------------------------------------
+sync_rows
 
 # --- 2. the Linux tree copied onto each candidate -------------------------------
 cp -al "$linux" "$base/linux-second-copy"

@@ -76,6 +76,35 @@ out.append(
     + f" | {fmt(ratio(vals[3], vals[2]))} | {fmt(ratio(vals[3], vals[1]))} | | |"
 )
 
+sync_rows = [
+    ("pgbench scale 10, 4 clients (tps)", "pgbench_tps", [(">=", 1.2, "gocryptfs"), (">=", 0.75, "disk")]),
+    ("4 KiB randwrite fsync=1 (IOPS)", "fsync1_iops", [(">=", 1.2, "gocryptfs")]),
+    ("  fsync p50 (ms)", "fsync1_p50_ms", []),
+    ("  fsync p99 (ms)", "fsync1_p99_ms", [("<=", 2.0, "disk")]),
+    ("  fsync max (ms)", "fsync1_max_ms", []),
+    ("4 KiB randwrite fsync=64 (IOPS)", "fsync64_iops", []),
+    ("  fsync p50 (ms)", "fsync64_p50_ms", []),
+    ("  fsync p99 (ms)", "fsync64_p99_ms", [("<=", 2.0, "disk")]),
+    ("  fsync max (ms)", "fsync64_max_ms", []),
+    ("8 KiB O_DSYNC appends (MB/s)", "wal_mbs", []),
+    ("  write p99 (ms)", "wal_p99_ms", []),
+]
+if get("datastore", "pgbench_tps") is not None or get("datastore", "fsync1_iops") is not None:
+    out.append("\n### Synchronous writes (databases, VM disks)\n")
+    out.append("| workload | disk | gocryptfs | datastore | ds/gocryptfs | ds/disk | targets |")
+    out.append("|---|---:|---:|---:|---:|---:|---|")
+    for label, key, targets in sync_rows:
+        disk, gc, ds = (get(w, key) for w in ("disk", "gocryptfs", "datastore"))
+        peers = {"gocryptfs": ratio(ds, gc), "disk": ratio(ds, disk)}
+        verdicts = [
+            f"{op} {limit}x {against}: {verdict(peers[against], op, limit)}"
+            for op, limit, against in targets
+        ]
+        out.append(
+            f"| {label} | {fmt(disk)} | {fmt(gc)} | {fmt(ds)} | {fmt(peers['gocryptfs'])} | "
+            + f"{fmt(peers['disk'])} | {'; '.join(verdicts)} |"
+        )
+
 out.append("\n### Data reduction (bytes stored, ingest)\n")
 out.append(
     "datastore is measured twice: into a mount with `cp -a`, and with `datastore import` (the bulk"

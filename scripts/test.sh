@@ -2,7 +2,7 @@
 # The whole test suite, from a clean clone, as root on Debian.
 # Installs what the tests need (gdb for the core-dump test, cmake and Go for
 # the FIPS module, pjdfstest, s3s-fs and Garage as S3 servers, chromium for the
-# dashboard test), then runs formatting, clippy, and every test of the
+# dashboard test, PostgreSQL for the database-on-the-mount test), then runs formatting, clippy, and every test of the
 # workspace, with default features and again without them (no FIPS module).
 # scripts/check_structure.py fails the run on an import up the layer map
 # (docs/DESIGN.md), redb outside src/meta, Result<_, String>, or a function
@@ -18,6 +18,7 @@ dpkg -s libacl1-dev >/dev/null 2>&1 || need_pkgs+=(libacl1-dev acl)
 command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
 command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "==> installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
