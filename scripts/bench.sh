@@ -137,7 +137,8 @@ mount_candidate() {
         gocryptfs)
             mkdir -p "$dir.cipher"
             gocryptfs -init -q -extpass "cat $base/pw" "$dir.cipher" >/dev/null 2>&1
-            gocryptfs -q -extpass "cat $base/pw" "$dir.cipher" "$dir" 2>/dev/null
+            # (allow_other: the sync rows run PostgreSQL as its own user)
+            gocryptfs -q -allow_other -extpass "cat $base/pw" "$dir.cipher" "$dir" 2>/dev/null
             mounts+=("$dir")
             ;;
         datastore | datastore-fips | datastore-remote)
@@ -238,7 +239,8 @@ wal_appends() {
 pgbench_tps() {
     local name=$1 dir=$2 port=55432 out
     mkdir -p "$dir/pg" && chown postgres: "$dir/pg"
-    runuser -u postgres -- "$pg_bin/initdb" --no-instructions -D "$dir/pg" >/dev/null
+    touch "$base/pg-$name.log" && chown postgres: "$base/pg-$name.log"
+    runuser -u postgres -- "$pg_bin/initdb" --no-instructions -D "$dir/pg" >/dev/null 2>&1
     runuser -u postgres -- "$pg_bin/pg_ctl" -s -w -D "$dir/pg" -l "$base/pg-$name.log" \
         -o "-p $port -k /tmp -c listen_addresses=''" start
     runuser -u postgres -- "$pg_bin/pgbench" -q -i -s 10 -h /tmp -p $port postgres >/dev/null 2>&1

@@ -404,3 +404,34 @@ fn concurrent_fsyncs_share_device_flushes() {
         "{records} records from 8 threads took {flushes} flushes"
     );
 }
+
+#[test]
+fn a_full_disk_fails_the_fsync_that_hit_it_and_keeps_what_was_acknowledged() {
+    // 24 MiB: no room for a preallocated log file, so the log starts empty
+    // and grows with its records.
+    let f = Fixture::with_store_on_tmpfs("24m");
+    f.mount();
+    let path = f.mnt().join("db");
+    std::fs::write(&path, random_bytes(3, 1 << 20)).unwrap();
+    File::open(f.mnt()).unwrap().sync_all().unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(b"acknowledged", 0).unwrap();
+    file.sync_data().unwrap();
+    // The store's disk fills up (something else on it).
+    let filler = f.store().join("filler");
+    let mut out = File::create(&filler).unwrap();
+    let block = vec![0u8; 1 << 16];
+    while std::io::Write::write_all(&mut out, &block).is_ok() {}
+    drop(out);
+    file.write_all_at(&random_bytes(4, 65536), 200_000).unwrap();
+    let e = file.sync_data().expect_err("no room for the record");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    f.kill_daemon();
+    std::fs::remove_file(&filler).unwrap();
+    f.mount();
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(&data[..12], b"acknowledged");
+    f.unmount();
+    let scrub = f.ok(&["scrub"]);
+    assert!(!scrub.contains("BAD"), "{scrub}");
+}

@@ -136,9 +136,28 @@ const SPARE_NAME: &str = "intent-spare.log.new";
 
 /// A file full of zeros (`PREALLOCATE` bytes), flushed, so a flush of the
 /// records later written into it moves data only (no file-system journal
-/// commit for a growing size or for new extents).
+/// commit for a growing size or for new extents). On a disk without room
+/// for the zeros, an empty file: records then grow it (each flush also
+/// commits the file system's journal), and a mount of a full store works.
 fn prepare_spare(dir: &Path) -> Result<File> {
     let path = dir.join(SPARE_NAME);
+    match fill_spare(&path) {
+        Err(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(LogError::io(&path))?;
+            file.set_len(0)
+                .and_then(|()| file.sync_all())
+                .map_err(LogError::io(&path))?;
+            Ok(file)
+        }
+        other => other,
+    }
+}
+
+fn fill_spare(path: &Path) -> Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -146,15 +165,15 @@ fn prepare_spare(dir: &Path) -> Result<File> {
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(LogError::io(&path))?;
+        .open(path)
+        .map_err(LogError::io(path))?;
     let zeros = vec![0u8; 1 << 20];
     let mut filled = 0;
     while filled < PREALLOCATE {
-        file.write_all(&zeros).map_err(LogError::io(&path))?;
+        file.write_all(&zeros).map_err(LogError::io(path))?;
         filled += zeros.len() as u64;
     }
-    file.sync_all().map_err(LogError::io(&path))?;
+    file.sync_all().map_err(LogError::io(path))?;
     Ok(file)
 }
 
