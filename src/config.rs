@@ -168,6 +168,10 @@ pub struct StoreConfig {
     /// The bucket this store mirrors to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteConfig>,
+    /// The intent log's directory when it is not `<store>/intent` (another
+    /// device, like a ZFS SLOG: `init --log-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -177,11 +181,19 @@ impl StoreConfig {
             store_id,
             engine,
             remote: None,
+            log_dir: None,
         }
     }
 
     /// The store id as 16 bytes (its 32 hex digits; a malformed id, which
     /// `init` never writes, is hashed to 16 bytes instead).
+    /// Where the store's intent log lives.
+    pub fn intent_log_dir(&self, store: &Path) -> PathBuf {
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| crate::paths::intent_log_dir(store))
+    }
+
     pub fn id_bytes(&self) -> [u8; 16] {
         match hex::decode(&self.store_id)
             .ok()

@@ -435,3 +435,47 @@ fn a_full_disk_fails_the_fsync_that_hit_it_and_keeps_what_was_acknowledged() {
     let scrub = f.ok(&["scrub"]);
     assert!(!scrub.contains("BAD"), "{scrub}");
 }
+
+#[test]
+fn a_log_directory_elsewhere_is_used_and_losing_it_costs_only_the_last_sync_writes() {
+    let slog = tempfile::tempdir().unwrap();
+    let log_dir = slog.path().join("slog");
+    let f = Fixture::new(&["--log-dir", log_dir.to_str().unwrap()]);
+    let toml = std::fs::read_to_string(f.store().join("datastore.toml")).unwrap();
+    assert!(toml.contains("log_dir"), "{toml}");
+    f.mount();
+    let path = f.mnt().join("db");
+    let committed = random_bytes(5, 1 << 20);
+    std::fs::write(&path, &committed).unwrap();
+    File::open(f.mnt()).unwrap().sync_all().unwrap();
+    let write_synced = |at: u64, what: &[u8]| {
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(what, at).unwrap();
+        file.sync_data().unwrap();
+    };
+    write_synced(0, b"in the other log");
+    let in_log_dir = std::fs::read_dir(&log_dir).unwrap().count();
+    assert!(in_log_dir > 0, "no log file in {}", log_dir.display());
+    assert!(!f.store().join("intent").exists(), "the store's own log dir was made");
+    f.kill_daemon();
+    f.mount();
+    assert_eq!(&std::fs::read(&path).unwrap()[..16], b"in the other log");
+    // The log device is lost right after an fsync: the store mounts, what
+    // was committed is there, only that fsync's bytes may be gone.
+    write_synced(4096, b"lost with the log");
+    f.kill_daemon();
+    std::fs::remove_dir_all(&log_dir).unwrap();
+    f.mount();
+    let now = std::fs::read(&path).unwrap();
+    assert_eq!(now.len(), committed.len());
+    assert_eq!(&now[..16], b"in the other log");
+    assert_eq!(now[8192..], committed[8192..]);
+    // Sync writes go on in a new log, and replay after a crash.
+    write_synced(8192, b"after the loss");
+    f.kill_daemon();
+    f.mount();
+    assert_eq!(&std::fs::read(&path).unwrap()[8192..8206], b"after the loss");
+    f.unmount();
+    let scrub = f.ok(&["scrub"]);
+    assert!(!scrub.contains("BAD"), "{scrub}");
+}

@@ -89,8 +89,8 @@ fn checkpoint_problem(store: &std::path::Path) -> Option<String> {
 /// needed), if anything. A torn last record (a crash while appending) is no
 /// damage: the next mount drops it.
 fn intent_log_problem(store: &std::path::Path) -> Option<String> {
-    let id = load_config(store).ok()?.id_bytes();
-    let dir = crate::paths::intent_log_dir(store);
+    let cfg = load_config(store).ok()?;
+    let (id, dir) = (cfg.id_bytes(), cfg.intent_log_dir(store));
     crate::store::intent_log::scan(&dir, &id, u64::MAX)
         .err()
         .map(|e| format!("{e} (the mount refuses it; nothing of it is applied)"))

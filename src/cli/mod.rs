@@ -119,6 +119,10 @@ pub enum Command {
         no_encryption: bool,
         #[command(flatten)]
         remote: RemoteArgs,
+        /// Keep the intent log of synchronous writes in DIR (an absolute
+        /// path, e.g. on a faster device) instead of STORE/intent.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
     },
     /// Recreate a store from its bucket (the host or its drive was lost):
     /// asks for the password, restores keystore, metadata and data.
@@ -314,11 +318,17 @@ pub fn run(mut cli: Cli) -> i32 {
     let result = match &cli.command {
         Command::Init {
             no_encryption: true,
+            log_dir,
             ..
-        } => store::init_unencrypted(&cli),
+        } => store::init_unencrypted(&cli)
+            .and_then(|()| store::set_log_dir(&cli.store, log_dir.as_deref())),
         Command::Init {
-            fips_mode, remote, ..
-        } => store::init(&cli, *fips_mode, remote.config()).map(drop),
+            fips_mode,
+            remote,
+            log_dir,
+            ..
+        } => store::init(&cli, *fips_mode, remote.config())
+            .and_then(|_| store::set_log_dir(&cli.store, log_dir.as_deref())),
         Command::Attach { remote } => store::attach(&cli, remote.config()),
         Command::Encryption { command } => encryption::run(&cli, command),
         Command::Mount {

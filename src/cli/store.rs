@@ -141,6 +141,31 @@ pub fn init(
     Ok(password)
 }
 
+/// `init --log-dir DIR`: the intent log in DIR (created, mode 0700),
+/// recorded in datastore.toml.
+pub fn set_log_dir(store: &Path, dir: Option<&Path>) -> Result<(), Failure> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    if !dir.is_absolute() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("--log-dir {}: give an absolute path", dir.display()),
+        ));
+    }
+    let io =
+        |e: std::io::Error| Failure::new(Exit::Io, format!("log directory {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io)?;
+    let mut cfg = StoreConfig::load(store).map_err(|e| Failure::new(Exit::Io, e.to_string()))?;
+    cfg.log_dir = Some(dir.to_path_buf());
+    cfg.save(store)
+        .map_err(|e| Failure::new(Exit::Io, format!("cannot write datastore.toml: {e}")))?;
+    crate::say!("Intent log in {}.", dir.display());
+    Ok(())
+}
+
 /// `init --no-encryption`: a store without keystore or password whose
 /// chunks and metadata are stored in the clear (dedup and LZ4 still on).
 pub fn init_unencrypted(cli: &Cli) -> Result<(), Failure> {

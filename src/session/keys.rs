@@ -159,7 +159,7 @@ pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, Unloc
             let v = Arc::new(v);
             v.start_flusher();
             v.start_readahead();
-            replay_intent_log(engine, &v)?;
+            replay_intent_log(engine, &v, &keys.config)?;
             Ok(v)
         }
         Err(e) => {
@@ -173,8 +173,12 @@ pub fn load(engine: &Arc<Engine>, keys: LoadedKeys) -> Result<Arc<Volume>, Unloc
 /// before anything is served; synchronous writes go through the log from
 /// then on, except on a store with a bucket (its fsync waits for the
 /// upload, which is what it promises).
-fn replay_intent_log(engine: &Arc<Engine>, v: &Volume) -> Result<(), UnlockError> {
-    let dir = crate::paths::intent_log_dir(engine.store_dir());
+fn replay_intent_log(
+    engine: &Arc<Engine>,
+    v: &Volume,
+    config: &StoreConfig,
+) -> Result<(), UnlockError> {
+    let dir = config.intent_log_dir(engine.store_dir());
     let enable = engine.remote().is_none();
     match v.open_intent_log(&dir, enable) {
         Ok(report) if report.applied > 0 || report.torn_tail => {

@@ -52,7 +52,10 @@ pub struct IntentLogStatus {
 
 fn intent_log_status(store: &std::path::Path) -> IntentLogStatus {
     use std::sync::atomic::Ordering::Relaxed;
-    let dir = crate::paths::intent_log_dir(store);
+    let dir = match crate::config::StoreConfig::load(store) {
+        Ok(cfg) => cfg.intent_log_dir(store),
+        Err(_) => crate::paths::intent_log_dir(store),
+    };
     let bytes = crate::store::intent_log::list_files(&dir)
         .unwrap_or_default()
         .iter()

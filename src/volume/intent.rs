@@ -658,7 +658,11 @@ impl Volume {
         if let Some((path, at)) = &scan.torn_tail {
             cut_torn_tail(path, *at)?;
         }
-        let last = scan.records.last().map_or(covered, |r| r.seq.max(covered));
+        // Numbering goes on past every sequence number the database names
+        // (a log lost or deleted must not let new records take numbers a
+        // per-file counter already covers).
+        let named = per_file.values().copied().max().unwrap_or(0).max(covered);
+        let last = scan.records.last().map_or(named, |r| r.seq.max(named));
         let log = IntentLog::open(dir, store_id, last + 1).map_err(log_err)?;
         let log = Arc::new(log);
         *self
