@@ -456,7 +456,10 @@ fn a_log_directory_elsewhere_is_used_and_losing_it_costs_only_the_last_sync_writ
     write_synced(0, b"in the other log");
     let in_log_dir = std::fs::read_dir(&log_dir).unwrap().count();
     assert!(in_log_dir > 0, "no log file in {}", log_dir.display());
-    assert!(!f.store().join("intent").exists(), "the store's own log dir was made");
+    assert!(
+        !f.store().join("intent").exists(),
+        "the store's own log dir was made"
+    );
     f.kill_daemon();
     f.mount();
     assert_eq!(&std::fs::read(&path).unwrap()[..16], b"in the other log");
@@ -474,7 +477,10 @@ fn a_log_directory_elsewhere_is_used_and_losing_it_costs_only_the_last_sync_writ
     write_synced(8192, b"after the loss");
     f.kill_daemon();
     f.mount();
-    assert_eq!(&std::fs::read(&path).unwrap()[8192..8206], b"after the loss");
+    assert_eq!(
+        &std::fs::read(&path).unwrap()[8192..8206],
+        b"after the loss"
+    );
     f.unmount();
     let scrub = f.ok(&["scrub"]);
     assert!(!scrub.contains("BAD"), "{scrub}");
