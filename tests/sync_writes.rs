@@ -485,3 +485,31 @@ fn a_log_directory_elsewhere_is_used_and_losing_it_costs_only_the_last_sync_writ
     let scrub = f.ok(&["scrub"]);
     assert!(!scrub.contains("BAD"), "{scrub}");
 }
+
+#[test]
+fn lock_and_unmount_leave_no_record_in_the_log() {
+    let f = Fixture::new(&[]);
+    f.mount();
+    let path = f.mnt().join("db");
+    std::fs::write(&path, random_bytes(6, 1 << 20)).unwrap();
+    File::open(f.mnt()).unwrap().sync_all().unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    for i in 0..5u64 {
+        file.write_all_at(b"drained", i * 100_000).unwrap();
+        file.sync_data().unwrap();
+    }
+    drop(file);
+    let records = |f: &Fixture| -> usize {
+        log_files(f)
+            .iter()
+            .map(|p| records(&std::fs::read(p).unwrap()).len())
+            .sum()
+    };
+    assert_eq!(records(&f), 5);
+    f.ok(&["lock"]);
+    assert_eq!(records(&f), 0, "records left in the log of a locked store");
+    f.ok(&["unlock", "--password-file", f.pw().to_str().unwrap()]);
+    assert_eq!(&std::fs::read(&path).unwrap()[400_000..400_007], b"drained");
+    f.unmount();
+    assert_eq!(records(&f), 0);
+}

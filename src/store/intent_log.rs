@@ -539,6 +539,20 @@ impl IntentLog {
         Ok(())
     }
 
+    /// Once every record is at or below `covered`: a new tail file, and
+    /// every older file deleted (no record stays on the disk). Records
+    /// appended meanwhile stay (their file is not covered).
+    pub fn drain(&self, covered: u64) -> Result<()> {
+        let records_covered = {
+            let t = self.tail.locked();
+            t.len > HEADER_LEN && t.next_seq <= covered.saturating_add(1)
+        };
+        if records_covered {
+            self.rotate()?;
+        }
+        self.retire(covered)
+    }
+
     /// Removes the files whose every record is at or below `covered`
     /// (the metadata database holds their effect durably). The tail file
     /// is kept (its header is where the next record goes).
@@ -674,6 +688,19 @@ mod tests {
         assert_eq!(seqs(&s), (1..=40).collect::<Vec<_>>());
         log.retire(40).unwrap();
         assert_eq!(list_files(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_drained_log_keeps_no_record_on_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = write_records(dir.path(), 1, &[b"one", b"two"]);
+        log.drain(1).unwrap(); // record 2 is not covered: it stays
+        assert_eq!(seqs(&scan(dir.path(), &ID, 0).unwrap()), [1, 2]);
+        log.drain(2).unwrap();
+        let s = scan(dir.path(), &ID, 0).unwrap();
+        assert!(s.records.is_empty() && s.files == 1);
+        let seq = log.begin().append(b"three").unwrap();
+        assert_eq!(seq, 3);
     }
 
     #[test]

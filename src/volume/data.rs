@@ -777,8 +777,9 @@ impl Volume {
         Ok(self.engine.sync_remote()?)
     }
 
-    /// Every buffer to chunks, then a durable local commit (lock; unmount
-    /// follows it with `persist` for the bucket mirror).
+    /// Every buffer to chunks, then a durable local commit, then the intent
+    /// log's covered records off the disk (lock; unmount follows it with
+    /// `persist` for the bucket mirror).
     pub fn sync_all(&self) -> VResult<()> {
         let inos: Vec<u64> = {
             let st = lock(&self.state);
@@ -792,7 +793,8 @@ impl Volume {
         for ino in inos {
             self.flush_inode(ino)?;
         }
-        self.commit(true)
+        self.commit(true)?;
+        self.drain_intent_log()
     }
 
     pub fn statfs(&self) -> VResult<StatFs> {

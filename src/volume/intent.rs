@@ -371,6 +371,17 @@ impl Volume {
         }
     }
 
+    /// After a commit that covers every record (lock, unmount): the log
+    /// moves to a new file and the covered ones are deleted, so no record
+    /// stays on the disk.
+    pub(super) fn drain_intent_log(&self) -> VResult<()> {
+        let Some(log) = self.intent() else {
+            return Ok(());
+        };
+        let covered = self.engine.meta().counter(COVERED_COUNTER)?.unwrap_or(0);
+        log.drain(covered).map_err(log_err)
+    }
+
     /// fsync(2), fdatasync(2) and O_SYNC writes: returns once `ino`'s data
     /// and attributes are durable, through the intent log when it can.
     pub fn fsync(&self, ino: u64) -> VResult<()> {
