@@ -21,7 +21,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -410,7 +410,11 @@ impl IntentLog {
     /// first record gets `next_seq`, in a new file. Existing files stay
     /// until `retire` finds them covered.
     pub fn open(dir: &Path, store_id: [u8; 16], next_seq: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(LogError::io(dir))?;
         remove_unfinished(dir)?;
         // A file named for `next_seq` holds no record (replay went up to
         // the one before): the new tail replaces it.

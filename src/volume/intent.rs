@@ -291,19 +291,13 @@ fn per_file_coverage(t: &mut SyncTracking, covered: u64) -> Vec<(u64, Option<u64
 
 /// Takes what a commit covers, under the volume lock at its take.
 pub(super) fn take_coverage(st: &mut State, log: Option<&IntentLog>) -> Coverage {
-    let per_file = match log {
-        Some(log) => {
-            let covered = global_coverage(&st.synced, log);
-            per_file_coverage(&mut st.synced, covered)
-        }
-        None => Vec::new(),
-    };
+    let covered = log.map(|log| global_coverage(&st.synced, log));
+    let per_file = covered.map_or_else(Vec::new, |c| per_file_coverage(&mut st.synced, c));
     let t = &st.synced;
     let idle = |ino: &u64| {
         st.writes.buffers.get(ino).is_none_or(|b| b.is_empty())
             && !st.writes.flushing.contains_key(ino)
     };
-    let covered = log.map(|log| global_coverage(t, log));
     Coverage {
         covered,
         per_file,
@@ -767,7 +761,6 @@ fn cut_torn_tail(path: &Path, at: u64) -> VResult<()> {
 mod tests {
     use super::*;
     use crate::config::EngineConfig;
-    use crate::crypto::{ChunkCrypto, FingerprintAlg};
     use crate::engine::Engine;
     use crate::volume::{Caller, ROOT};
 
@@ -775,15 +768,7 @@ mod tests {
 
     /// The volume of `dir` with its intent log replayed and enabled.
     fn open(dir: &Path) -> (Volume, VResult<ReplayReport>) {
-        let crypto = ChunkCrypto::new(
-            keystore::Provider::DEFAULT,
-            &std::array::from_fn(|i| i as u8),
-            &[0x5a; 32],
-            FingerprintAlg::Blake3Keyed,
-        )
-        .unwrap();
-        let engine = Engine::open(dir, Some(Arc::new(crypto))).unwrap();
-        let v = Volume::open(Arc::new(engine), &[0x44; 32]).unwrap();
+        let v = crate::volume::store::tests::open(dir);
         let report = v.open_intent_log(&crate::paths::intent_log_dir(dir), true);
         (v, report)
     }

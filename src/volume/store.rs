@@ -86,7 +86,7 @@ pub fn open_extent(s: &MetaSealer, ino: u64, off: u64, sealed: &[u8]) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! Stores written before inode rows could hold extents (version 1 rows,
     //! every extent a table row) stay readable, and move to the new form
     //! file by file as files change.
@@ -102,7 +102,8 @@ mod tests {
     const ME: Caller = Caller { uid: 0, gid: 0 };
     const META_KEY: [u8; 32] = [0x44; 32];
 
-    fn open(dir: &std::path::Path) -> Volume {
+    /// The volume of `dir` under fixed test keys (also intent.rs's tests).
+    pub(in crate::volume) fn open(dir: &std::path::Path) -> Volume {
         let crypto = ChunkCrypto::new(
             keystore::Provider::DEFAULT,
             &std::array::from_fn(|i| i as u8),
